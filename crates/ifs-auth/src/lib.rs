@@ -1,0 +1,72 @@
+//! Authentication for ifs-guide: Argon2id password hashing, Ed25519-signed access tokens bound to
+//! server-side sessions, and [`Authenticator::authenticate`] — the one check that `/me` and every
+//! dialogue endpoint run, in-process.
+
+pub mod keys;
+pub mod password;
+pub mod token;
+
+use std::sync::Arc;
+
+use ifs_domain::{SessionId, Timestamp, UserId};
+use ifs_store::SessionStore;
+
+pub use keys::{JwtKeys, PublicKey};
+pub use password::PasswordHasher;
+pub use token::{Claims, TokenIssuer, TokenSettings, TokenVerifier};
+
+/// Who is calling, established from a valid token whose session is still alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: UserId,
+    pub session_id: SessionId,
+    pub session_expires_at: Timestamp,
+}
+
+/// Why a caller is not authenticated. The variants are for logs; clients only ever see 401.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("the token is malformed, forged, expired or for someone else: {0}")]
+    InvalidToken(String),
+    #[error("the session was revoked or has expired")]
+    SessionGone,
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+/// Verifies tokens and checks their session still exists. Holds only the public key.
+#[derive(Clone)]
+pub struct Authenticator {
+    verifier: Arc<TokenVerifier>,
+    sessions: Arc<dyn SessionStore>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    #[must_use]
+    pub fn new(verifier: TokenVerifier, sessions: Arc<dyn SessionStore>) -> Self {
+        Self { verifier: Arc::new(verifier), sessions }
+    }
+
+    /// The principal behind a bearer token, or why there is none.
+    pub async fn authenticate(&self, token: &str, now: Timestamp) -> Result<Principal, AuthError> {
+        let claims = self.verifier.verify(token).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        let user_id = UserId::parse(&claims.sub).map_err(|_| AuthError::InvalidToken("bad sub".into()))?;
+        let session_id = SessionId::parse(&claims.sid).map_err(|_| AuthError::InvalidToken("bad sid".into()))?;
+        let session = self
+            .sessions
+            .session(session_id, now)
+            .await
+            .map_err(|e| AuthError::Unexpected(anyhow::Error::new(e).context("looking up a session")))?
+            .ok_or(AuthError::SessionGone)?;
+        if session.user_id != user_id {
+            return Err(AuthError::InvalidToken("session belongs to another user".into()));
+        }
+        Ok(Principal { user_id, session_id, session_expires_at: session.expires_at })
+    }
+}

@@ -1,0 +1,361 @@
+//! A dialogue is a doubly linked list of messages with no separate entity: the first message names
+//! the dialogue and carries its summary. This module holds the list's rules — how a new message
+//! is linked after the tail, and what a valid list looks like — for every store adapter to follow.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DialogueId, MessageId, Timestamp, UserId};
+
+/// Longest message accepted, in characters.
+pub const MESSAGE_MAX: usize = 16_000;
+/// Longest dialogue title, in characters.
+pub const TITLE_MAX: usize = 80;
+
+/// Who wrote a stored message. The system prompt is configuration, never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+/// Message text of acceptable length that is not blank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageText(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageTextError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {MESSAGE_MAX} characters")]
+    TooLong,
+}
+
+impl MessageText {
+    pub fn parse(raw: String) -> Result<Self, MessageTextError> {
+        if raw.trim().is_empty() {
+            Err(MessageTextError::Empty)
+        } else if raw.chars().count() > MESSAGE_MAX {
+            Err(MessageTextError::TooLong)
+        } else {
+            Ok(Self(raw))
+        }
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    #[must_use]
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// Token accounting reported by the agent for one reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+/// What the agent said about how it produced a reply; kept on assistant messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyMeta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// One item of the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: MessageId,
+    pub dialogue_id: DialogueId,
+    /// Position in the list: 1, 2, 3 … with no gaps.
+    pub seq: u64,
+    pub role: Role,
+    pub content: String,
+    pub created_at: Timestamp,
+    pub prev_id: Option<MessageId>,
+    pub next_id: Option<MessageId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<ReplyMeta>,
+}
+
+/// A message not yet in any list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub role: Role,
+    pub content: MessageText,
+    pub created_at: Timestamp,
+    pub meta: Option<ReplyMeta>,
+}
+
+impl NewMessage {
+    /// The head of a new dialogue: its id becomes the dialogue's id.
+    #[must_use]
+    pub fn into_head(self) -> Message {
+        Message {
+            id: self.id,
+            dialogue_id: self.id.into(),
+            seq: 1,
+            role: self.role,
+            content: self.content.into_string(),
+            created_at: self.created_at,
+            prev_id: None,
+            next_id: None,
+            meta: self.meta,
+        }
+    }
+
+    /// Links this message after `tail`, updating both sides of the link.
+    #[must_use]
+    pub fn link_after(self, tail: &mut Message) -> Message {
+        tail.next_id = Some(self.id);
+        Message {
+            id: self.id,
+            dialogue_id: tail.dialogue_id,
+            seq: tail.seq + 1,
+            role: self.role,
+            content: self.content.into_string(),
+            created_at: self.created_at,
+            prev_id: Some(tail.id),
+            next_id: None,
+            meta: self.meta,
+        }
+    }
+}
+
+/// What the listing of dialogues shows; stores keep it on the head message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DialogueSummary {
+    pub id: DialogueId,
+    pub owner: UserId,
+    pub title: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub message_count: u64,
+    pub tail_id: MessageId,
+}
+
+impl DialogueSummary {
+    /// The summary of a dialogue that has only its head.
+    #[must_use]
+    pub fn of_head(owner: UserId, head: &Message) -> Self {
+        Self {
+            id: head.dialogue_id,
+            owner,
+            title: title_for(&head.content),
+            created_at: head.created_at,
+            updated_at: head.created_at,
+            message_count: 1,
+            tail_id: head.id,
+        }
+    }
+
+    /// Records that `message` was appended at the tail.
+    pub fn record_append(&mut self, message: &Message) {
+        self.message_count = message.seq;
+        self.tail_id = message.id;
+        self.updated_at = self.updated_at.max(message.created_at);
+    }
+}
+
+/// The first user message cut to [`TITLE_MAX`] characters at a word boundary, whitespace folded.
+#[must_use]
+pub fn title_for(first_message: &str) -> String {
+    let folded = first_message.split_whitespace().collect::<Vec<_>>().join(" ");
+    if folded.chars().count() <= TITLE_MAX {
+        return folded;
+    }
+    // Leave room for the ellipsis; cut at the last space if there is a reasonable one.
+    let room: String = folded.chars().take(TITLE_MAX - 1).collect();
+    let next_is_space = folded.chars().nth(TITLE_MAX - 1) == Some(' ');
+    let cut = match room.rfind(' ') {
+        _ if next_is_space => room.as_str(),
+        Some(at) if at >= TITLE_MAX / 2 => &room[..at],
+        _ => room.as_str(),
+    };
+    format!("{}…", cut.trim_end())
+}
+
+/// A way in which a list of messages is not one valid dialogue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("a dialogue has at least one message")]
+    Empty,
+    #[error("message {index} has seq {found}, expected {expected}")]
+    Gap { index: usize, expected: u64, found: u64 },
+    #[error("message {index} belongs to another dialogue")]
+    ForeignMessage { index: usize },
+    #[error("the first message has a prev link")]
+    HeadHasPrev,
+    #[error("the last message has a next link")]
+    TailHasNext,
+    #[error("messages {index} and {next} are not linked both ways")]
+    BrokenLink { index: usize, next: usize },
+    #[error("message id {0} appears twice")]
+    Duplicate(MessageId),
+}
+
+/// Checks every invariant of a whole dialogue given in list order.
+pub fn check_chain(messages: &[Message]) -> Result<(), ChainError> {
+    let (first, last) = match (messages.first(), messages.last()) {
+        (Some(first), Some(last)) => (first, last),
+        _ => return Err(ChainError::Empty),
+    };
+    if first.prev_id.is_some() {
+        return Err(ChainError::HeadHasPrev);
+    }
+    if last.next_id.is_some() {
+        return Err(ChainError::TailHasNext);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (index, message) in messages.iter().enumerate() {
+        let expected = index as u64 + 1;
+        if message.seq != expected {
+            return Err(ChainError::Gap { index, expected, found: message.seq });
+        }
+        if message.dialogue_id != first.dialogue_id {
+            return Err(ChainError::ForeignMessage { index });
+        }
+        if !seen.insert(message.id) {
+            return Err(ChainError::Duplicate(message.id));
+        }
+    }
+    for (index, pair) in messages.windows(2).enumerate() {
+        if pair[0].next_id != Some(pair[1].id) || pair[1].prev_id != Some(pair[0].id) {
+            return Err(ChainError::BrokenLink { index, next: index + 1 });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_message(text: &str) -> NewMessage {
+        NewMessage {
+            id: MessageId::generate(),
+            role: Role::User,
+            content: MessageText::parse(text.into()).unwrap(),
+            created_at: chrono::Utc::now(),
+            meta: None,
+        }
+    }
+
+    fn chain(n: usize) -> Vec<Message> {
+        let mut list = vec![new_message("first").into_head()];
+        for i in 1..n {
+            let next = new_message(&format!("message {i}")).link_after(list.last_mut().unwrap());
+            list.push(next);
+        }
+        list
+    }
+
+    #[test]
+    fn blank_or_oversized_text_is_not_a_message() {
+        let cases = [
+            ("".to_string(), Err(MessageTextError::Empty)),
+            (" \n\t ".to_string(), Err(MessageTextError::Empty)),
+            ("x".repeat(MESSAGE_MAX + 1), Err(MessageTextError::TooLong)),
+            ("é".repeat(MESSAGE_MAX), Ok(())),
+            ("  hi  ".to_string(), Ok(())),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(MessageText::parse(raw.clone()).map(|_| ()), expected, "{}", raw.len());
+        }
+    }
+
+    #[test]
+    fn the_head_names_the_dialogue_and_links_nowhere() {
+        let head = new_message("hello").into_head();
+        assert_eq!(head.dialogue_id, DialogueId::from(head.id));
+        assert_eq!((head.seq, head.prev_id, head.next_id), (1, None, None));
+    }
+
+    #[test]
+    fn linking_after_the_tail_updates_both_sides() {
+        let mut head = new_message("hello").into_head();
+        let second = new_message("again").link_after(&mut head);
+        assert_eq!(head.next_id, Some(second.id));
+        assert_eq!(second.prev_id, Some(head.id));
+        assert_eq!(second.seq, 2);
+        assert_eq!(second.dialogue_id, head.dialogue_id);
+    }
+
+    #[test]
+    fn a_built_chain_is_valid() {
+        for n in [1, 2, 5] {
+            assert_eq!(check_chain(&chain(n)), Ok(()));
+        }
+    }
+
+    #[test]
+    fn every_broken_invariant_is_caught() {
+        assert_eq!(check_chain(&[]), Err(ChainError::Empty));
+
+        let mut forked = chain(3);
+        forked[1].next_id = Some(MessageId::generate());
+        assert_eq!(check_chain(&forked), Err(ChainError::BrokenLink { index: 1, next: 2 }));
+
+        let mut gap = chain(3);
+        gap.remove(1);
+        assert!(matches!(check_chain(&gap), Err(ChainError::Gap { index: 1, expected: 2, found: 3 })));
+
+        let mut headless = chain(2);
+        headless[0].prev_id = Some(MessageId::generate());
+        assert_eq!(check_chain(&headless), Err(ChainError::HeadHasPrev));
+
+        let mut open = chain(2);
+        open[1].next_id = Some(MessageId::generate());
+        assert_eq!(check_chain(&open), Err(ChainError::TailHasNext));
+
+        let mut duplicated = chain(3);
+        duplicated[2].id = duplicated[0].id;
+        duplicated[1].next_id = Some(duplicated[0].id);
+        assert_eq!(check_chain(&duplicated), Err(ChainError::Duplicate(duplicated[0].id)));
+
+        let mut mixed = chain(2);
+        mixed[1].dialogue_id = DialogueId::generate();
+        assert_eq!(check_chain(&mixed), Err(ChainError::ForeignMessage { index: 1 }));
+    }
+
+    #[test]
+    fn the_summary_follows_the_tail() {
+        let owner = UserId::generate();
+        let list = chain(3);
+        let mut summary = DialogueSummary::of_head(owner, &list[0]);
+        assert_eq!((summary.message_count, summary.tail_id), (1, list[0].id));
+        summary.record_append(&list[1]);
+        summary.record_append(&list[2]);
+        assert_eq!((summary.message_count, summary.tail_id), (3, list[2].id));
+        assert_eq!(summary.title, "first");
+    }
+
+    #[test]
+    fn titles_are_cut_at_a_word_boundary() {
+        assert_eq!(title_for("  How do I\n talk to my   inner critic?  "), "How do I talk to my inner critic?");
+
+        let long = "I keep noticing a part of me that gets really anxious whenever my manager asks for a quick call";
+        let title = title_for(long);
+        assert!(title.chars().count() <= TITLE_MAX, "{title}");
+        assert!(title.ends_with('…'));
+        let stem = title.trim_end_matches('…');
+        assert!(long.starts_with(stem) && long[stem.len()..].starts_with(' '), "{title}");
+
+        let unbroken = "x".repeat(200);
+        assert_eq!(title_for(&unbroken).chars().count(), TITLE_MAX);
+
+        let exact = "y".repeat(TITLE_MAX);
+        assert_eq!(title_for(&exact), exact);
+    }
+}

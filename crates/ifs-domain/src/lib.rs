@@ -1,0 +1,18 @@
+//! Pure domain of ifs-guide: identifiers, credentials, message text and the rules of the
+//! doubly linked list that a dialogue is. Nothing here does I/O; adapters and handlers build on it.
+
+pub mod credentials;
+pub mod dialogue;
+pub mod id;
+pub mod page;
+
+pub use credentials::{Email, EmailError, Password, PasswordError};
+pub use dialogue::{
+    ChainError, DialogueSummary, Message, MessageText, MessageTextError, NewMessage, ReplyMeta, Role, Usage,
+    check_chain, title_for,
+};
+pub use id::{DialogueId, IdError, MessageId, SessionId, UserId};
+pub use page::{CursorError, DialogueCursor, Limit, LimitError, MessageCursor, Page};
+
+/// A point in time as the domain sees it: UTC, millisecond precision.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;

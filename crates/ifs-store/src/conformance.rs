@@ -1,0 +1,334 @@
+//! The conformance suite: one set of cases that every adapter must pass, so the embedded store
+//! on a laptop and DynamoDB/Redis in AWS behave the same. An adapter's test file invokes
+//! [`conformance_suite!`](crate::conformance_suite) with a function that builds fresh, empty stores.
+
+use std::any::Any;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeZone as _;
+use ifs_domain::{
+    DialogueId, Email, Limit, Message, MessageCursor, MessageId, MessageText, NewMessage, Role, SessionId,
+    Timestamp, UserId, check_chain,
+};
+
+use crate::{DialogueStore, Session, SessionStore, StoreError, UserRecord, UserStore};
+
+/// Fresh, empty stores for one case. `guard` keeps whatever backs them (a temporary directory, a
+/// table name) alive until the case ends.
+pub struct Stores {
+    pub users: Arc<dyn UserStore>,
+    pub dialogues: Arc<dyn DialogueStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub guard: Box<dyn Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}
+
+/// Generates one `#[tokio::test]` per conformance case, each on fresh stores from `$make`
+/// (an async function returning [`Stores`]).
+#[macro_export]
+macro_rules! conformance_suite {
+    ($make:path) => {
+        $crate::conformance_suite!(@cases $make;
+            users_are_found_by_id_and_by_email,
+            an_email_is_registered_only_once_even_under_a_race,
+            a_session_lives_until_it_expires,
+            a_revoked_session_is_gone,
+            login_failures_count_within_a_window_and_then_reset,
+            clearing_login_failures_starts_afresh,
+            a_started_dialogue_is_a_one_message_list,
+            appends_keep_the_list_valid_and_the_summary_current,
+            concurrent_appends_all_land_in_one_list,
+            someone_elses_or_an_unknown_dialogue_is_not_found,
+            messages_page_in_list_order,
+            messages_before_gives_the_latest_ones_oldest_first,
+            dialogues_are_listed_newest_activity_first_in_pages,
+            dialogues_are_private_to_their_owner
+        );
+    };
+    (@cases $make:path; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                $crate::conformance::$case($make().await).await;
+            }
+        )*
+    };
+}
+
+/// A fixed instant plus `seconds`, so cases control time.
+fn at(seconds: i64) -> Timestamp {
+    chrono::Utc.timestamp_opt(1_750_000_000 + seconds, 0).single().expect("valid instant")
+}
+
+fn email(name: &str) -> Email {
+    Email::parse(&format!("{name}@example.com")).expect("valid email")
+}
+
+fn user(name: &str) -> UserRecord {
+    UserRecord {
+        id: UserId::generate(),
+        email: email(name),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        created_at: at(0),
+    }
+}
+
+fn said(role: Role, text: &str, when: Timestamp) -> NewMessage {
+    NewMessage {
+        id: MessageId::generate(),
+        role,
+        content: MessageText::parse(text.into()).expect("valid text"),
+        created_at: when,
+        meta: None,
+    }
+}
+
+/// A dialogue of `n` alternating messages, the k-th written at second `start + k`.
+async fn dialogue_of(stores: &Stores, owner: UserId, n: u64, start: i64) -> DialogueId {
+    let head = stores.dialogues.start_dialogue(owner, said(Role::User, "message 1", at(start))).await.unwrap();
+    for k in 2..=n {
+        let role = if k % 2 == 0 { Role::Assistant } else { Role::User };
+        let text = format!("message {k}");
+        stores.dialogues.append_message(owner, head.dialogue_id, said(role, &text, at(start + k as i64))).await.unwrap();
+    }
+    head.dialogue_id
+}
+
+async fn whole(stores: &Stores, owner: UserId, dialogue: DialogueId) -> Vec<Message> {
+    let page = stores.dialogues.messages(owner, dialogue, Limit::new_clamped(10_000, 10_000), None).await.unwrap();
+    assert_eq!(page.next, None);
+    page.items
+}
+
+pub async fn users_are_found_by_id_and_by_email(stores: Stores) {
+    let ada = user("ada");
+    stores.users.create_user(&ada).await.unwrap();
+
+    assert_eq!(stores.users.user_by_id(ada.id).await.unwrap(), Some(ada.clone()));
+    assert_eq!(stores.users.user_by_email(&ada.email).await.unwrap(), Some(ada));
+    assert_eq!(stores.users.user_by_email(&email("nobody")).await.unwrap(), None);
+    assert_eq!(stores.users.user_by_id(UserId::generate()).await.unwrap(), None);
+}
+
+pub async fn an_email_is_registered_only_once_even_under_a_race(stores: Stores) {
+    let attempts: Vec<_> = (0..8)
+        .map(|_| {
+            let users = Arc::clone(&stores.users);
+            tokio::spawn(async move { users.create_user(&user("race")).await })
+        })
+        .collect();
+    let mut created = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(()) => created += 1,
+            Err(StoreError::EmailTaken) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(created, 1);
+    let winner = stores.users.user_by_email(&email("race")).await.unwrap().unwrap();
+    assert_eq!(stores.users.user_by_id(winner.id).await.unwrap(), Some(winner));
+}
+
+pub async fn a_session_lives_until_it_expires(stores: Stores) {
+    let session = Session { id: SessionId::generate(), user_id: UserId::generate(), created_at: at(0), expires_at: at(60) };
+    stores.sessions.create_session(&session).await.unwrap();
+
+    assert_eq!(stores.sessions.session(session.id, at(59)).await.unwrap(), Some(session.clone()));
+    assert_eq!(stores.sessions.session(session.id, at(60)).await.unwrap(), None);
+    assert_eq!(stores.sessions.session(SessionId::generate(), at(0)).await.unwrap(), None);
+}
+
+pub async fn a_revoked_session_is_gone(stores: Stores) {
+    let keep = Session { id: SessionId::generate(), user_id: UserId::generate(), created_at: at(0), expires_at: at(600) };
+    let drop = Session { id: SessionId::generate(), ..keep.clone() };
+    stores.sessions.create_session(&keep).await.unwrap();
+    stores.sessions.create_session(&drop).await.unwrap();
+
+    stores.sessions.revoke_session(drop.id).await.unwrap();
+    stores.sessions.revoke_session(SessionId::generate()).await.unwrap();
+
+    assert_eq!(stores.sessions.session(drop.id, at(1)).await.unwrap(), None);
+    assert_eq!(stores.sessions.session(keep.id, at(1)).await.unwrap(), Some(keep));
+}
+
+pub async fn login_failures_count_within_a_window_and_then_reset(stores: Stores) {
+    let ada = email("ada");
+    let window = Duration::from_secs(900);
+    assert_eq!(stores.sessions.login_failures(&ada, at(0)).await.unwrap(), None);
+
+    for n in 1..=3 {
+        let counted = stores.sessions.record_login_failure(&ada, at(n * 10), window).await.unwrap();
+        assert_eq!(counted.failures, n as u32);
+        // The window is fixed from the first failure, not sliding.
+        assert_eq!(counted.resets_at, at(10 + 900));
+    }
+    let open = stores.sessions.login_failures(&ada, at(909)).await.unwrap().unwrap();
+    assert_eq!(open.failures, 3);
+    assert_eq!(stores.sessions.login_failures(&email("bob"), at(909)).await.unwrap(), None);
+
+    assert_eq!(stores.sessions.login_failures(&ada, at(910)).await.unwrap(), None);
+    let fresh = stores.sessions.record_login_failure(&ada, at(1000), window).await.unwrap();
+    assert_eq!((fresh.failures, fresh.resets_at), (1, at(1900)));
+}
+
+pub async fn clearing_login_failures_starts_afresh(stores: Stores) {
+    let ada = email("ada");
+    let window = Duration::from_secs(900);
+    stores.sessions.record_login_failure(&ada, at(0), window).await.unwrap();
+    stores.sessions.record_login_failure(&ada, at(1), window).await.unwrap();
+
+    stores.sessions.clear_login_failures(&ada).await.unwrap();
+    stores.sessions.clear_login_failures(&email("never-failed")).await.unwrap();
+
+    assert_eq!(stores.sessions.login_failures(&ada, at(2)).await.unwrap(), None);
+    assert_eq!(stores.sessions.record_login_failure(&ada, at(3), window).await.unwrap().failures, 1);
+}
+
+pub async fn a_started_dialogue_is_a_one_message_list(stores: Stores) {
+    let owner = UserId::generate();
+    let head = stores.dialogues.start_dialogue(owner, said(Role::User, "  Where do I start?  ", at(5))).await.unwrap();
+
+    assert_eq!(head.dialogue_id, DialogueId::from(head.id));
+    assert_eq!((head.seq, head.prev_id, head.next_id), (1, None, None));
+    assert_eq!(head.content, "  Where do I start?  ", "content is kept as written");
+    assert_eq!(whole(&stores, owner, head.dialogue_id).await, vec![head.clone()]);
+
+    let listed = stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    let summary = &listed.items[0];
+    assert_eq!((summary.id, summary.title.as_str(), summary.message_count), (head.dialogue_id, "Where do I start?", 1));
+    assert_eq!((summary.created_at, summary.updated_at, summary.tail_id), (at(5), at(5), head.id));
+}
+
+pub async fn appends_keep_the_list_valid_and_the_summary_current(stores: Stores) {
+    let owner = UserId::generate();
+    let dialogue = dialogue_of(&stores, owner, 6, 0).await;
+
+    let messages = whole(&stores, owner, dialogue).await;
+    assert_eq!(check_chain(&messages), Ok(()));
+    let texts: Vec<_> = messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["message 1", "message 2", "message 3", "message 4", "message 5", "message 6"]);
+    assert_eq!(messages[1].role, Role::Assistant);
+
+    let summary = stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap().items.remove(0);
+    assert_eq!((summary.message_count, summary.tail_id), (6, messages[5].id));
+    assert_eq!((summary.created_at, summary.updated_at), (at(0), at(6)));
+    assert_eq!(summary.title, "message 1");
+}
+
+pub async fn concurrent_appends_all_land_in_one_list(stores: Stores) {
+    let owner = UserId::generate();
+    let dialogue = dialogue_of(&stores, owner, 1, 0).await;
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let dialogues = Arc::clone(&stores.dialogues);
+            let message = said(Role::User, &format!("racer {i}"), at(1));
+            let id = message.id;
+            (id, tokio::spawn(async move { dialogues.append_message(owner, dialogue, message).await }))
+        })
+        .collect();
+    let mut expected = HashSet::new();
+    for (id, task) in tasks {
+        assert_eq!(task.await.unwrap().unwrap().id, id);
+        expected.insert(id);
+    }
+
+    let messages = whole(&stores, owner, dialogue).await;
+    assert_eq!(messages.len(), 31);
+    assert_eq!(check_chain(&messages), Ok(()));
+    let landed: HashSet<_> = messages[1..].iter().map(|m| m.id).collect();
+    assert_eq!(landed, expected);
+}
+
+pub async fn someone_elses_or_an_unknown_dialogue_is_not_found(stores: Stores) {
+    let owner = UserId::generate();
+    let stranger = UserId::generate();
+    let dialogue = dialogue_of(&stores, owner, 2, 0).await;
+    let unknown = DialogueId::generate();
+
+    for (who, which) in [(stranger, dialogue), (owner, unknown)] {
+        let appended = stores.dialogues.append_message(who, which, said(Role::User, "hi", at(9))).await;
+        assert!(matches!(appended, Err(StoreError::NotFound)), "{appended:?}");
+        let page = stores.dialogues.messages(who, which, Limit::new_clamped(5, 5), None).await;
+        assert!(matches!(page, Err(StoreError::NotFound)), "{page:?}");
+        let memory = stores.dialogues.messages_before(who, which, 3, 5).await;
+        assert!(matches!(memory, Err(StoreError::NotFound)), "{memory:?}");
+    }
+    assert_eq!(whole(&stores, owner, dialogue).await.len(), 2, "the failed append left nothing behind");
+}
+
+pub async fn messages_page_in_list_order(stores: Stores) {
+    let owner = UserId::generate();
+    let dialogue = dialogue_of(&stores, owner, 7, 0).await;
+    let limit = Limit::new_clamped(3, 200);
+
+    let mut seqs = Vec::new();
+    let mut cursor: Option<MessageCursor> = None;
+    let mut pages = 0;
+    loop {
+        let page = stores.dialogues.messages(owner, dialogue, limit, cursor).await.unwrap();
+        pages += 1;
+        seqs.extend(page.items.iter().map(|m| m.seq));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+    assert_eq!(pages, 3);
+
+    let exact = stores.dialogues.messages(owner, dialogue, Limit::new_clamped(7, 200), None).await.unwrap();
+    assert_eq!((exact.items.len(), exact.next), (7, None), "no cursor when nothing follows");
+    let beyond = stores.dialogues.messages(owner, dialogue, limit, Some(MessageCursor { after_seq: 7 })).await.unwrap();
+    assert!(beyond.items.is_empty() && beyond.next.is_none());
+}
+
+pub async fn messages_before_gives_the_latest_ones_oldest_first(stores: Stores) {
+    let owner = UserId::generate();
+    let dialogue = dialogue_of(&stores, owner, 10, 0).await;
+    let seqs = |messages: Vec<Message>| messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+
+    assert_eq!(seqs(stores.dialogues.messages_before(owner, dialogue, 10, 4).await.unwrap()), [6, 7, 8, 9]);
+    assert_eq!(seqs(stores.dialogues.messages_before(owner, dialogue, 3, 20).await.unwrap()), [1, 2]);
+    assert_eq!(seqs(stores.dialogues.messages_before(owner, dialogue, 1, 20).await.unwrap()), Vec::<u64>::new());
+    assert_eq!(seqs(stores.dialogues.messages_before(owner, dialogue, 11, 0).await.unwrap()), Vec::<u64>::new());
+}
+
+pub async fn dialogues_are_listed_newest_activity_first_in_pages(stores: Stores) {
+    let owner = UserId::generate();
+    let first = dialogue_of(&stores, owner, 1, 0).await;
+    let second = dialogue_of(&stores, owner, 1, 10).await;
+    let third = dialogue_of(&stores, owner, 1, 20).await;
+    // Activity in the oldest dialogue moves it to the top.
+    stores.dialogues.append_message(owner, first, said(Role::Assistant, "later", at(30))).await.unwrap();
+
+    let limit = Limit::new_clamped(2, 100);
+    let one = stores.dialogues.dialogues(owner, limit, None).await.unwrap();
+    let ids: Vec<_> = one.items.iter().map(|d| d.id).collect();
+    assert_eq!(ids, [first, third]);
+    let two = stores.dialogues.dialogues(owner, limit, one.next).await.unwrap();
+    let ids: Vec<_> = two.items.iter().map(|d| d.id).collect();
+    assert_eq!(ids, [second]);
+    assert_eq!(two.next, None);
+    assert_eq!(one.items[0].message_count, 2);
+}
+
+pub async fn dialogues_are_private_to_their_owner(stores: Stores) {
+    let ada = UserId::generate();
+    let bob = UserId::generate();
+    dialogue_of(&stores, ada, 2, 0).await;
+    let bobs = dialogue_of(&stores, bob, 1, 5).await;
+
+    let listed = stores.dialogues.dialogues(bob, Limit::new_clamped(100, 100), None).await.unwrap();
+    assert_eq!(listed.items.iter().map(|d| d.id).collect::<Vec<_>>(), [bobs]);
+    let nobody = stores.dialogues.dialogues(UserId::generate(), Limit::new_clamped(100, 100), None).await.unwrap();
+    assert!(nobody.items.is_empty() && nobody.next.is_none());
+}

@@ -1,0 +1,452 @@
+//! The embedded adapter: every port in one redb file, for running on a laptop with nothing else
+//! installed. Transactions are ACID and serialised for writers, which makes appends race-free.
+//! Key layouts are private to this module.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use ifs_domain::{
+    DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor, NewMessage, Page,
+    SessionId, Timestamp, UserId,
+};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::{
+    DialogueStore, FailureWindow, Session, SessionStore, StoreError, StoreResult, UserRecord, UserStore,
+};
+
+/// user id → `UserRecord` (JSON).
+const USERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("users");
+/// normalised email → user id; the uniqueness constraint on emails.
+const USER_EMAILS: TableDefinition<&str, &[u8]> = TableDefinition::new("user_emails");
+/// session id → `Session` (JSON).
+const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
+/// normalised email → `FailureWindow` (JSON).
+const LOGIN_FAILURES: TableDefinition<&str, &[u8]> = TableDefinition::new("login_failures");
+/// dialogue id ‖ seq (big-endian) → `StoredMessage` (JSON): a dialogue's messages are contiguous
+/// and in list order, so pages and "the last n" are range scans.
+const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
+/// owner ‖ (u64::MAX − updated ms) ‖ dialogue id → nothing: the owner's dialogues, newest first.
+const DIALOGUES_BY_OWNER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dialogues_by_owner");
+
+/// A message as kept here: the head of a dialogue also carries the dialogue's summary.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredMessage {
+    message: Message,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    summary: Option<DialogueSummary>,
+}
+
+fn message_key(dialogue: DialogueId, seq: u64) -> [u8; 24] {
+    let mut key = [0; 24];
+    key[..16].copy_from_slice(dialogue.as_bytes());
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn owner_key(owner: UserId, updated_at_ms: i64, dialogue: DialogueId) -> [u8; 40] {
+    let newest_first = u64::MAX - u64::try_from(updated_at_ms).unwrap_or(0);
+    let mut key = [0; 40];
+    key[..16].copy_from_slice(owner.as_bytes());
+    key[16..24].copy_from_slice(&newest_first.to_be_bytes());
+    key[24..].copy_from_slice(dialogue.as_bytes());
+    key
+}
+
+fn summary_key(summary: &DialogueSummary) -> [u8; 40] {
+    owner_key(summary.owner, summary.updated_at.timestamp_millis(), summary.id)
+}
+
+fn encode<T: Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
+    serde_json::to_vec(value).context("encoding a record")
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<T> {
+    serde_json::from_slice(bytes).context("decoding a stored record")
+}
+
+fn window_is_open(window: &FailureWindow, now: Timestamp) -> bool {
+    window.resets_at > now
+}
+
+/// All ports in one redb database file.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database at `path` and makes sure every table exists.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let db = Database::create(path)
+            .with_context(|| format!("opening the embedded store at {}", path.display()))?;
+        let txn = db.begin_write().context("starting the schema transaction")?;
+        txn.open_table(USERS)?;
+        txn.open_table(USER_EMAILS)?;
+        txn.open_table(SESSIONS)?;
+        txn.open_table(LOGIN_FAILURES)?;
+        txn.open_table(MESSAGES)?;
+        txn.open_table(DIALOGUES_BY_OWNER)?;
+        txn.commit().context("creating the tables")?;
+        Ok(Self { db: Arc::new(db), path: path.to_owned() })
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs a read transaction off the async runtime: redb blocks on disk I/O.
+    async fn read<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction) -> StoreResult<T> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().context("starting a read transaction")?;
+            work(&txn)
+        })
+        .await
+        .context("store task panicked")?
+    }
+
+    /// Runs a write transaction off the async runtime and commits it if `work` succeeds. redb runs
+    /// one writer at a time, so each `work` sees the effects of all the writes before it.
+    async fn write<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().context("starting a write transaction")?;
+            let value = work(&txn)?;
+            txn.commit().context("committing")?;
+            Ok(value)
+        })
+        .await
+        .context("store task panicked")?
+    }
+}
+
+/// Reads the head of `dialogue` and checks that `owner` owns it.
+fn owned_head(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    owner: UserId,
+    dialogue: DialogueId,
+) -> StoreResult<(Message, DialogueSummary)> {
+    let stored: StoredMessage = match table.get(message_key(dialogue, 1).as_slice()).context("reading a head")? {
+        Some(bytes) => decode(bytes.value())?,
+        None => return Err(StoreError::NotFound),
+    };
+    match stored.summary {
+        Some(summary) if summary.owner == owner => Ok((stored.message, summary)),
+        Some(_) => Err(StoreError::NotFound),
+        None => Err(anyhow::anyhow!("head of {dialogue} has no summary").into()),
+    }
+}
+
+fn read_message(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    dialogue: DialogueId,
+    seq: u64,
+) -> StoreResult<StoredMessage> {
+    let bytes = table
+        .get(message_key(dialogue, seq).as_slice())
+        .context("reading a message")?
+        .with_context(|| format!("message {seq} of {dialogue} is missing"))?;
+    Ok(decode(bytes.value())?)
+}
+
+/// Collects up to `limit` decoded values of a key range, plus whether more followed.
+fn take_page<T: DeserializeOwned>(
+    range: impl Iterator<Item = Result<(redb::AccessGuard<'static, &'static [u8]>, redb::AccessGuard<'static, &'static [u8]>), redb::StorageError>>,
+    limit: usize,
+) -> StoreResult<(Vec<T>, bool)> {
+    let mut items = Vec::with_capacity(limit);
+    for entry in range {
+        if items.len() == limit {
+            return Ok((items, true));
+        }
+        let (_, value) = entry.context("scanning")?;
+        items.push(decode(value.value())?);
+    }
+    Ok((items, false))
+}
+
+#[async_trait]
+impl UserStore for EmbeddedStore {
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<()> {
+        let user = user.clone();
+        self.write(move |txn| {
+            let mut emails = txn.open_table(USER_EMAILS).context("opening user_emails")?;
+            if emails.get(user.email.as_str()).context("reading user_emails")?.is_some() {
+                return Err(StoreError::EmailTaken);
+            }
+            emails.insert(user.email.as_str(), user.id.as_bytes().as_slice()).context("indexing email")?;
+            let mut users = txn.open_table(USERS).context("opening users")?;
+            users.insert(user.id.as_bytes().as_slice(), encode(&user)?.as_slice()).context("writing user")?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<UserRecord>> {
+        let email = email.clone();
+        self.read(move |txn| {
+            let emails = txn.open_table(USER_EMAILS).context("opening user_emails")?;
+            let Some(id) = emails.get(email.as_str()).context("reading user_emails")? else { return Ok(None) };
+            let users = txn.open_table(USERS).context("opening users")?;
+            let user = users.get(id.value()).context("reading user")?;
+            Ok(user.map(|bytes| decode(bytes.value())).transpose()?)
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        self.read(move |txn| {
+            let users = txn.open_table(USERS).context("opening users")?;
+            let user = users.get(id.as_bytes().as_slice()).context("reading user")?;
+            Ok(user.map(|bytes| decode(bytes.value())).transpose()?)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl DialogueStore for EmbeddedStore {
+    async fn start_dialogue(&self, owner: UserId, first: NewMessage) -> StoreResult<Message> {
+        self.write(move |txn| {
+            let head = first.into_head();
+            let summary = DialogueSummary::of_head(owner, &head);
+            let mut messages = txn.open_table(MESSAGES).context("opening messages")?;
+            let key = message_key(head.dialogue_id, 1);
+            if messages.get(key.as_slice()).context("reading messages")?.is_some() {
+                return Err(anyhow::anyhow!("message id {} reused", head.id).into());
+            }
+            let stored = StoredMessage { message: head, summary: Some(summary) };
+            messages.insert(key.as_slice(), encode(&stored)?.as_slice()).context("writing head")?;
+            let mut index = txn.open_table(DIALOGUES_BY_OWNER).context("opening dialogues_by_owner")?;
+            let summary = stored.summary.as_ref().context("summary just set")?;
+            index.insert(summary_key(summary).as_slice(), [].as_slice()).context("indexing dialogue")?;
+            Ok(stored.message)
+        })
+        .await
+    }
+
+    async fn append_message(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        message: NewMessage,
+    ) -> StoreResult<Message> {
+        self.write(move |txn| {
+            let mut messages = txn.open_table(MESSAGES).context("opening messages")?;
+            let (mut head, mut summary) = owned_head(&messages, owner, dialogue)?;
+            let old_index_key = summary_key(&summary);
+
+            // Four reads and writes whatever the length: head, tail, new message, index entry.
+            let appended = if summary.message_count == 1 {
+                message.link_after(&mut head)
+            } else {
+                let mut tail = read_message(&messages, dialogue, summary.message_count)?;
+                let appended = message.link_after(&mut tail.message);
+                let key = message_key(dialogue, tail.message.seq);
+                messages.insert(key.as_slice(), encode(&tail)?.as_slice()).context("relinking the tail")?;
+                appended
+            };
+            summary.record_append(&appended);
+            let new_index_key = summary_key(&summary);
+
+            let key = message_key(dialogue, appended.seq);
+            let stored = StoredMessage { message: appended, summary: None };
+            messages.insert(key.as_slice(), encode(&stored)?.as_slice()).context("writing the message")?;
+            let head_stored = StoredMessage { message: head, summary: Some(summary) };
+            messages
+                .insert(message_key(dialogue, 1).as_slice(), encode(&head_stored)?.as_slice())
+                .context("updating the head")?;
+
+            let mut index = txn.open_table(DIALOGUES_BY_OWNER).context("opening dialogues_by_owner")?;
+            index.remove(old_index_key.as_slice()).context("unindexing")?;
+            index.insert(new_index_key.as_slice(), [].as_slice()).context("reindexing")?;
+            Ok(stored.message)
+        })
+        .await
+    }
+
+    async fn messages_before(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        before_seq: u64,
+        count: usize,
+    ) -> StoreResult<Vec<Message>> {
+        self.read(move |txn| {
+            let messages = txn.open_table(MESSAGES).context("opening messages")?;
+            owned_head(&messages, owner, dialogue)?;
+            let first = before_seq.saturating_sub(count as u64).max(1);
+            let range = messages
+                .range(message_key(dialogue, first).as_slice()..message_key(dialogue, before_seq.max(1)).as_slice())
+                .context("scanning messages")?;
+            let (stored, _) = take_page::<StoredMessage>(range, count)?;
+            Ok(stored.into_iter().map(|s| s.message).collect())
+        })
+        .await
+    }
+
+    async fn messages(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        limit: Limit,
+        after: Option<MessageCursor>,
+    ) -> StoreResult<Page<Message, MessageCursor>> {
+        self.read(move |txn| {
+            let messages = txn.open_table(MESSAGES).context("opening messages")?;
+            owned_head(&messages, owner, dialogue)?;
+            let from = after.map_or(1, |c| c.after_seq.saturating_add(1));
+            let range = messages
+                .range(message_key(dialogue, from).as_slice()..=message_key(dialogue, u64::MAX).as_slice())
+                .context("scanning messages")?;
+            let (stored, more) = take_page::<StoredMessage>(range, limit.get())?;
+            let items: Vec<Message> = stored.into_iter().map(|s| s.message).collect();
+            let next = more.then(|| items.last().map(|m| MessageCursor { after_seq: m.seq })).flatten();
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn dialogues(
+        &self,
+        owner: UserId,
+        limit: Limit,
+        after: Option<DialogueCursor>,
+    ) -> StoreResult<Page<DialogueSummary, DialogueCursor>> {
+        self.read(move |txn| {
+            let index = txn.open_table(DIALOGUES_BY_OWNER).context("opening dialogues_by_owner")?;
+            let messages = txn.open_table(MESSAGES).context("opening messages")?;
+            let end = {
+                let mut key = [0xff; 40];
+                key[..16].copy_from_slice(owner.as_bytes());
+                key
+            };
+            let mut range = match after {
+                Some(cursor) => index.range(owner_key(owner, cursor.updated_at_ms, cursor.id).as_slice()..=end.as_slice()),
+                None => index.range(owner_key(owner, i64::MAX, DialogueId::from_bytes([0; 16])).as_slice()..=end.as_slice()),
+            }
+            .context("scanning dialogues")?
+            .peekable();
+            // The cursor names the last item already seen; the range starts at it, so skip it.
+            if let Some(cursor) = after
+                && let Some(Ok((key, _))) = range.peek()
+                && key.value() == owner_key(owner, cursor.updated_at_ms, cursor.id).as_slice()
+            {
+                range.next();
+            }
+            let mut items = Vec::with_capacity(limit.get());
+            let mut more = false;
+            for entry in range {
+                if items.len() == limit.get() {
+                    more = true;
+                    break;
+                }
+                let (key, _) = entry.context("scanning dialogues")?;
+                let dialogue = DialogueId::from_bytes(key.value()[24..].try_into().context("index key")?);
+                let head = read_message(&messages, dialogue, 1)?;
+                items.push(head.summary.with_context(|| format!("head of {dialogue} has no summary"))?);
+            }
+            let next = more.then(|| items.last().map(|d| DialogueCursor::after(d.updated_at, d.id))).flatten();
+            Ok(Page { items, next })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SessionStore for EmbeddedStore {
+    async fn create_session(&self, session: &Session) -> StoreResult<()> {
+        let session = session.clone();
+        self.write(move |txn| {
+            let mut sessions = txn.open_table(SESSIONS).context("opening sessions")?;
+            sessions.insert(session.id.as_bytes().as_slice(), encode(&session)?.as_slice()).context("writing")?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, id: SessionId, now: Timestamp) -> StoreResult<Option<Session>> {
+        self.read(move |txn| {
+            let sessions = txn.open_table(SESSIONS).context("opening sessions")?;
+            let Some(bytes) = sessions.get(id.as_bytes().as_slice()).context("reading")? else { return Ok(None) };
+            let session: Session = decode(bytes.value())?;
+            Ok((session.expires_at > now).then_some(session))
+        })
+        .await
+    }
+
+    async fn revoke_session(&self, id: SessionId) -> StoreResult<()> {
+        self.write(move |txn| {
+            let mut sessions = txn.open_table(SESSIONS).context("opening sessions")?;
+            sessions.remove(id.as_bytes().as_slice()).context("removing")?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn login_failures(&self, email: &Email, now: Timestamp) -> StoreResult<Option<FailureWindow>> {
+        let email = email.clone();
+        self.read(move |txn| {
+            let failures = txn.open_table(LOGIN_FAILURES).context("opening login_failures")?;
+            let Some(bytes) = failures.get(email.as_str()).context("reading")? else { return Ok(None) };
+            let window: FailureWindow = decode(bytes.value())?;
+            Ok(window_is_open(&window, now).then_some(window))
+        })
+        .await
+    }
+
+    async fn record_login_failure(
+        &self,
+        email: &Email,
+        now: Timestamp,
+        window: Duration,
+    ) -> StoreResult<FailureWindow> {
+        let email = email.clone();
+        let length = chrono::Duration::from_std(window).context("window length")?;
+        self.write(move |txn| {
+            let mut failures = txn.open_table(LOGIN_FAILURES).context("opening login_failures")?;
+            let current = match failures.get(email.as_str()).context("reading")? {
+                Some(bytes) => Some(decode::<FailureWindow>(bytes.value())?),
+                None => None,
+            };
+            let updated = match current {
+                Some(open) if window_is_open(&open, now) => FailureWindow { failures: open.failures + 1, ..open },
+                _ => FailureWindow { failures: 1, resets_at: now + length },
+            };
+            failures.insert(email.as_str(), encode(&updated)?.as_slice()).context("writing")?;
+            Ok(updated)
+        })
+        .await
+    }
+
+    async fn clear_login_failures(&self, email: &Email) -> StoreResult<()> {
+        let email = email.clone();
+        self.write(move |txn| {
+            let mut failures = txn.open_table(LOGIN_FAILURES).context("opening login_failures")?;
+            failures.remove(email.as_str()).context("removing")?;
+            Ok(())
+        })
+        .await
+    }
+}
