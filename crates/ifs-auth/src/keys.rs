@@ -6,7 +6,9 @@ use std::path::Path;
 use anyhow::Context as _;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey as _, DecodePublicKey as _, EncodePrivateKey as _, EncodePublicKey as _,
+};
 use jsonwebtoken::{DecodingKey, EncodingKey};
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -29,7 +31,8 @@ impl std::fmt::Debug for PublicKey {
 impl PublicKey {
     /// Parses an SPKI PEM (`-----BEGIN PUBLIC KEY-----`).
     pub fn from_pem(pem: &str) -> anyhow::Result<Self> {
-        ed25519_dalek::VerifyingKey::from_public_key_pem(pem.trim()).context("not an Ed25519 public key PEM")?;
+        ed25519_dalek::VerifyingKey::from_public_key_pem(pem.trim())
+            .context("not an Ed25519 public key PEM")?;
         let decoding = DecodingKey::from_ed_pem(pem.trim().as_bytes()).context("loading the public key")?;
         Ok(Self { decoding })
     }
@@ -52,14 +55,15 @@ impl std::fmt::Debug for JwtKeys {
 impl JwtKeys {
     /// Parses a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`) and derives the public half.
     pub fn from_private_pem(pem: &SecretString) -> anyhow::Result<Self> {
-        let signing =
-            SigningKey::from_pkcs8_pem(pem.expose_secret().trim()).context("not an Ed25519 private key PEM")?;
+        let signing = SigningKey::from_pkcs8_pem(pem.expose_secret().trim())
+            .context("not an Ed25519 private key PEM")?;
         Self::from_signing(&signing)
     }
 
     fn from_signing(signing: &SigningKey) -> anyhow::Result<Self> {
         let private_pem = signing.to_pkcs8_pem(LineEnding::LF).context("encoding the private key")?;
-        let public_pem = signing.verifying_key().to_public_key_pem(LineEnding::LF).context("encoding the public key")?;
+        let public_pem =
+            signing.verifying_key().to_public_key_pem(LineEnding::LF).context("encoding the public key")?;
         Ok(Self {
             encoding: EncodingKey::from_ed_pem(private_pem.as_bytes()).context("loading the private key")?,
             public: PublicKey::from_pem(&public_pem)?,
@@ -80,8 +84,9 @@ impl JwtKeys {
         if private_path.exists() {
             let pem = std::fs::read_to_string(&private_path)
                 .with_context(|| format!("reading {}", private_path.display()))?;
-            return Self::from_private_pem(&pem.into())
-                .with_context(|| format!("{} is not a usable key; delete it to get a new one", private_path.display()));
+            return Self::from_private_pem(&pem.into()).with_context(|| {
+                format!("{} is not a usable key; delete it to get a new one", private_path.display())
+            });
         }
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -129,7 +134,10 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_key() {
-        assert!(JwtKeys::from_private_pem(&"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----".into()).is_err());
+        assert!(
+            JwtKeys::from_private_pem(&"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----".into())
+                .is_err()
+        );
         assert!(PublicKey::from_pem("hello").is_err());
     }
 }

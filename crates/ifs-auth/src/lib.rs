@@ -8,12 +8,12 @@ pub mod token;
 
 use std::sync::Arc;
 
-use ifs_domain::{SessionId, Timestamp, UserId};
+use ifs_domain::{Clock, SessionId, Timestamp, UserId};
 use ifs_store::SessionStore;
 
 pub use keys::{JwtKeys, PublicKey};
 pub use password::PasswordHasher;
-pub use token::{Claims, TokenIssuer, TokenSettings, TokenVerifier};
+pub use token::{Claims, TokenError, TokenIssuer, TokenSettings, TokenVerifier};
 
 /// Who is calling, established from a valid token whose session is still alive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +39,7 @@ pub enum AuthError {
 pub struct Authenticator {
     verifier: Arc<TokenVerifier>,
     sessions: Arc<dyn SessionStore>,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -49,15 +50,17 @@ impl std::fmt::Debug for Authenticator {
 
 impl Authenticator {
     #[must_use]
-    pub fn new(verifier: TokenVerifier, sessions: Arc<dyn SessionStore>) -> Self {
-        Self { verifier: Arc::new(verifier), sessions }
+    pub fn new(verifier: TokenVerifier, sessions: Arc<dyn SessionStore>, clock: Arc<dyn Clock>) -> Self {
+        Self { verifier: Arc::new(verifier), sessions, clock }
     }
 
     /// The principal behind a bearer token, or why there is none.
-    pub async fn authenticate(&self, token: &str, now: Timestamp) -> Result<Principal, AuthError> {
-        let claims = self.verifier.verify(token).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = self.clock.now();
+        let claims = self.verifier.verify(token, now).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
         let user_id = UserId::parse(&claims.sub).map_err(|_| AuthError::InvalidToken("bad sub".into()))?;
-        let session_id = SessionId::parse(&claims.sid).map_err(|_| AuthError::InvalidToken("bad sid".into()))?;
+        let session_id =
+            SessionId::parse(&claims.sid).map_err(|_| AuthError::InvalidToken("bad sid".into()))?;
         let session = self
             .sessions
             .session(session_id, now)

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::keys::{JwtKeys, PublicKey};
 
 /// Clock skew tolerated on `exp`, in seconds.
-const LEEWAY_SECONDS: u64 = 5;
+const LEEWAY_SECONDS: i64 = 5;
 
 /// The claims of an access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,24 +81,49 @@ impl TokenVerifier {
     pub fn new(key: PublicKey, settings: &TokenSettings) -> Self {
         // Pinning the algorithm refuses `alg: none` and HMAC-with-the-public-key forgeries.
         let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.leeway = LEEWAY_SECONDS;
+        // Expiry is checked against the injected clock in `verify`, not the library's.
+        validation.validate_exp = false;
         validation.set_issuer(&[&settings.issuer]);
         validation.set_audience(&[&settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         Self { key, validation }
     }
 
-    pub fn verify(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
-        jsonwebtoken::decode::<Claims>(token, &self.key.decoding, &self.validation).map(|data| data.claims)
+    /// The claims of a genuine token that has not expired at `now` (give or take the leeway).
+    pub fn verify(&self, token: &str, now: Timestamp) -> Result<Claims, TokenError> {
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key.decoding, &self.validation)
+            .map_err(|e| TokenError::Invalid(e.to_string()))?
+            .claims;
+        if claims.exp.saturating_add(LEEWAY_SECONDS) <= now.timestamp() {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
     }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("token expired")]
+    Expired,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn now_ts() -> Timestamp {
+        chrono::Utc::now()
+    }
+
     fn settings() -> TokenSettings {
-        TokenSettings { issuer: "ifs-guide".into(), audience: "ifs-guide".into(), ttl: Duration::seconds(3600) }
+        TokenSettings {
+            issuer: "ifs-guide".into(),
+            audience: "ifs-guide".into(),
+            ttl: Duration::seconds(3600),
+        }
     }
 
     #[test]
@@ -109,7 +134,7 @@ mod tests {
         let (user, session) = (UserId::generate(), SessionId::generate());
         let now = chrono::Utc::now();
 
-        let claims = verifier.verify(&issuer.issue(user, session, now).unwrap()).unwrap();
+        let claims = verifier.verify(&issuer.issue(user, session, now).unwrap(), now).unwrap();
         assert_eq!((claims.sub, claims.sid), (user.to_string(), session.to_string()));
         assert_eq!(claims.exp - claims.iat, 3600);
         assert_eq!((claims.iss.as_str(), claims.aud.as_str()), ("ifs-guide", "ifs-guide"));
@@ -123,9 +148,12 @@ mod tests {
         let ids = (UserId::generate(), SessionId::generate());
 
         let other_key = TokenIssuer::new(JwtKeys::generate().unwrap(), settings());
-        let other_issuer = TokenIssuer::new(keys.clone(), TokenSettings { issuer: "evil".into(), ..settings() });
-        let other_audience = TokenIssuer::new(keys.clone(), TokenSettings { audience: "else".into(), ..settings() });
-        let expired = TokenIssuer::new(keys.clone(), TokenSettings { ttl: Duration::seconds(1), ..settings() });
+        let other_issuer =
+            TokenIssuer::new(keys.clone(), TokenSettings { issuer: "evil".into(), ..settings() });
+        let other_audience =
+            TokenIssuer::new(keys.clone(), TokenSettings { audience: "else".into(), ..settings() });
+        let expired =
+            TokenIssuer::new(keys.clone(), TokenSettings { ttl: Duration::seconds(1), ..settings() });
 
         for (name, issuer, at) in [
             ("other key", &other_key, now),
@@ -134,10 +162,11 @@ mod tests {
             ("expired beyond leeway", &expired, now - Duration::seconds(10)),
         ] {
             let token = issuer.issue(ids.0, ids.1, at).unwrap();
-            assert!(verifier.verify(&token).is_err(), "{name} was accepted");
+            assert!(verifier.verify(&token, now).is_err(), "{name} was accepted");
         }
         let within_leeway = expired.issue(ids.0, ids.1, now - Duration::seconds(3)).unwrap();
-        assert!(verifier.verify(&within_leeway).is_ok());
+        assert!(verifier.verify(&within_leeway, now).is_ok());
+        assert_eq!(verifier.verify(&within_leeway, now + Duration::seconds(10)), Err(TokenError::Expired));
     }
 
     #[test]
@@ -159,7 +188,7 @@ mod tests {
             &jsonwebtoken::EncodingKey::from_secret(keys.public_pem().as_bytes()),
         )
         .unwrap();
-        assert!(verifier.verify(&hmac).is_err());
+        assert!(verifier.verify(&hmac, now_ts()).is_err());
 
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -168,8 +197,8 @@ mod tests {
             b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
             b64.encode(serde_json::to_vec(&claims).unwrap())
         );
-        assert!(verifier.verify(&none).is_err());
-        assert!(verifier.verify("not.a.token").is_err());
-        assert!(verifier.verify("").is_err());
+        assert!(verifier.verify(&none, now_ts()).is_err());
+        assert!(verifier.verify("not.a.token", now_ts()).is_err());
+        assert!(verifier.verify("", now_ts()).is_err());
     }
 }

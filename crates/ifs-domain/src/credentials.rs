@@ -48,7 +48,9 @@ impl Email {
             return Err(EmailError::TooLong);
         }
         // The library accepts display-name and comment forms that no one types into a login form.
-        if normalised.contains(['<', '>', '(', ')', ' ']) || !email_address::EmailAddress::is_valid(&normalised) {
+        if normalised.contains(['<', '>', '(', ')', ' '])
+            || !email_address::EmailAddress::is_valid(&normalised)
+        {
             return Err(EmailError::Invalid);
         }
         Ok(Self(normalised))

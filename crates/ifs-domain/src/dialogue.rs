@@ -343,9 +343,13 @@ mod tests {
 
     #[test]
     fn titles_are_cut_at_a_word_boundary() {
-        assert_eq!(title_for("  How do I\n talk to my   inner critic?  "), "How do I talk to my inner critic?");
+        assert_eq!(
+            title_for("  How do I\n talk to my   inner critic?  "),
+            "How do I talk to my inner critic?"
+        );
 
-        let long = "I keep noticing a part of me that gets really anxious whenever my manager asks for a quick call";
+        let long =
+            "I keep noticing a part of me that gets really anxious whenever my manager asks for a quick call";
         let title = title_for(long);
         assert!(title.chars().count() <= TITLE_MAX, "{title}");
         assert!(title.ends_with('…'));

@@ -1,11 +1,13 @@
 //! Pure domain of ifs-guide: identifiers, credentials, message text and the rules of the
 //! doubly linked list that a dialogue is. Nothing here does I/O; adapters and handlers build on it.
 
+pub mod clock;
 pub mod credentials;
 pub mod dialogue;
 pub mod id;
 pub mod page;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use credentials::{Email, EmailError, Password, PasswordError};
 pub use dialogue::{
     ChainError, DialogueSummary, Message, MessageText, MessageTextError, NewMessage, ReplyMeta, Role, Usage,

@@ -28,7 +28,13 @@ impl Limit {
 
     #[must_use]
     pub const fn new_clamped(n: usize, max: usize) -> Self {
-        Self(if n == 0 { 1 } else if n > max { max } else { n })
+        Self(if n == 0 {
+            1
+        } else if n > max {
+            max
+        } else {
+            n
+        })
     }
 
     #[must_use]

@@ -2,6 +2,9 @@
 //! on a laptop and DynamoDB/Redis in AWS behave the same. An adapter's test file invokes
 //! [`conformance_suite!`](crate::conformance_suite) with a function that builds fresh, empty stores.
 
+// Test support: a panic is how a case reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
 use std::any::Any;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -92,17 +95,23 @@ fn said(role: Role, text: &str, when: Timestamp) -> NewMessage {
 
 /// A dialogue of `n` alternating messages, the k-th written at second `start + k`.
 async fn dialogue_of(stores: &Stores, owner: UserId, n: u64, start: i64) -> DialogueId {
-    let head = stores.dialogues.start_dialogue(owner, said(Role::User, "message 1", at(start))).await.unwrap();
+    let head =
+        stores.dialogues.start_dialogue(owner, said(Role::User, "message 1", at(start))).await.unwrap();
     for k in 2..=n {
         let role = if k % 2 == 0 { Role::Assistant } else { Role::User };
         let text = format!("message {k}");
-        stores.dialogues.append_message(owner, head.dialogue_id, said(role, &text, at(start + k as i64))).await.unwrap();
+        stores
+            .dialogues
+            .append_message(owner, head.dialogue_id, said(role, &text, at(start + k as i64)))
+            .await
+            .unwrap();
     }
     head.dialogue_id
 }
 
 async fn whole(stores: &Stores, owner: UserId, dialogue: DialogueId) -> Vec<Message> {
-    let page = stores.dialogues.messages(owner, dialogue, Limit::new_clamped(10_000, 10_000), None).await.unwrap();
+    let page =
+        stores.dialogues.messages(owner, dialogue, Limit::new_clamped(10_000, 10_000), None).await.unwrap();
     assert_eq!(page.next, None);
     page.items
 }
@@ -138,7 +147,12 @@ pub async fn an_email_is_registered_only_once_even_under_a_race(stores: Stores) 
 }
 
 pub async fn a_session_lives_until_it_expires(stores: Stores) {
-    let session = Session { id: SessionId::generate(), user_id: UserId::generate(), created_at: at(0), expires_at: at(60) };
+    let session = Session {
+        id: SessionId::generate(),
+        user_id: UserId::generate(),
+        created_at: at(0),
+        expires_at: at(60),
+    };
     stores.sessions.create_session(&session).await.unwrap();
 
     assert_eq!(stores.sessions.session(session.id, at(59)).await.unwrap(), Some(session.clone()));
@@ -147,7 +161,12 @@ pub async fn a_session_lives_until_it_expires(stores: Stores) {
 }
 
 pub async fn a_revoked_session_is_gone(stores: Stores) {
-    let keep = Session { id: SessionId::generate(), user_id: UserId::generate(), created_at: at(0), expires_at: at(600) };
+    let keep = Session {
+        id: SessionId::generate(),
+        user_id: UserId::generate(),
+        created_at: at(0),
+        expires_at: at(600),
+    };
     let drop = Session { id: SessionId::generate(), ..keep.clone() };
     stores.sessions.create_session(&keep).await.unwrap();
     stores.sessions.create_session(&drop).await.unwrap();
@@ -194,7 +213,11 @@ pub async fn clearing_login_failures_starts_afresh(stores: Stores) {
 
 pub async fn a_started_dialogue_is_a_one_message_list(stores: Stores) {
     let owner = UserId::generate();
-    let head = stores.dialogues.start_dialogue(owner, said(Role::User, "  Where do I start?  ", at(5))).await.unwrap();
+    let head = stores
+        .dialogues
+        .start_dialogue(owner, said(Role::User, "  Where do I start?  ", at(5)))
+        .await
+        .unwrap();
 
     assert_eq!(head.dialogue_id, DialogueId::from(head.id));
     assert_eq!((head.seq, head.prev_id, head.next_id), (1, None, None));
@@ -204,7 +227,10 @@ pub async fn a_started_dialogue_is_a_one_message_list(stores: Stores) {
     let listed = stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap();
     assert_eq!(listed.items.len(), 1);
     let summary = &listed.items[0];
-    assert_eq!((summary.id, summary.title.as_str(), summary.message_count), (head.dialogue_id, "Where do I start?", 1));
+    assert_eq!(
+        (summary.id, summary.title.as_str(), summary.message_count),
+        (head.dialogue_id, "Where do I start?", 1)
+    );
     assert_eq!((summary.created_at, summary.updated_at, summary.tail_id), (at(5), at(5), head.id));
 }
 
@@ -218,7 +244,8 @@ pub async fn appends_keep_the_list_valid_and_the_summary_current(stores: Stores)
     assert_eq!(texts, ["message 1", "message 2", "message 3", "message 4", "message 5", "message 6"]);
     assert_eq!(messages[1].role, Role::Assistant);
 
-    let summary = stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap().items.remove(0);
+    let summary =
+        stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap().items.remove(0);
     assert_eq!((summary.message_count, summary.tail_id), (6, messages[5].id));
     assert_eq!((summary.created_at, summary.updated_at), (at(0), at(6)));
     assert_eq!(summary.title, "message 1");
@@ -287,7 +314,11 @@ pub async fn messages_page_in_list_order(stores: Stores) {
 
     let exact = stores.dialogues.messages(owner, dialogue, Limit::new_clamped(7, 200), None).await.unwrap();
     assert_eq!((exact.items.len(), exact.next), (7, None), "no cursor when nothing follows");
-    let beyond = stores.dialogues.messages(owner, dialogue, limit, Some(MessageCursor { after_seq: 7 })).await.unwrap();
+    let beyond = stores
+        .dialogues
+        .messages(owner, dialogue, limit, Some(MessageCursor { after_seq: 7 }))
+        .await
+        .unwrap();
     assert!(beyond.items.is_empty() && beyond.next.is_none());
 }
 
@@ -298,8 +329,14 @@ pub async fn messages_before_gives_the_latest_ones_oldest_first(stores: Stores) 
 
     assert_eq!(seqs(stores.dialogues.messages_before(owner, dialogue, 10, 4).await.unwrap()), [6, 7, 8, 9]);
     assert_eq!(seqs(stores.dialogues.messages_before(owner, dialogue, 3, 20).await.unwrap()), [1, 2]);
-    assert_eq!(seqs(stores.dialogues.messages_before(owner, dialogue, 1, 20).await.unwrap()), Vec::<u64>::new());
-    assert_eq!(seqs(stores.dialogues.messages_before(owner, dialogue, 11, 0).await.unwrap()), Vec::<u64>::new());
+    assert_eq!(
+        seqs(stores.dialogues.messages_before(owner, dialogue, 1, 20).await.unwrap()),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        seqs(stores.dialogues.messages_before(owner, dialogue, 11, 0).await.unwrap()),
+        Vec::<u64>::new()
+    );
 }
 
 pub async fn dialogues_are_listed_newest_activity_first_in_pages(stores: Stores) {
@@ -329,6 +366,7 @@ pub async fn dialogues_are_private_to_their_owner(stores: Stores) {
 
     let listed = stores.dialogues.dialogues(bob, Limit::new_clamped(100, 100), None).await.unwrap();
     assert_eq!(listed.items.iter().map(|d| d.id).collect::<Vec<_>>(), [bobs]);
-    let nobody = stores.dialogues.dialogues(UserId::generate(), Limit::new_clamped(100, 100), None).await.unwrap();
+    let nobody =
+        stores.dialogues.dialogues(UserId::generate(), Limit::new_clamped(100, 100), None).await.unwrap();
     assert!(nobody.items.is_empty() && nobody.next.is_none());
 }

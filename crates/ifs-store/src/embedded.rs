@@ -147,10 +147,11 @@ fn owned_head(
     owner: UserId,
     dialogue: DialogueId,
 ) -> StoreResult<(Message, DialogueSummary)> {
-    let stored: StoredMessage = match table.get(message_key(dialogue, 1).as_slice()).context("reading a head")? {
-        Some(bytes) => decode(bytes.value())?,
-        None => return Err(StoreError::NotFound),
-    };
+    let stored: StoredMessage =
+        match table.get(message_key(dialogue, 1).as_slice()).context("reading a head")? {
+            Some(bytes) => decode(bytes.value())?,
+            None => return Err(StoreError::NotFound),
+        };
     match stored.summary {
         Some(summary) if summary.owner == owner => Ok((stored.message, summary)),
         Some(_) => Err(StoreError::NotFound),
@@ -172,7 +173,12 @@ fn read_message(
 
 /// Collects up to `limit` decoded values of a key range, plus whether more followed.
 fn take_page<T: DeserializeOwned>(
-    range: impl Iterator<Item = Result<(redb::AccessGuard<'static, &'static [u8]>, redb::AccessGuard<'static, &'static [u8]>), redb::StorageError>>,
+    range: impl Iterator<
+        Item = Result<
+            (redb::AccessGuard<'static, &'static [u8]>, redb::AccessGuard<'static, &'static [u8]>),
+            redb::StorageError,
+        >,
+    >,
     limit: usize,
 ) -> StoreResult<(Vec<T>, bool)> {
     let mut items = Vec::with_capacity(limit);
@@ -207,7 +213,9 @@ impl UserStore for EmbeddedStore {
         let email = email.clone();
         self.read(move |txn| {
             let emails = txn.open_table(USER_EMAILS).context("opening user_emails")?;
-            let Some(id) = emails.get(email.as_str()).context("reading user_emails")? else { return Ok(None) };
+            let Some(id) = emails.get(email.as_str()).context("reading user_emails")? else {
+                return Ok(None);
+            };
             let users = txn.open_table(USERS).context("opening users")?;
             let user = users.get(id.value()).context("reading user")?;
             Ok(user.map(|bytes| decode(bytes.value())).transpose()?)
@@ -298,7 +306,10 @@ impl DialogueStore for EmbeddedStore {
             owned_head(&messages, owner, dialogue)?;
             let first = before_seq.saturating_sub(count as u64).max(1);
             let range = messages
-                .range(message_key(dialogue, first).as_slice()..message_key(dialogue, before_seq.max(1)).as_slice())
+                .range(
+                    message_key(dialogue, first).as_slice()
+                        ..message_key(dialogue, before_seq.max(1)).as_slice(),
+                )
                 .context("scanning messages")?;
             let (stored, _) = take_page::<StoredMessage>(range, count)?;
             Ok(stored.into_iter().map(|s| s.message).collect())
@@ -343,8 +354,12 @@ impl DialogueStore for EmbeddedStore {
                 key
             };
             let mut range = match after {
-                Some(cursor) => index.range(owner_key(owner, cursor.updated_at_ms, cursor.id).as_slice()..=end.as_slice()),
-                None => index.range(owner_key(owner, i64::MAX, DialogueId::from_bytes([0; 16])).as_slice()..=end.as_slice()),
+                Some(cursor) => {
+                    index.range(owner_key(owner, cursor.updated_at_ms, cursor.id).as_slice()..=end.as_slice())
+                }
+                None => index.range(
+                    owner_key(owner, i64::MAX, DialogueId::from_bytes([0; 16])).as_slice()..=end.as_slice(),
+                ),
             }
             .context("scanning dialogues")?
             .peekable();
@@ -367,7 +382,8 @@ impl DialogueStore for EmbeddedStore {
                 let head = read_message(&messages, dialogue, 1)?;
                 items.push(head.summary.with_context(|| format!("head of {dialogue} has no summary"))?);
             }
-            let next = more.then(|| items.last().map(|d| DialogueCursor::after(d.updated_at, d.id))).flatten();
+            let next =
+                more.then(|| items.last().map(|d| DialogueCursor::after(d.updated_at, d.id))).flatten();
             Ok(Page { items, next })
         })
         .await
@@ -380,7 +396,9 @@ impl SessionStore for EmbeddedStore {
         let session = session.clone();
         self.write(move |txn| {
             let mut sessions = txn.open_table(SESSIONS).context("opening sessions")?;
-            sessions.insert(session.id.as_bytes().as_slice(), encode(&session)?.as_slice()).context("writing")?;
+            sessions
+                .insert(session.id.as_bytes().as_slice(), encode(&session)?.as_slice())
+                .context("writing")?;
             Ok(())
         })
         .await
@@ -389,7 +407,9 @@ impl SessionStore for EmbeddedStore {
     async fn session(&self, id: SessionId, now: Timestamp) -> StoreResult<Option<Session>> {
         self.read(move |txn| {
             let sessions = txn.open_table(SESSIONS).context("opening sessions")?;
-            let Some(bytes) = sessions.get(id.as_bytes().as_slice()).context("reading")? else { return Ok(None) };
+            let Some(bytes) = sessions.get(id.as_bytes().as_slice()).context("reading")? else {
+                return Ok(None);
+            };
             let session: Session = decode(bytes.value())?;
             Ok((session.expires_at > now).then_some(session))
         })
@@ -431,7 +451,9 @@ impl SessionStore for EmbeddedStore {
                 None => None,
             };
             let updated = match current {
-                Some(open) if window_is_open(&open, now) => FailureWindow { failures: open.failures + 1, ..open },
+                Some(open) if window_is_open(&open, now) => {
+                    FailureWindow { failures: open.failures + 1, ..open }
+                }
                 _ => FailureWindow { failures: 1, resets_at: now + length },
             };
             failures.insert(email.as_str(), encode(&updated)?.as_slice()).context("writing")?;

@@ -60,7 +60,7 @@ pub struct FailureWindow {
 
 /// Users by id and by (unique) email.
 #[async_trait]
-pub trait UserStore: Send + Sync + 'static {
+pub trait UserStore: Send + Sync + std::fmt::Debug + 'static {
     /// Stores a new user; [`StoreError::EmailTaken`] if the email is registered.
     async fn create_user(&self, user: &UserRecord) -> StoreResult<()>;
     async fn user_by_email(&self, email: &Email) -> StoreResult<Option<UserRecord>>;
@@ -72,14 +72,18 @@ pub trait UserStore: Send + Sync + 'static {
 /// Every operation that names a dialogue answers [`StoreError::NotFound`] both when it does not
 /// exist and when `owner` does not own it.
 #[async_trait]
-pub trait DialogueStore: Send + Sync + 'static {
+pub trait DialogueStore: Send + Sync + std::fmt::Debug + 'static {
     /// Starts a dialogue whose first message is `first`; the dialogue id is that message's id.
     async fn start_dialogue(&self, owner: UserId, first: NewMessage) -> StoreResult<Message>;
 
     /// Appends at the tail atomically: concurrent appends all land, in some order, in one list.
     /// Costs a constant number of operations whatever the dialogue's length.
-    async fn append_message(&self, owner: UserId, dialogue: DialogueId, message: NewMessage)
-    -> StoreResult<Message>;
+    async fn append_message(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        message: NewMessage,
+    ) -> StoreResult<Message>;
 
     /// The `count` messages just before position `before_seq`, oldest first.
     async fn messages_before(
@@ -110,7 +114,7 @@ pub trait DialogueStore: Send + Sync + 'static {
 
 /// Sessions and the login-failure counters that throttle guessing.
 #[async_trait]
-pub trait SessionStore: Send + Sync + 'static {
+pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     async fn create_session(&self, session: &Session) -> StoreResult<()>;
     /// The session if it exists and has not expired at `now`.
     async fn session(&self, id: SessionId, now: Timestamp) -> StoreResult<Option<Session>>;

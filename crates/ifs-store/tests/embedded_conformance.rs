@@ -32,6 +32,7 @@ async fn the_embedded_store_survives_a_restart() {
     };
     let reopened = EmbeddedStore::open(&path).unwrap();
     let limit = ifs_domain::Limit::new_clamped(10, 10);
-    let page = ifs_store::DialogueStore::messages(&reopened, owner, first.dialogue_id, limit, None).await.unwrap();
+    let page =
+        ifs_store::DialogueStore::messages(&reopened, owner, first.dialogue_id, limit, None).await.unwrap();
     assert_eq!(page.items, vec![first]);
 }

@@ -1,0 +1,120 @@
+//! Configuration, read once at start-up from the environment (and, for the local binary, flags).
+//! Each group is a `clap::Args` so the local binary and every Lambda `main` share one definition,
+//! one default and one error message per variable. Invalid values stop the process at start-up
+//! with a message naming the variable.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ifs_auth::{JwtKeys, PublicKey, TokenSettings};
+use reqwest::Url;
+use secrecy::{ExposeSecret as _, SecretString};
+
+/// The persona sent as the system message when `SYSTEM_PROMPT` is unset.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are IFS Guide, a warm and careful companion for self-exploration \
+in the spirit of Internal Family Systems. You help the person notice their parts, get curious about them \
+and listen to what they need, one gentle question at a time. You are not a therapist and do not diagnose \
+or treat; if someone may be in danger, encourage them to contact local emergency services or a crisis line.";
+
+fn secret(raw: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(raw.into())
+}
+
+/// PEMs often arrive through one-line settings with literal `\n`s; accept both forms.
+fn unescape_pem(raw: &str) -> String {
+    raw.trim().replace("\\n", "\n")
+}
+
+/// Access tokens.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenConfig {
+    /// Ed25519 private key (PKCS#8 PEM) that signs access tokens; only the auth functions need it.
+    /// Locally, when unset, a key pair is generated once and kept in DATA_DIR.
+    #[arg(long, env = "JWT_PRIVATE_KEY", hide_env_values = true, value_parser = secret)]
+    pub jwt_private_key: Option<SecretString>,
+    /// Ed25519 public key (SPKI PEM) that verifies access tokens; derived from the private key when unset.
+    #[arg(long, env = "JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<String>,
+    /// `iss` claim written and required.
+    #[arg(long, env = "JWT_ISSUER", default_value = "ifs-guide")]
+    pub jwt_issuer: String,
+    /// `aud` claim written and required.
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "ifs-guide")]
+    pub jwt_audience: String,
+    /// Lifetime of an access token and its session, in seconds (60 to 2592000).
+    #[arg(long, env = "ACCESS_TOKEN_TTL", default_value_t = 3600,
+          value_parser = clap::value_parser!(u32).range(60..=2_592_000))]
+    pub access_token_ttl: u32,
+}
+
+impl TokenConfig {
+    #[must_use]
+    pub fn settings(&self) -> TokenSettings {
+        TokenSettings {
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            ttl: chrono::Duration::seconds(self.access_token_ttl.into()),
+        }
+    }
+
+    /// The signing keys: from `JWT_PRIVATE_KEY`, else (locally) kept in `local_dir`.
+    pub fn signing_keys(&self, local_dir: Option<&Path>) -> anyhow::Result<JwtKeys> {
+        match (&self.jwt_private_key, local_dir) {
+            (Some(pem), _) => JwtKeys::from_private_pem(&unescape_pem(pem.expose_secret()).into())
+                .context("JWT_PRIVATE_KEY is not an Ed25519 private key in PKCS#8 PEM"),
+            (None, Some(dir)) => JwtKeys::load_or_create_in(dir),
+            (None, None) => anyhow::bail!("JWT_PRIVATE_KEY must be set (Ed25519, PKCS#8 PEM)"),
+        }
+    }
+
+    /// The verifying key: `JWT_PUBLIC_KEY`, else derived from the signing keys.
+    pub fn public_key(&self, local_dir: Option<&Path>) -> anyhow::Result<PublicKey> {
+        match &self.jwt_public_key {
+            Some(pem) => PublicKey::from_pem(&unescape_pem(pem))
+                .context("JWT_PUBLIC_KEY is not an Ed25519 public key in SPKI PEM"),
+            None if self.jwt_private_key.is_some() || local_dir.is_some() => {
+                Ok(self.signing_keys(local_dir)?.public)
+            }
+            None => anyhow::bail!("JWT_PUBLIC_KEY must be set (Ed25519, SPKI PEM)"),
+        }
+    }
+}
+
+/// The Dialogue Manager's conversation with the agent.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DialogueConfig {
+    /// Full URL of an OpenAI-compatible chat-completions endpoint, e.g.
+    /// http://127.0.0.1:8080/v1/chat/completions.
+    #[arg(long, env = "AGENT_URL")]
+    pub agent_url: Option<Url>,
+    /// Model name sent in each request to AGENT_URL.
+    #[arg(long, env = "AGENT_MODEL", default_value = "ifs-guide")]
+    pub agent_model: String,
+    /// Seconds to wait for the agent's reply before answering 504 (1 to 900).
+    #[arg(long, env = "AGENT_TIMEOUT", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=900))]
+    pub agent_timeout: u64,
+    /// The persona sent to the agent as the system message.
+    #[arg(long, env = "SYSTEM_PROMPT", default_value = DEFAULT_SYSTEM_PROMPT, hide_default_value = true)]
+    pub system_prompt: String,
+    /// How many of the most recent messages go to the agent as memory (0 to 200).
+    #[arg(long, env = "MEMORY_MESSAGES", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(0..=200))]
+    pub memory_messages: u32,
+}
+
+impl DialogueConfig {
+    #[must_use]
+    pub fn agent_timeout(&self) -> Duration {
+        Duration::from_secs(self.agent_timeout)
+    }
+}
+
+/// Where data lives.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreConfig {
+    /// Directory of the embedded store (and, locally, the generated token keys).
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}

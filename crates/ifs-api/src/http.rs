@@ -1,0 +1,179 @@
+//! The middleware every deployment puts around the routers — locally around all of them merged,
+//! on Lambda around one: request ids, one log line per request, body limits, panic catching,
+//! JSON for every error, and a JSON 404 for unknown routes.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Request, Response, header};
+use axum::response::IntoResponse;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+use crate::ApiError;
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Wraps finished routers (state already provided) for serving.
+pub fn edge(routes: Router) -> Router {
+    routes
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(
+            // Outermost first. The normaliser sits inside the logging so the log shows the status
+            // sent, and outside the panic catcher and body limit so their bare responses get JSON.
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_request(())
+                        .on_response(log_response)
+                        .on_failure(()),
+                )
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(axum::middleware::map_response(json_errors))
+                .layer(CatchPanicLayer::new())
+                .layer(RequestBodyLimitLayer::new(BODY_LIMIT)),
+        )
+}
+
+fn request_span(request: &Request<Body>) -> Span {
+    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+}
+
+fn log_response(response: &Response<Body>, latency: Duration, _span: &Span) {
+    tracing::info!(status = response.status().as_u16(), latency_ms = latency.as_millis() as u64, "handled");
+}
+
+/// Replaces any error response that is not already our JSON (axum's 405, tower-http's 413, a
+/// caught panic) with the `{"error": …}` body for its status, keeping its headers.
+async fn json_errors<B>(response: Response<B>) -> Response<Body>
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response.map(Body::new);
+    }
+    let (mut parts, _) = response.into_parts();
+    let (replacement, body) = ApiError::for_status(status).into_response().into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.extend(replacement.headers);
+    Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    async fn call(
+        app: Router,
+        request: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+        let response = app.oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    fn app() -> Router {
+        edge(
+            Router::new()
+                .route(
+                    "/echo",
+                    post(|crate::Json(v): crate::Json<serde_json::Value>| async move { axum::Json(v) }),
+                )
+                .route("/panic", get(|| async { panic!("boom") as &'static str })),
+        )
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_are_json_404s_with_a_request_id() {
+        let (status, headers, body) = call(app(), Request::get("/nope").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"]["code"], "not_found");
+        assert!(headers.contains_key("x-request-id"));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_method_is_a_json_405() {
+        let (status, headers, body) = call(app(), Request::get("/echo").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(body["error"]["code"], "method_not_allowed");
+        assert_eq!(headers[header::ALLOW], "POST");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_a_json_413_whether_or_not_its_length_is_declared() {
+        let big = format!("\"{}\"", "x".repeat(BODY_LIMIT));
+        let declared = Request::post("/echo")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, big.len())
+            .body(Body::from(big.clone()))
+            .unwrap();
+        let (status, _, body) = call(app(), declared).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+        );
+
+        // No Content-Length: the limit applies while the body is read.
+        let undeclared = Request::post("/echo")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(big))
+            .unwrap();
+        let (status, _, body) = call(app(), undeclared).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_json_is_a_400_and_wrong_content_type_a_415() {
+        let bad = Request::post("/echo")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{"))
+            .unwrap();
+        let (status, _, body) = call(app(), bad).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_request"))
+        );
+
+        let text =
+            Request::post("/echo").header(header::CONTENT_TYPE, "text/plain").body(Body::from("{}")).unwrap();
+        let (status, _, body) = call(app(), text).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(body["error"]["code"], "unsupported_media_type");
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_json_500_that_says_nothing_of_it() {
+        let (status, _, body) = call(app(), Request::get("/panic").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"]["code"], "internal");
+        assert!(!body.to_string().contains("boom"));
+    }
+}

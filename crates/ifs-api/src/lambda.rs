@@ -1,0 +1,77 @@
+//! What every Lambda `main` shares: logging set up for CloudWatch, configuration from the
+//! environment, and running a router through `lambda_http` behind the common middleware.
+
+use axum::Router;
+use axum::http::Uri;
+use lambda_http::Request;
+use lambda_http::RequestExt as _;
+use lambda_http::request::RequestContext;
+use tower::util::MapRequest;
+
+/// Logs as JSON on Lambda (one object per line, for CloudWatch queries) and as text elsewhere;
+/// `RUST_LOG` filters, default `info`.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let installed = if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
+        builder.json().flatten_event(true).with_current_span(true).without_time().try_init()
+    } else {
+        // Locally, stdout is for the banner; logs go to stderr, coloured only on a terminal.
+        use std::io::IsTerminal as _;
+        builder.with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
+    // A second call (tests) keeps the first subscriber.
+    drop(installed);
+}
+
+/// Reads a function's configuration from the environment; on a bad or missing value, prints
+/// which variable and why, and exits.
+#[must_use]
+pub fn config<T: clap::Parser>(function: &str) -> T {
+    T::parse_from([function])
+}
+
+/// The service a Lambda runs: the common middleware around `routes`, behind the removal of the
+/// API Gateway stage from the path.
+pub type LambdaService = MapRequest<Router, fn(Request) -> Request>;
+
+/// Builds the [`LambdaService`] for `routes` (state provided).
+pub fn service(routes: Router) -> LambdaService {
+    MapRequest::new(crate::http::edge(routes), strip_stage as fn(Request) -> Request)
+}
+
+/// Serves `routes` (state provided) as this Lambda's handler.
+pub async fn run(routes: Router) -> Result<(), lambda_http::Error> {
+    lambda_http::run(service(routes)).await
+}
+
+/// `lambda_http` puts a named stage in front of the path (`/prod/api/v1/me`) so that routes can
+/// see it; ours are stage-independent, so it comes off again before routing. The same routers
+/// then work behind REST APIs, HTTP APIs and custom domains alike.
+fn strip_stage(mut request: Request) -> Request {
+    let stage = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV1(context)) => context.stage.clone(),
+        Some(RequestContext::ApiGatewayV2(context)) => context.stage.clone(),
+        _ => None,
+    };
+    let Some(stage) = stage.filter(|s| s != "$default" && !s.is_empty()) else { return request };
+    let prefix = format!("/{stage}");
+    let Some(rest) = request.uri().path().strip_prefix(&prefix) else { return request };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return request;
+    }
+    let path = if rest.is_empty() { "/" } else { rest };
+    let path_and_query = match request.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = request.uri().clone().into_parts();
+    if let Ok(stripped) = path_and_query.parse() {
+        parts.path_and_query = Some(stripped);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
+}

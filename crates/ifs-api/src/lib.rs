@@ -1,0 +1,18 @@
+//! HTTP glue shared by every ifs-guide endpoint: the one error type, extractors, the middleware
+//! stack at the edge, configuration read from the environment, the agent port and its HTTP
+//! client, backend wiring, and the Lambda runner. Endpoint logic lives in `functions/*`.
+
+pub mod agent;
+pub mod backends;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod http;
+pub mod lambda;
+pub mod openai;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod views;
+
+pub use error::ApiError;
+pub use extract::{AuthUser, Json};

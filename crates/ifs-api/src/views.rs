@@ -1,0 +1,38 @@
+//! JSON shapes shared by several endpoints.
+
+use ifs_domain::{Message, MessageId, Role, Timestamp, Usage};
+use serde::Serialize;
+
+/// A message as clients see it: its place in the list (`seq`, `prev_id`, `next_id`) and, for
+/// replies, how the agent produced it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageView {
+    pub id: MessageId,
+    pub seq: u64,
+    pub role: Role,
+    pub content: String,
+    pub created_at: Timestamp,
+    pub prev_id: Option<MessageId>,
+    pub next_id: Option<MessageId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+impl From<Message> for MessageView {
+    fn from(message: Message) -> Self {
+        let meta = message.meta.unwrap_or_default();
+        Self {
+            id: message.id,
+            seq: message.seq,
+            role: message.role,
+            content: message.content,
+            created_at: message.created_at,
+            prev_id: message.prev_id,
+            next_id: message.next_id,
+            finish_reason: meta.finish_reason,
+            usage: meta.usage,
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The local ifs-guide server: every function's router merged into one process on the embedded
+//! store — the same handlers that run as separate Lambdas in AWS, with no second implementation.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use ifs_api::agent::{Agent, HttpAgent};
+use ifs_api::backends::Backends;
+use ifs_api::config::{DialogueConfig, StoreConfig, TokenConfig};
+use ifs_auth::{Authenticator, PasswordHasher, TokenIssuer, TokenVerifier};
+use ifs_domain::{Clock, SystemClock};
+use tokio::net::TcpListener;
+
+/// `ifs-guide`: run ifs-guide locally.
+#[derive(Debug, clap::Parser)]
+#[command(name = "ifs-guide", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Serve every endpoint (auth, dialogues, agent) in this process on the embedded store.
+    Serve(ServeArgs),
+}
+
+/// Everything `serve` reads; each flag can also be set through the environment variable named.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:3000")]
+    pub bind_addr: SocketAddr,
+    #[command(flatten)]
+    pub store: StoreConfig,
+    #[command(flatten)]
+    pub tokens: TokenConfig,
+    #[command(flatten)]
+    pub dialogue: DialogueConfig,
+}
+
+/// The assembled application and a description of what it runs on.
+#[derive(Debug)]
+pub struct App {
+    pub router: Router,
+    /// Lines for the start-up banner: which backends, which agent, where the keys are.
+    pub backends: Vec<String>,
+}
+
+/// Raised when no agent is configured; `main` prints it and exits.
+pub const NO_AGENT: &str = "AGENT_URL is not set. The in-process model is not part of this build yet: \
+point AGENT_URL at an OpenAI-compatible chat-completions endpoint, for example llama.cpp's \
+`llama-server -m model.gguf --port 8080` and AGENT_URL=http://127.0.0.1:8080/v1/chat/completions";
+
+/// Opens the store, loads or creates keys, connects the agent, and merges every function's router.
+pub fn build(args: &ServeArgs) -> anyhow::Result<App> {
+    let agent_url = args.dialogue.agent_url.clone().context(NO_AGENT)?;
+    let agent: Arc<dyn Agent> = Arc::new(HttpAgent::new(agent_url, args.dialogue.agent_timeout())?);
+    build_with_agent(args, agent)
+}
+
+/// [`build`] with a given agent.
+pub fn build_with_agent(args: &ServeArgs, agent: Arc<dyn Agent>) -> anyhow::Result<App> {
+    let backends = Backends::open(&args.store)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let data_dir = args.store.data_dir.as_path();
+    let keys = args.tokens.signing_keys(Some(data_dir))?;
+    let public = match &args.tokens.jwt_public_key {
+        Some(_) => args.tokens.public_key(Some(data_dir))?,
+        None => keys.public.clone(),
+    };
+    let settings = args.tokens.settings();
+    let auth =
+        Authenticator::new(TokenVerifier::new(public, &settings), backends.sessions.clone(), clock.clone());
+    let hasher = PasswordHasher::new()?;
+    let key_source = if args.tokens.jwt_private_key.is_some() {
+        "JWT_PRIVATE_KEY".to_owned()
+    } else {
+        format!("generated, kept in {}", data_dir.display())
+    };
+    let described = vec![
+        format!("store:  {}", backends.description),
+        format!("agent:  {}", agent.describe()),
+        format!("tokens: Ed25519 key {key_source}"),
+    ];
+
+    let router = Router::new()
+        .merge(ifs_signup::router(ifs_signup::SignupState {
+            users: backends.users.clone(),
+            hasher: hasher.clone(),
+            clock: clock.clone(),
+        }))
+        .merge(ifs_login::router(ifs_login::LoginState {
+            users: backends.users.clone(),
+            sessions: backends.sessions.clone(),
+            hasher,
+            issuer: Arc::new(TokenIssuer::new(keys, settings)),
+            clock: clock.clone(),
+            throttle: ifs_login::Throttle::default(),
+        }))
+        .merge(ifs_me::router(ifs_me::MeState { auth: auth.clone(), users: backends.users.clone() }))
+        .merge(ifs_logout::router(ifs_logout::LogoutState {
+            auth: auth.clone(),
+            sessions: backends.sessions.clone(),
+        }))
+        .merge(ifs_dialogue::router(ifs_dialogue::DialogueState {
+            auth: auth.clone(),
+            dialogues: backends.dialogues.clone(),
+            agent,
+            settings: Arc::new(ifs_dialogue::DialogueSettings::from(&args.dialogue)),
+            clock,
+        }))
+        .merge(ifs_dialogues::router(ifs_dialogues::DialoguesState {
+            auth: auth.clone(),
+            dialogues: backends.dialogues.clone(),
+        }))
+        .merge(ifs_messages::router(ifs_messages::MessagesState { auth, dialogues: backends.dialogues }));
+    Ok(App { router: ifs_api::http::edge(router), backends: described })
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, app.router).with_graceful_shutdown(shutdown).await.context("serving HTTP")
+}

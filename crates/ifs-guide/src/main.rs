@@ -1,0 +1,59 @@
+//! `ifs-guide serve`: the whole service on a laptop, in one process.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use ifs_guide::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    ifs_api::lambda::init_tracing();
+    let Cli { command: Command::Serve(args) } = Cli::parse();
+    let app = match ifs_guide::build(&args) {
+        Ok(app) => app,
+        Err(error) => {
+            eprintln!("ifs-guide: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(args.bind_addr).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("ifs-guide: cannot listen on {} (BIND_ADDR): {error}", args.bind_addr);
+            return ExitCode::from(2);
+        }
+    };
+    let address = listener.local_addr().map_or_else(|_| args.bind_addr.to_string(), |a| a.to_string());
+    // Plain stdout, not the log: this is for the person who typed the command (and for tests).
+    println!("ifs-guide listening on http://{address}");
+    for line in &app.backends {
+        println!("  {line}");
+    }
+    match ifs_guide::serve(listener, app, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ifs-guide: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = terminate => {} }
+    tracing::info!("shutting down");
+}

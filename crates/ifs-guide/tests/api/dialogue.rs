@@ -1,0 +1,189 @@
+//! Dialogues over HTTP: turns, memory, agent failures, listings, and concurrent continuations.
+
+use axum::http::StatusCode;
+
+use crate::helpers::{assert_valid_list, spawn_app};
+
+#[tokio::test]
+async fn a_dialogue_starts_continues_and_remembers() {
+    let app = spawn_app().await;
+    let token = app.user("ada@example.com").await;
+
+    let (status, first) = app.say(&token, "I feel torn about my job", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let dialogue = first["dialogue_id"].as_str().unwrap().to_owned();
+    assert_eq!(first["reply"]["content"], "echo: I feel torn about my job");
+    assert_eq!(first["reply"]["usage"]["prompt_tokens"], 20);
+
+    let (status, second) = app.say(&token, "Part of me wants to stay", Some(&dialogue)).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(second["dialogue_id"], first["dialogue_id"]);
+    assert_eq!(second["message"]["prev_id"], first["reply"]["id"]);
+
+    assert_eq!(
+        app.agent.last_messages(),
+        [
+            ("system".to_owned(), "You are a test guide.".to_owned()),
+            ("user".to_owned(), "I feel torn about my job".to_owned()),
+            ("assistant".to_owned(), "echo: I feel torn about my job".to_owned()),
+            ("user".to_owned(), "Part of me wants to stay".to_owned()),
+        ]
+    );
+    let messages = app.all_messages(&token, &dialogue).await;
+    assert_eq!(messages.len(), 4);
+    assert_valid_list(&messages);
+}
+
+#[tokio::test]
+async fn memory_is_capped_at_the_most_recent_messages() {
+    let app = spawn_app().await; // MEMORY_MESSAGES=4
+    let token = app.user("ada@example.com").await;
+    let (_, first) = app.say(&token, "turn 1", None).await;
+    let dialogue = first["dialogue_id"].as_str().unwrap().to_owned();
+    for n in 2..=4 {
+        app.say(&token, &format!("turn {n}"), Some(&dialogue)).await;
+    }
+    let sent: Vec<String> = app.agent.last_messages().into_iter().map(|(_, c)| c).collect();
+    assert_eq!(sent, ["You are a test guide.", "turn 2", "echo: turn 2", "turn 3", "echo: turn 3", "turn 4"]);
+}
+
+#[tokio::test]
+async fn agent_failures_keep_the_message_and_say_where() {
+    let app = spawn_app().await;
+    let token = app.user("ada@example.com").await;
+    let (_, first) = app.say(&token, "hello", None).await;
+    let dialogue = first["dialogue_id"].as_str().unwrap().to_owned();
+
+    for (text, status, code) in [
+        ("[down] anyone?", StatusCode::BAD_GATEWAY, "agent_unavailable"),
+        ("[garbage] anyone?", StatusCode::BAD_GATEWAY, "agent_unavailable"),
+        ("[slow] anyone?", StatusCode::GATEWAY_TIMEOUT, "agent_timeout"),
+    ] {
+        let (got, body) = app.say(&token, text, Some(&dialogue)).await;
+        assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{body}");
+        assert_eq!(body["error"]["dialogue_id"], first["dialogue_id"]);
+        let body_text = body.to_string();
+        assert!(!body_text.contains("surprise") && !body_text.contains("not loaded"), "{body_text}");
+        let messages = app.all_messages(&token, &dialogue).await;
+        let kept = messages.last().unwrap();
+        assert_eq!(
+            (kept["id"].clone(), kept["content"].as_str()),
+            (body["error"]["message_id"].clone(), Some(text))
+        );
+        assert_valid_list(&messages);
+    }
+    // The dialogue goes on after failures.
+    let (status, _) = app.say(&token, "back again", Some(&dialogue)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.all_messages(&token, &dialogue).await.len(), 2 + 3 + 2);
+}
+
+#[tokio::test]
+async fn thirty_concurrent_continuations_make_one_valid_list_of_62() {
+    let app = spawn_app().await;
+    let token = app.user("ada@example.com").await;
+    let (_, first) = app.say(&token, "start", None).await;
+    let dialogue = first["dialogue_id"].as_str().unwrap().to_owned();
+
+    let turns = (0..30).map(|i| {
+        let (app, token, dialogue) = (&app, &token, &dialogue);
+        async move { app.say(token, &format!("concurrent {i}"), Some(dialogue)).await }
+    });
+    for (status, body) in futures::future::join_all(turns).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    let messages = app.all_messages(&token, &dialogue).await;
+    assert_eq!(messages.len(), 62);
+    assert_valid_list(&messages);
+    let mut users: Vec<&str> =
+        messages.iter().filter(|m| m["role"] == "user").map(|m| m["content"].as_str().unwrap()).collect();
+    users.sort_unstable();
+    let mut expected: Vec<String> = (0..30).map(|i| format!("concurrent {i}")).collect();
+    expected.push("start".into());
+    expected.sort_unstable();
+    assert_eq!(users, expected);
+    assert_eq!(messages.iter().filter(|m| m["role"] == "assistant").count(), 31);
+}
+
+#[tokio::test]
+async fn dialogues_list_newest_first_through_cursors() {
+    let app = spawn_app().await;
+    let token = app.user("ada@example.com").await;
+    let other = app.user("bob@example.com").await;
+    app.say(&other, "not ada's", None).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let (_, started) = app
+            .say(
+                &token,
+                &format!("dialogue number {n} about something that matters a great deal to me today"),
+                None,
+            )
+            .await;
+        ids.push(started["dialogue_id"].as_str().unwrap().to_owned());
+    }
+    // New activity moves the first dialogue to the top.
+    app.say(&token, "more", Some(&ids[0])).await;
+
+    let mut listed = Vec::new();
+    let mut path = "/api/v1/dialogues?limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let (status, page) = app.get(&path, Some(&token)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        pages += 1;
+        listed.extend(page["dialogues"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/dialogues?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let order: Vec<&str> = listed.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(order, [&ids[0], &ids[4], &ids[3], &ids[2], &ids[1]]);
+    assert_eq!(listed[0]["message_count"], 4);
+    let title = listed[1]["title"].as_str().unwrap();
+    assert!(title.chars().count() <= 80 && title.starts_with("dialogue number 4"), "{title}");
+    assert!(listed.iter().all(|d| d["title"] != "not ada's"));
+}
+
+#[tokio::test]
+async fn messages_page_through_cursors_in_list_order() {
+    let app = spawn_app().await;
+    let token = app.user("ada@example.com").await;
+    let (_, first) = app.say(&token, "one", None).await;
+    let dialogue = first["dialogue_id"].as_str().unwrap().to_owned();
+    app.say(&token, "two", Some(&dialogue)).await;
+    app.say(&token, "three", Some(&dialogue)).await;
+
+    let mut contents = Vec::new();
+    let mut path = format!("/api/v1/messages?dialogue_id={dialogue}&limit=4");
+    loop {
+        let (_, page) = app.get(&path, Some(&token)).await;
+        assert_eq!(page["dialogue_id"], first["dialogue_id"]);
+        contents.extend(
+            page["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/messages?dialogue_id={dialogue}&limit=4&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(contents, ["one", "echo: one", "two", "echo: two", "three", "echo: three"]);
+}
+
+#[tokio::test]
+async fn someone_elses_dialogue_is_not_found_never_forbidden() {
+    let app = spawn_app().await;
+    let ada = app.user("ada@example.com").await;
+    let bob = app.user("bob@example.com").await;
+    let (_, first) = app.say(&ada, "private", None).await;
+    let dialogue = first["dialogue_id"].as_str().unwrap();
+
+    let (status, body) = app.say(&bob, "let me in", Some(dialogue)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    let (status, _) = app.get(&format!("/api/v1/messages?dialogue_id={dialogue}"), Some(&bob)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(app.all_messages(&ada, dialogue).await.len(), 2);
+}

@@ -1,0 +1,12 @@
+//! API tests: the real `ifs-guide` app on a random loopback port with a throwaway `DATA_DIR`,
+//! driven over HTTP, with an OpenAI-compatible agent double on another port.
+
+// A panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod binary;
+mod dialogue;
+mod errors;
+mod helpers;
+mod persistence;

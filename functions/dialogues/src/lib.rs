@@ -1,0 +1,145 @@
+//! `GET /api/v1/dialogues?limit=&cursor=`: the caller's dialogues, newest activity first, a page
+//! at a time.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use ifs_api::extract::Query;
+use ifs_api::{ApiError, AuthUser};
+use ifs_auth::Authenticator;
+use ifs_domain::{DialogueCursor, DialogueId, DialogueSummary, Limit, Timestamp};
+use ifs_store::DialogueStore;
+use serde::{Deserialize, Serialize};
+
+/// Page size bounds.
+pub const DEFAULT_LIMIT: usize = 20;
+pub const MAX_LIMIT: usize = 100;
+
+/// What the listing needs.
+#[derive(Debug, Clone, axum::extract::FromRef)]
+pub struct DialoguesState {
+    pub auth: Authenticator,
+    pub dialogues: Arc<dyn DialogueStore>,
+}
+
+/// The routes of this function, as `template.yaml` gives them.
+pub fn router(state: DialoguesState) -> Router {
+    Router::new().route("/api/v1/dialogues", get(dialogues)).with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct DialogueView {
+    id: DialogueId,
+    title: String,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    message_count: u64,
+}
+
+impl From<DialogueSummary> for DialogueView {
+    fn from(d: DialogueSummary) -> Self {
+        Self {
+            id: d.id,
+            title: d.title,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+            message_count: d.message_count,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ListResponse {
+    dialogues: Vec<DialogueView>,
+    next_cursor: Option<String>,
+}
+
+async fn dialogues(
+    AuthUser(principal): AuthUser,
+    State(store): State<Arc<dyn DialogueStore>>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<ListResponse>, ApiError> {
+    let limit = Limit::parse(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)
+        .map_err(|e| ApiError::invalid_field("limit", e))?;
+    let cursor = query
+        .cursor
+        .as_deref()
+        .map(DialogueCursor::decode)
+        .transpose()
+        .map_err(|e| ApiError::invalid_field("cursor", e))?;
+    let page = store.dialogues(principal.user_id, limit, cursor).await?;
+    Ok(Json(ListResponse {
+        dialogues: page.items.into_iter().map(DialogueView::from).collect(),
+        next_cursor: page.next.map(|c| c.encode()),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use ifs_api::testing::{World, call, empty_request};
+    use ifs_domain::{Clock as _, MessageId, MessageText, NewMessage, Role};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn dialogues_page_newest_first_with_titles() {
+        let world = World::new();
+        let (owner, token) = world.signed_in("ada").await;
+        for i in 0..3 {
+            world.clock.advance(chrono::Duration::seconds(1));
+            let first = NewMessage {
+                id: MessageId::generate(),
+                role: Role::User,
+                content: MessageText::parse(format!("dialogue {i}")).unwrap(),
+                created_at: world.clock.now(),
+                meta: None,
+            };
+            world.backends.dialogues.start_dialogue(owner, first).await.unwrap();
+        }
+        let app = router(DialoguesState {
+            auth: world.authenticator(),
+            dialogues: world.backends.dialogues.clone(),
+        });
+
+        let (status, one) =
+            call(app.clone(), empty_request("GET", "/api/v1/dialogues?limit=2", Some(&token))).await;
+        assert_eq!(status, StatusCode::OK, "{one}");
+        let titles: Vec<_> =
+            one["dialogues"].as_array().unwrap().iter().map(|d| d["title"].as_str().unwrap()).collect();
+        assert_eq!(titles, ["dialogue 2", "dialogue 1"]);
+        assert_eq!(one["dialogues"][0]["message_count"], 1);
+
+        let next = format!("/api/v1/dialogues?limit=2&cursor={}", one["next_cursor"].as_str().unwrap());
+        let (_, two) = call(app.clone(), empty_request("GET", &next, Some(&token))).await;
+        assert_eq!(two["dialogues"][0]["title"], "dialogue 0");
+        assert_eq!(two["next_cursor"], serde_json::Value::Null);
+    }
+
+    #[tokio::test]
+    async fn bad_limits_and_cursors_are_400s_naming_the_parameter() {
+        let world = World::new();
+        let (_, token) = world.signed_in("ada").await;
+        let app = router(DialoguesState {
+            auth: world.authenticator(),
+            dialogues: world.backends.dialogues.clone(),
+        });
+        for (query, field) in
+            [("limit=0", "limit"), ("limit=101", "limit"), ("limit=x", "limit"), ("cursor=zzz", "cursor")]
+        {
+            let (status, json) =
+                call(app.clone(), empty_request("GET", &format!("/api/v1/dialogues?{query}"), Some(&token)))
+                    .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+            assert!(json["error"]["message"].as_str().unwrap().starts_with(field), "{json}");
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! `POST /api/v1/login`: exchanges an email and password for an access token bound to a new
+//! session. Accepts JSON `{email, password}` and the OAuth2 password form (`username`,
+//! `password`). Repeated failures for one email are throttled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{StatusCode, header};
+use axum::routing::post;
+use axum::{Form, Router};
+use ifs_api::{ApiError, Json};
+use ifs_auth::{PasswordHasher, TokenIssuer};
+use ifs_domain::{Clock, Email, Password, SessionId, Timestamp};
+use ifs_store::{Session, SessionStore, UserStore};
+use serde::{Deserialize, Serialize};
+
+/// How many failures within how long lock an email out, until the window passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    pub max_failures: u32,
+    pub window: Duration,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self { max_failures: 5, window: Duration::from_secs(15 * 60) }
+    }
+}
+
+/// What login needs: users to check, sessions to open, and the signing key.
+#[derive(Debug, Clone)]
+pub struct LoginState {
+    pub users: Arc<dyn UserStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub hasher: PasswordHasher,
+    pub issuer: Arc<TokenIssuer>,
+    pub clock: Arc<dyn Clock>,
+    pub throttle: Throttle,
+}
+
+/// The routes of this function, as `template.yaml` gives them.
+pub fn router(state: LoginState) -> Router {
+    Router::new().route("/api/v1/login", post(login)).with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct JsonCredentials {
+    email: String,
+    password: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct FormCredentials {
+    username: String,
+    password: String,
+}
+
+/// Credentials from either body format.
+#[derive(Debug)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+impl<S: Send + Sync> FromRequest<S> for Credentials {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_form = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if is_form {
+            let Form(form) = Form::<FormCredentials>::from_request(request, state).await?;
+            Ok(Self { email: form.username, password: form.password })
+        } else {
+            let Json(json) = Json::<JsonCredentials>::from_request(request, state).await?;
+            Ok(Self { email: json.email, password: json.password })
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: i64,
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "the email or password is wrong")
+}
+
+fn seconds_until(then: Timestamp, now: Timestamp) -> u64 {
+    u64::try_from((then - now).num_milliseconds().saturating_add(999) / 1000).unwrap_or(1)
+}
+
+async fn login(
+    State(state): State<LoginState>,
+    credentials: Credentials,
+) -> Result<axum::Json<TokenResponse>, ApiError> {
+    let email = Email::parse(&credentials.email).map_err(|e| ApiError::invalid_field("email", e))?;
+    let password = Password::offered(credentials.password);
+    let now = state.clock.now();
+
+    if let Some(window) = state.sessions.login_failures(&email, now).await?
+        && window.failures >= state.throttle.max_failures
+    {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "too many failed logins for this email; try again later",
+        )
+        .retry_after(seconds_until(window.resets_at, now)));
+    }
+
+    // Unknown users are verified against a dummy hash: the same work, the same answer.
+    let user = state.users.user_by_email(&email).await?;
+    let verified = state.hasher.verify(&password, user.as_ref().map(|u| u.password_hash.as_str())).await?;
+    let Some(user) = user.filter(|_| verified) else {
+        let window = state.sessions.record_login_failure(&email, now, state.throttle.window).await?;
+        tracing::info!(failures = window.failures, "login refused");
+        return Err(invalid_credentials());
+    };
+    state.sessions.clear_login_failures(&email).await?;
+
+    let ttl = state.issuer.ttl();
+    let session =
+        Session { id: SessionId::generate(), user_id: user.id, created_at: now, expires_at: now + ttl };
+    state.sessions.create_session(&session).await?;
+    let access_token = state.issuer.issue(user.id, session.id, now)?;
+    tracing::info!(user_id = %user.id, session_id = %session.id, "logged in");
+    Ok(axum::Json(TokenResponse { access_token, token_type: "bearer", expires_in: ttl.num_seconds() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use ifs_api::testing::{World, call, json_request};
+    use ifs_store::UserRecord;
+    use serde_json::json;
+
+    use super::*;
+
+    async fn app_with_user(world: &World) -> Router {
+        let user = UserRecord {
+            id: ifs_domain::UserId::generate(),
+            email: Email::parse("ada@example.com").unwrap(),
+            password_hash: world
+                .hasher
+                .hash(&Password::parse("right password".into()).unwrap())
+                .await
+                .unwrap(),
+            created_at: world.clock.now(),
+        };
+        world.backends.users.create_user(&user).await.unwrap();
+        router(LoginState {
+            users: world.backends.users.clone(),
+            sessions: world.backends.sessions.clone(),
+            hasher: world.hasher.clone(),
+            issuer: Arc::new(world.issuer()),
+            clock: world.clock.clone(),
+            throttle: Throttle::default(),
+        })
+    }
+
+    fn attempt(email: &str, password: &str) -> Request {
+        json_request("POST", "/api/v1/login", None, &json!({"email": email, "password": password}))
+    }
+
+    #[tokio::test]
+    async fn the_right_password_gets_a_token_that_authenticates() {
+        let world = World::new();
+        let app = app_with_user(&world).await;
+        let (status, json) = call(app, attempt(" ADA@example.com", "right password")).await;
+
+        assert_eq!(status, StatusCode::OK, "{json}");
+        assert_eq!((json["token_type"].as_str(), json["expires_in"].as_i64()), (Some("bearer"), Some(3600)));
+        let principal =
+            world.authenticator().authenticate(json["access_token"].as_str().unwrap()).await.unwrap();
+        assert_eq!(principal.session_expires_at, world.clock.now() + chrono::Duration::hours(1));
+    }
+
+    #[tokio::test]
+    async fn the_oauth2_password_form_is_accepted_too() {
+        let world = World::new();
+        let app = app_with_user(&world).await;
+        let form = Request::post("/api/v1/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from("grant_type=password&username=ada%40example.com&password=right+password"))
+            .unwrap();
+        let (status, json) = call(app, form).await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        assert!(json["access_token"].is_string());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_email_and_a_wrong_password_look_the_same() {
+        let world = World::new();
+        let app = app_with_user(&world).await;
+        let wrong = call(app.clone(), attempt("ada@example.com", "wrong password")).await;
+        let unknown = call(app, attempt("nobody@example.com", "right password")).await;
+        assert_eq!(wrong, unknown);
+        assert_eq!(wrong.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(wrong.1["error"]["code"], "invalid_credentials");
+    }
+
+    #[tokio::test]
+    async fn five_failures_lock_the_email_until_the_window_passes() {
+        let world = World::new();
+        let app = app_with_user(&world).await;
+        for _ in 0..5 {
+            world.clock.advance(chrono::Duration::seconds(10));
+            assert_eq!(
+                call(app.clone(), attempt("ada@example.com", "guess")).await.0,
+                StatusCode::UNAUTHORIZED
+            );
+        }
+
+        // Even the right password is refused while locked, with how long to wait.
+        world.clock.advance(chrono::Duration::minutes(10));
+        let response = crate::tests::raw(app.clone(), attempt("ada@example.com", "right password")).await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry_after: u64 = response.headers()[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+        // The window opened at the first failure (+10 s); it is now +50 s +10 min.
+        assert_eq!(retry_after, 15 * 60 - (50 + 10 * 60 - 10));
+
+        world.clock.advance(chrono::Duration::seconds(retry_after as i64));
+        assert_eq!(call(app, attempt("ada@example.com", "right password")).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_success_resets_the_failure_count() {
+        let world = World::new();
+        let app = app_with_user(&world).await;
+        for _ in 0..4 {
+            call(app.clone(), attempt("ada@example.com", "guess")).await;
+        }
+        assert_eq!(call(app.clone(), attempt("ada@example.com", "right password")).await.0, StatusCode::OK);
+        for _ in 0..4 {
+            assert_eq!(
+                call(app.clone(), attempt("ada@example.com", "guess")).await.0,
+                StatusCode::UNAUTHORIZED
+            );
+        }
+        assert_eq!(call(app, attempt("ada@example.com", "right password")).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn malformed_logins_are_400s() {
+        let world = World::new();
+        let app = app_with_user(&world).await;
+        for body in
+            [json!({"email": "ada@example.com"}), json!({"email": "nope", "password": "x"}), json!({})]
+        {
+            let (status, json) = call(app.clone(), json_request("POST", "/api/v1/login", None, &body)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body} → {json}");
+        }
+    }
+
+    async fn raw(app: Router, request: Request) -> axum::response::Response {
+        use tower::ServiceExt as _;
+        ifs_api::http::edge(app).oneshot(request).await.unwrap()
+    }
+}

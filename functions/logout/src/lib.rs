@@ -1,0 +1,62 @@
+//! `POST /api/v1/logout`: revokes the session behind the token, so the token is refused
+//! everywhere from then on.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use ifs_api::{ApiError, AuthUser};
+use ifs_auth::Authenticator;
+use ifs_store::SessionStore;
+
+/// What logout needs: the authenticator and the sessions.
+#[derive(Debug, Clone, axum::extract::FromRef)]
+pub struct LogoutState {
+    pub auth: Authenticator,
+    pub sessions: Arc<dyn SessionStore>,
+}
+
+/// The routes of this function, as `template.yaml` gives them.
+pub fn router(state: LogoutState) -> Router {
+    Router::new().route("/api/v1/logout", post(logout)).with_state(state)
+}
+
+async fn logout(
+    AuthUser(principal): AuthUser,
+    State(sessions): State<Arc<dyn SessionStore>>,
+) -> Result<StatusCode, ApiError> {
+    sessions.revoke_session(principal.session_id).await?;
+    tracing::info!(user_id = %principal.user_id, session_id = %principal.session_id, "logged out");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use ifs_api::testing::{World, call, empty_request};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn after_logout_the_token_is_refused_but_other_sessions_live_on() {
+        let world = World::new();
+        let app =
+            router(LogoutState { auth: world.authenticator(), sessions: world.backends.sessions.clone() });
+        let (_, token) = world.signed_in("ada").await;
+        let (_, other) = world.signed_in("bob").await;
+
+        assert_eq!(
+            call(app.clone(), empty_request("POST", "/api/v1/logout", Some(&token))).await.0,
+            StatusCode::NO_CONTENT
+        );
+
+        let (status, json) = call(app.clone(), empty_request("POST", "/api/v1/logout", Some(&token))).await;
+        assert_eq!(
+            (status, json["error"]["code"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+        );
+        assert!(world.authenticator().authenticate(&token).await.is_err());
+        assert!(world.authenticator().authenticate(&other).await.is_ok());
+    }
+}

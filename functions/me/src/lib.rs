@@ -1,0 +1,83 @@
+//! `GET /api/v1/me`: who the bearer of a token is, and until when their session lasts.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use ifs_api::{ApiError, AuthUser};
+use ifs_auth::Authenticator;
+use ifs_domain::{Email, Timestamp, UserId};
+use ifs_store::UserStore;
+use serde::Serialize;
+
+/// What `/me` needs: the authenticator and the users.
+#[derive(Debug, Clone, axum::extract::FromRef)]
+pub struct MeState {
+    pub auth: Authenticator,
+    pub users: Arc<dyn UserStore>,
+}
+
+/// The routes of this function, as `template.yaml` gives them.
+pub fn router(state: MeState) -> Router {
+    Router::new().route("/api/v1/me", get(me)).with_state(state)
+}
+
+#[derive(Debug, Serialize)]
+struct MeResponse {
+    id: UserId,
+    email: Email,
+    created_at: Timestamp,
+    session_expires_at: Timestamp,
+}
+
+async fn me(
+    AuthUser(principal): AuthUser,
+    State(users): State<Arc<dyn UserStore>>,
+) -> Result<Json<MeResponse>, ApiError> {
+    // A valid session for a user who no longer exists is as good as no session.
+    let user = users.user_by_id(principal.user_id).await?.ok_or_else(ApiError::unauthorized)?;
+    Ok(Json(MeResponse {
+        id: user.id,
+        email: user.email,
+        created_at: user.created_at,
+        session_expires_at: principal.session_expires_at,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use ifs_api::testing::{World, call, empty_request};
+
+    use super::*;
+
+    fn app(world: &World) -> Router {
+        router(MeState { auth: world.authenticator(), users: world.backends.users.clone() })
+    }
+
+    #[tokio::test]
+    async fn me_describes_the_bearer_and_their_session() {
+        let world = World::new();
+        let (id, token) = world.signed_in("ada").await;
+        let (status, json) = call(app(&world), empty_request("GET", "/api/v1/me", Some(&token))).await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        assert_eq!(json["id"], id.to_string());
+        assert_eq!(json["email"], "ada@example.com");
+        assert_eq!(json["session_expires_at"], "2026-01-01T01:00:00Z");
+    }
+
+    #[tokio::test]
+    async fn no_token_a_garbled_token_or_an_expired_one_is_a_401() {
+        let world = World::new();
+        let (_, token) = world.signed_in("ada").await;
+        for bad in [None, Some("garbage"), Some("Bearer"), Some(token.as_str())] {
+            if bad == Some(token.as_str()) {
+                world.clock.advance(chrono::Duration::hours(2));
+            }
+            let (status, json) = call(app(&world), empty_request("GET", "/api/v1/me", bad)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad:?}");
+            assert_eq!(json["error"]["code"], "unauthorized");
+        }
+    }
+}

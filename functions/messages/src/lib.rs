@@ -1,0 +1,147 @@
+//! `GET /api/v1/messages?dialogue_id=&limit=&cursor=`: one dialogue's messages in list order,
+//! oldest first, a page at a time.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use ifs_api::extract::Query;
+use ifs_api::views::MessageView;
+use ifs_api::{ApiError, AuthUser};
+use ifs_auth::Authenticator;
+use ifs_domain::{DialogueId, Limit, MessageCursor};
+use ifs_store::DialogueStore;
+use serde::{Deserialize, Serialize};
+
+/// Page size bounds.
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 200;
+
+/// What the message listing needs.
+#[derive(Debug, Clone, axum::extract::FromRef)]
+pub struct MessagesState {
+    pub auth: Authenticator,
+    pub dialogues: Arc<dyn DialogueStore>,
+}
+
+/// The routes of this function, as `template.yaml` gives them.
+pub fn router(state: MessagesState) -> Router {
+    Router::new().route("/api/v1/messages", get(messages)).with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct MessagesQuery {
+    dialogue_id: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct MessagesResponse {
+    dialogue_id: DialogueId,
+    messages: Vec<MessageView>,
+    next_cursor: Option<String>,
+}
+
+async fn messages(
+    AuthUser(principal): AuthUser,
+    State(store): State<Arc<dyn DialogueStore>>,
+    Query(query): Query<MessagesQuery>,
+) -> Result<Json<MessagesResponse>, ApiError> {
+    let dialogue_id =
+        query.dialogue_id.as_deref().ok_or_else(|| ApiError::invalid_field("dialogue_id", "is required"))?;
+    let dialogue_id =
+        DialogueId::parse(dialogue_id).map_err(|e| ApiError::invalid_field("dialogue_id", e))?;
+    let limit = Limit::parse(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)
+        .map_err(|e| ApiError::invalid_field("limit", e))?;
+    let cursor = query
+        .cursor
+        .as_deref()
+        .map(MessageCursor::decode)
+        .transpose()
+        .map_err(|e| ApiError::invalid_field("cursor", e))?;
+    let page = store.messages(principal.user_id, dialogue_id, limit, cursor).await?;
+    Ok(Json(MessagesResponse {
+        dialogue_id,
+        messages: page.items.into_iter().map(MessageView::from).collect(),
+        next_cursor: page.next.map(|c| c.encode()),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use ifs_api::testing::{World, call, empty_request};
+    use ifs_domain::{Clock as _, MessageId, MessageText, NewMessage, Role};
+
+    use super::*;
+
+    fn said(world: &World, text: &str) -> NewMessage {
+        NewMessage {
+            id: MessageId::generate(),
+            role: Role::User,
+            content: MessageText::parse(text.into()).unwrap(),
+            created_at: world.clock.now(),
+            meta: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_come_in_list_order_with_their_links() {
+        let world = World::new();
+        let (owner, token) = world.signed_in("ada").await;
+        let head = world.backends.dialogues.start_dialogue(owner, said(&world, "one")).await.unwrap();
+        for text in ["two", "three"] {
+            world
+                .backends
+                .dialogues
+                .append_message(owner, head.dialogue_id, said(&world, text))
+                .await
+                .unwrap();
+        }
+        let app = router(MessagesState {
+            auth: world.authenticator(),
+            dialogues: world.backends.dialogues.clone(),
+        });
+
+        let uri = format!("/api/v1/messages?dialogue_id={}&limit=2", head.dialogue_id);
+        let (status, page) = call(app.clone(), empty_request("GET", &uri, Some(&token))).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["messages"][0]["content"], "one");
+        assert_eq!(page["messages"][0]["prev_id"], serde_json::Value::Null);
+        assert_eq!(page["messages"][0]["next_id"], page["messages"][1]["id"]);
+        let next = format!("{uri}&cursor={}", page["next_cursor"].as_str().unwrap());
+        let (_, rest) = call(app, empty_request("GET", &next, Some(&token))).await;
+        assert_eq!(rest["messages"][0]["content"], "three");
+        assert_eq!(rest["messages"][0]["prev_id"], page["messages"][1]["id"]);
+        assert_eq!(rest["next_cursor"], serde_json::Value::Null);
+    }
+
+    #[tokio::test]
+    async fn missing_or_bad_parameters_are_400s_and_others_dialogues_404s() {
+        let world = World::new();
+        let (owner, _) = world.signed_in("ada").await;
+        let (_, bob) = world.signed_in("bob").await;
+        let head = world.backends.dialogues.start_dialogue(owner, said(&world, "private")).await.unwrap();
+        let app = router(MessagesState {
+            auth: world.authenticator(),
+            dialogues: world.backends.dialogues.clone(),
+        });
+        let id = head.dialogue_id;
+        for (query, status, field) in [
+            (String::new(), StatusCode::BAD_REQUEST, "dialogue_id"),
+            ("dialogue_id=42".into(), StatusCode::BAD_REQUEST, "dialogue_id"),
+            (format!("dialogue_id={id}&limit=201"), StatusCode::BAD_REQUEST, "limit"),
+            (format!("dialogue_id={id}&cursor=%%%"), StatusCode::BAD_REQUEST, ""),
+            (format!("dialogue_id={id}&cursor=abc"), StatusCode::BAD_REQUEST, "cursor"),
+            (format!("dialogue_id={id}"), StatusCode::NOT_FOUND, ""),
+        ] {
+            let (got, json) =
+                call(app.clone(), empty_request("GET", &format!("/api/v1/messages?{query}"), Some(&bob)))
+                    .await;
+            assert_eq!(got, status, "{query} → {json}");
+            assert!(json["error"]["message"].as_str().unwrap().starts_with(field), "{json}");
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! `POST /api/v1/signup`: registers a user with an email and a password.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Router, response::IntoResponse};
+use ifs_api::{ApiError, Json};
+use ifs_auth::PasswordHasher;
+use ifs_domain::{Clock, Email, Password, Timestamp, UserId};
+use ifs_store::{UserRecord, UserStore};
+use serde::{Deserialize, Serialize};
+
+/// What sign-up needs: somewhere to keep users, a hasher, a clock.
+#[derive(Debug, Clone)]
+pub struct SignupState {
+    pub users: Arc<dyn UserStore>,
+    pub hasher: PasswordHasher,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The routes of this function, as `template.yaml` gives them.
+pub fn router(state: SignupState) -> Router {
+    Router::new().route("/api/v1/signup", post(signup)).with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct SignupRequest {
+    email: String,
+    password: String,
+}
+
+#[derive(Debug, Serialize)]
+struct SignupResponse {
+    id: UserId,
+    email: Email,
+    created_at: Timestamp,
+}
+
+async fn signup(
+    State(state): State<SignupState>,
+    Json(request): Json<SignupRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let email = Email::parse(&request.email).map_err(|e| ApiError::invalid_field("email", e))?;
+    let password = Password::parse(request.password).map_err(|e| ApiError::invalid_field("password", e))?;
+    let user = UserRecord {
+        id: UserId::generate(),
+        email,
+        password_hash: state.hasher.hash(&password).await?,
+        created_at: state.clock.now(),
+    };
+    state.users.create_user(&user).await?;
+    tracing::info!(user_id = %user.id, "signed up");
+    let body = SignupResponse { id: user.id, email: user.email, created_at: user.created_at };
+    Ok((StatusCode::CREATED, axum::Json(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use ifs_api::testing::{World, call, json_request};
+    use serde_json::json;
+
+    use super::*;
+
+    fn app(world: &World) -> Router {
+        router(SignupState {
+            users: world.backends.users.clone(),
+            hasher: world.hasher.clone(),
+            clock: world.clock.clone(),
+        })
+    }
+
+    #[tokio::test]
+    async fn signing_up_normalises_the_email_and_stores_a_hash_not_the_password() {
+        let world = World::new();
+        let body = json!({"email": "  Ada@Example.com ", "password": "eight chars"});
+        let (status, json) = call(app(&world), json_request("POST", "/api/v1/signup", None, &body)).await;
+
+        assert_eq!(status, StatusCode::CREATED, "{json}");
+        assert_eq!(json["email"], "ada@example.com");
+        assert_eq!(json["created_at"], "2026-01-01T00:00:00Z");
+        let stored = world
+            .backends
+            .users
+            .user_by_email(&Email::parse("ada@example.com").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(json["id"], stored.id.to_string());
+        assert!(stored.password_hash.starts_with("$argon2id$"));
+        assert!(json.get("password").is_none() && json.get("password_hash").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_second_signup_with_the_same_email_in_any_case_is_a_conflict() {
+        let world = World::new();
+        let first = json!({"email": "bob@example.com", "password": "password one"});
+        let again = json!({"email": "BOB@example.com", "password": "password two"});
+        assert_eq!(
+            call(app(&world), json_request("POST", "/api/v1/signup", None, &first)).await.0,
+            StatusCode::CREATED
+        );
+
+        let (status, json) = call(app(&world), json_request("POST", "/api/v1/signup", None, &again)).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(json["error"]["code"], "email_taken");
+    }
+
+    #[tokio::test]
+    async fn invalid_input_is_a_400_that_names_the_field() {
+        let world = World::new();
+        let cases = [
+            (json!({"email": "not-an-email", "password": "long enough"}), "email"),
+            (json!({"email": "a@example.com", "password": "short"}), "password"),
+            (json!({"email": "a@example.com", "password": "x".repeat(129)}), "password"),
+            (json!({"email": "a@example.com", "password": 12345678}), "password"),
+            (json!({"email": "a@example.com"}), "password"),
+            (json!({"password": "long enough"}), "email"),
+            (json!("a@example.com"), "invalid type"),
+        ];
+        for (body, field) in cases {
+            let (status, json) = call(app(&world), json_request("POST", "/api/v1/signup", None, &body)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(json["error"]["code"], "invalid_request");
+            let message = json["error"]["message"].as_str().unwrap();
+            assert!(message.contains(field), "{body} → {message}");
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! AWS Lambda entry point of `POST /api/v1/signup`.
+
+use std::sync::Arc;
+
+use ifs_api::backends::Backends;
+use ifs_api::config::StoreConfig;
+use ifs_api::lambda;
+use ifs_signup::SignupState;
+
+#[derive(Debug, clap::Parser)]
+struct Config {
+    #[command(flatten)]
+    store: StoreConfig,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    lambda::init_tracing();
+    let config: Config = lambda::config("signup");
+    let backends = Backends::open(&config.store)?;
+    let hasher = ifs_auth::PasswordHasher::new()?;
+    let state = SignupState { users: backends.users, hasher, clock: Arc::new(ifs_domain::SystemClock) };
+    lambda::run(ifs_signup::router(state)).await
+}
