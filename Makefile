@@ -1,22 +1,32 @@
 # ifs-guide: `make run` starts the whole service locally, `make test` runs every test.
-# Both install what they need first (`make deps`), so they work on a fresh clone.
+# Both install what they need first (system packages, the model), so they work on a fresh clone.
 
 CARGO ?= cargo
+MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: help run test lint deps
+.PHONY: help run agent test lint deps model bench-agent
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-run: deps ## Build in release and serve every endpoint on http://127.0.0.1:3000
+run: deps model ## Build in release and serve everything, model included, on http://127.0.0.1:3000
 	$(CARGO) run --release --locked -p ifs-guide -- serve
 
-test: deps ## Unit, router, store-conformance, Lambda-event and API tests
+agent: deps model ## Build in release and serve only the agent on http://127.0.0.1:8081 (OpenAI base URL /v1)
+	$(CARGO) run --release --locked -p ifs-agent-container --bin agent
+
+test: deps model ## Unit, router, store-conformance, Lambda-event, model and API tests
 	$(CARGO) test --workspace --locked
 
-lint: ## rustfmt and clippy, as CI runs them
+lint: deps ## rustfmt and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-deps: ## Check the toolchain (the Rust toolchain is the only prerequisite today)
+deps: ## Install missing build packages (cmake, clang, libclang) and check for cargo
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)"; exit 1; }
+	@infra/install-deps.sh
+
+model: ## Fetch the default model (SmolLM2-135M-Instruct Q4_1, 98 MB) and check its sha256
+	@infra/fetch-model.sh $(MODEL)
+bench-agent: deps model ## Benchmark the agent against llama.cpp's llama-bench (BENCH_VARIANTS="sse v3 native" for builds)
+	infra/bench-agent.sh

@@ -15,6 +15,13 @@ pub enum AgentError {
     Timeout(Duration),
     #[error("the agent is unavailable: {0}")]
     Unavailable(String),
+    /// Every generation slot and queue place is taken.
+    #[error("the agent is busy")]
+    Busy,
+    /// The agent refused this request as it stands (e.g. `context_overflow`); retrying the
+    /// same request will not help.
+    #[error("the agent refused the request: {code}: {message}")]
+    Rejected { code: &'static str, message: String },
 }
 
 /// Something that completes chats.

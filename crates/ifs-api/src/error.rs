@@ -83,6 +83,11 @@ impl ApiError {
         self.code
     }
 
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// The error a bare status stands for, used for responses that axum or tower-http produce
     /// without a body of ours (405, 413 from the body limit, a caught panic…).
     #[must_use]

@@ -12,7 +12,8 @@ use tower::util::MapRequest;
 /// `RUST_LOG` filters, default `info`.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // llama.cpp reports every tensor it loads at info level; only its warnings are news.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,llama-cpp-2=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let installed = if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
         builder.json().flatten_event(true).with_current_span(true).without_time().try_init()

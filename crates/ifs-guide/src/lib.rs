@@ -1,5 +1,6 @@
 //! The local ifs-guide server: every function's router merged into one process on the embedded
-//! store — the same handlers that run as separate Lambdas in AWS, with no second implementation.
+//! store, with the agent in-process too unless `AGENT_URL` points elsewhere — the same handlers
+//! that run as separate Lambdas in AWS, with no second implementation.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,6 +8,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
+use ifs_agent::service::PromptObserver;
+use ifs_agent::{AgentConfig, LocalAgent};
 use ifs_api::agent::{Agent, HttpAgent};
 use ifs_api::backends::Backends;
 use ifs_api::config::{DialogueConfig, StoreConfig, TokenConfig};
@@ -40,6 +43,9 @@ pub struct ServeArgs {
     pub tokens: TokenConfig,
     #[command(flatten)]
     pub dialogue: DialogueConfig,
+    /// The in-process agent, used when AGENT_URL is unset.
+    #[command(flatten)]
+    pub agent: AgentConfig,
 }
 
 /// The assembled application and a description of what it runs on.
@@ -50,20 +56,25 @@ pub struct App {
     pub backends: Vec<String>,
 }
 
-/// Raised when no agent is configured; `main` prints it and exits.
-pub const NO_AGENT: &str = "AGENT_URL is not set. The in-process model is not part of this build yet: \
-point AGENT_URL at an OpenAI-compatible chat-completions endpoint, for example llama.cpp's \
-`llama-server -m model.gguf --port 8080` and AGENT_URL=http://127.0.0.1:8080/v1/chat/completions";
-
-/// Opens the store, loads or creates keys, connects the agent, and merges every function's router.
+/// Opens the store, loads or creates keys, sets up the agent (in-process unless `AGENT_URL` is
+/// set), and merges every function's router.
 pub fn build(args: &ServeArgs) -> anyhow::Result<App> {
-    let agent_url = args.dialogue.agent_url.clone().context(NO_AGENT)?;
-    let agent: Arc<dyn Agent> = Arc::new(HttpAgent::new(agent_url, args.dialogue.agent_timeout())?);
-    build_with_agent(args, agent)
+    build_observed(args, None)
 }
 
-/// [`build`] with a given agent.
-pub fn build_with_agent(args: &ServeArgs, agent: Arc<dyn Agent>) -> anyhow::Result<App> {
+/// [`build`], with `observer` receiving every prompt the in-process model is given.
+pub fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) -> anyhow::Result<App> {
+    let (agent, agent_routes): (Arc<dyn Agent>, Option<Router>) = match &args.dialogue.agent_url {
+        Some(url) => (Arc::new(HttpAgent::new(url.clone(), args.dialogue.agent_timeout())?), None),
+        None => {
+            let mut service = args.agent.service()?;
+            if let Some(observer) = observer {
+                service = service.observing_prompts(observer);
+            }
+            let service = Arc::new(service);
+            (Arc::new(LocalAgent(Arc::clone(&service))), Some(ifs_agent::router(service)))
+        }
+    };
     let backends = Backends::open(&args.store)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let data_dir = args.store.data_dir.as_path();
@@ -117,7 +128,8 @@ pub fn build_with_agent(args: &ServeArgs, agent: Arc<dyn Agent>) -> anyhow::Resu
             auth: auth.clone(),
             dialogues: backends.dialogues.clone(),
         }))
-        .merge(ifs_messages::router(ifs_messages::MessagesState { auth, dialogues: backends.dialogues }));
+        .merge(ifs_messages::router(ifs_messages::MessagesState { auth, dialogues: backends.dialogues }))
+        .merge(agent_routes.unwrap_or_default());
     Ok(App { router: ifs_api::http::edge(router), backends: described })
 }
 

@@ -29,31 +29,11 @@ async fn main() -> ExitCode {
     for line in &app.backends {
         println!("  {line}");
     }
-    match ifs_guide::serve(listener, app, shutdown_signal()).await {
+    match ifs_guide::serve(listener, app, ifs_api::http::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("ifs-guide: {error:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! { () = ctrl_c => {}, () = terminate => {} }
-    tracing::info!("shutting down");
 }

@@ -30,6 +30,8 @@ pub struct DialogueSettings {
     pub memory_messages: usize,
     /// The `model` field of requests to the agent.
     pub model: String,
+    /// How long to wait for the agent's reply.
+    pub agent_timeout: std::time::Duration,
 }
 
 impl From<&ifs_api::config::DialogueConfig> for DialogueSettings {
@@ -38,6 +40,7 @@ impl From<&ifs_api::config::DialogueConfig> for DialogueSettings {
             system_prompt: config.system_prompt.clone(),
             memory_messages: config.memory_messages as usize,
             model: config.agent_model.clone(),
+            agent_timeout: config.agent_timeout(),
         }
     }
 }
@@ -139,6 +142,16 @@ fn agent_failed(error: &AgentError, kept: &Message) -> ApiError {
             "agent_unavailable",
             "the agent could not answer; your message was kept",
         ),
+        AgentError::Busy => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "agent_busy",
+            "the agent is busy; your message was kept, try again shortly",
+        )
+        .retry_after(2),
+        // The agent's own verdict (e.g. context_overflow) is about this request: pass it on.
+        AgentError::Rejected { code, message } => {
+            ApiError::new(StatusCode::BAD_REQUEST, code, format!("{message}; your message was kept"))
+        }
     };
     failure
         .with("dialogue_id", kept.dialogue_id.to_string())
@@ -182,7 +195,11 @@ async fn dialogue(
         temperature: turn.temperature,
         ..ChatRequest::default()
     };
-    let answer = state.agent.complete(request).await.map_err(|e| agent_failed(&e, &message))?;
+    let timeout = state.settings.agent_timeout;
+    let answer = tokio::time::timeout(timeout, state.agent.complete(request))
+        .await
+        .unwrap_or(Err(AgentError::Timeout(timeout)))
+        .map_err(|e| agent_failed(&e, &message))?;
     let choice = answer.choices.into_iter().next();
     let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
     let content = choice.and_then(|c| c.message.content).unwrap_or_default();
@@ -269,6 +286,7 @@ mod tests {
                 system_prompt: "Be kind.".into(),
                 memory_messages: memory,
                 model: "m".into(),
+                agent_timeout: std::time::Duration::from_secs(5),
             }),
             clock: world.clock.clone(),
         })
@@ -365,6 +383,12 @@ mod tests {
                 || AgentError::Timeout(std::time::Duration::from_secs(1)),
                 StatusCode::GATEWAY_TIMEOUT,
                 "agent_timeout",
+            ),
+            (|| AgentError::Busy, StatusCode::SERVICE_UNAVAILABLE, "agent_busy"),
+            (
+                || AgentError::Rejected { code: "context_overflow", message: "too long".into() },
+                StatusCode::BAD_REQUEST,
+                "context_overflow",
             ),
         ] {
             let agent = Arc::new(ScriptedAgent { fail_with: Some(fail), ..ScriptedAgent::default() });

@@ -9,7 +9,9 @@ use crate::helpers::AgentDouble;
 
 fn ifs_guide() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ifs-guide"));
-    for variable in ["AGENT_URL", "JWT_PRIVATE_KEY", "JWT_PUBLIC_KEY", "BIND_ADDR", "DATA_DIR"] {
+    for variable in
+        ["AGENT_URL", "AGENT_MODEL_PATH", "JWT_PRIVATE_KEY", "JWT_PUBLIC_KEY", "BIND_ADDR", "DATA_DIR"]
+    {
         command.env_remove(variable);
     }
     command
@@ -48,17 +50,18 @@ async fn serve_prints_where_it_listens_and_answers_there() {
 }
 
 #[test]
-fn serve_without_an_agent_exits_at_once_saying_what_to_set() {
+fn serve_without_an_agent_url_or_a_model_exits_at_once_saying_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let output = ifs_guide()
         .arg("serve")
         .env("DATA_DIR", dir.path())
         .env("BIND_ADDR", "127.0.0.1:0")
+        .env("AGENT_MODEL_PATH", dir.path().join("missing.gguf"))
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("AGENT_URL"), "{stderr}");
+    assert!(stderr.contains("AGENT_MODEL_PATH") && stderr.contains("make model"), "{stderr}");
 }
 
 #[test]

@@ -113,6 +113,36 @@ pub async fn spawn_app_in(data_dir: Arc<TempDir>, agent: AgentDouble) -> TestApp
         "4",
     ]);
     let app = ifs_guide::build(&args).expect("app builds");
+    start(app, data_dir, agent).await
+}
+
+/// The app on a fresh data directory with the in-process model (no `AGENT_URL`); every prompt
+/// the model is given is pushed onto `prompts`.
+pub async fn spawn_app_with_model(prompts: Arc<Mutex<Vec<String>>>) -> TestApp {
+    let data_dir = Arc::new(tempfile::tempdir().unwrap());
+    let model =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(model.is_file(), "no model at {}: run `make model`", model.display());
+    let Cli { command: Command::Serve(args) } = Cli::parse_from([
+        "ifs-guide",
+        "serve",
+        "--data-dir",
+        data_dir.path().to_str().unwrap(),
+        "--agent-model-path",
+        model.to_str().unwrap(),
+        "--system-prompt",
+        "You are a kind guide.",
+        "--agent-max-tokens",
+        "24",
+    ]);
+    assert!(args.dialogue.agent_url.is_none(), "AGENT_URL must be unset for this test");
+    let observer = Arc::new(move |prompt: &str| prompts.lock().unwrap().push(prompt.to_owned()));
+    let app = ifs_guide::build_observed(&args, Some(observer)).expect("app builds");
+    // No agent double: an address that refuses connections, should anything try it.
+    start(app, data_dir, AgentDouble { url: "http://127.0.0.1:9/".into(), requests: Arc::default() }).await
+}
+
+async fn start(app: ifs_guide::App, data_dir: Arc<TempDir>, agent: AgentDouble) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = oneshot::channel::<()>();

@@ -9,4 +9,5 @@ mod binary;
 mod dialogue;
 mod errors;
 mod helpers;
+mod model;
 mod persistence;

@@ -1,0 +1,70 @@
+//! `agent`: the agent service on its own. On Lambda (`AWS_LAMBDA_RUNTIME_API` set) it runs the
+//! agent router through `lambda_http`; anywhere else it serves the same router over HTTP on
+//! `BIND_ADDR`, e.g. for OpenAI clients pointed at `http://127.0.0.1:8081/v1`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser as _;
+use ifs_agent::AgentConfig;
+
+#[derive(Debug, clap::Parser)]
+#[command(name = "agent", version, about)]
+struct Config {
+    /// Address to listen on when not on Lambda; port 0 picks a free one.
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8081")]
+    bind_addr: SocketAddr,
+    #[command(flatten)]
+    agent: AgentConfig,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    ifs_api::lambda::init_tracing();
+    let config = Config::parse();
+    let service = match config.agent.service() {
+        Ok(service) => Arc::new(service),
+        Err(error) => {
+            eprintln!("agent: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let routes = ifs_agent::router(Arc::clone(&service));
+    let served = if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        ifs_api::lambda::run(routes).await.map_err(|e| e.to_string())
+    } else {
+        serve(config.bind_addr, routes, &service).await
+    };
+    served.map_or_else(
+        |error| {
+            eprintln!("agent: {error}");
+            ExitCode::FAILURE
+        },
+        |()| ExitCode::SUCCESS,
+    )
+}
+
+async fn serve(
+    address: SocketAddr,
+    routes: axum::Router,
+    service: &ifs_agent::AgentService,
+) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address} (BIND_ADDR): {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let info = service.engine().info();
+    println!("agent listening on http://{bound} (OpenAI base URL http://{bound}/v1)");
+    println!(
+        "  model: {} ({}), context {}, {} threads",
+        info.name,
+        info.file.display(),
+        info.context,
+        info.threads
+    );
+    axum::serve(listener, ifs_api::http::edge(routes))
+        .with_graceful_shutdown(ifs_api::http::shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,391 @@
+//! The llama.cpp engine: one model per process, loaded once, and a fresh context for each
+//! generation. Everything here blocks on CPU work and must run off the async runtime.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::decode::Utf8Decoder;
+use crate::stop::find_stop;
+
+/// llama.cpp's backend may be initialised once per process.
+static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+static BACKEND_INIT: Mutex<()> = Mutex::new(());
+
+fn backend() -> anyhow::Result<&'static LlamaBackend> {
+    let _guard = BACKEND_INIT.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(backend) = BACKEND.get() {
+        return Ok(backend);
+    }
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+    let backend = LlamaBackend::init().context("initialising llama.cpp")?;
+    Ok(BACKEND.get_or_init(|| backend))
+}
+
+/// How to load the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineSettings {
+    pub model_path: PathBuf,
+    /// Context size wanted; capped by the model's training context.
+    pub context: u32,
+    pub threads: u32,
+    /// A llama.cpp built-in template name, for models whose GGUF has no `chat_template`.
+    pub chat_template: Option<String>,
+}
+
+/// Where the chat template came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateSource {
+    /// The model's own `tokenizer.chat_template`.
+    Gguf,
+    /// One of llama.cpp's built-in templates, by name (`AGENT_CHAT_TEMPLATE`).
+    BuiltIn(String),
+}
+
+/// What there is to know about the loaded model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// GGUF `general.name`, or the file name when absent.
+    pub name: String,
+    pub file: PathBuf,
+    pub parameters: u64,
+    pub size_bytes: u64,
+    pub context_train: u32,
+    pub context: u32,
+    pub threads: u32,
+    pub template: TemplateSource,
+}
+
+/// A chat message for the template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    pub role: TurnRole,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnRole {
+    System,
+    User,
+    Assistant,
+}
+
+impl TurnRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::User => "user",
+            Self::Assistant => "assistant",
+        }
+    }
+}
+
+/// One generation to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub turns: Vec<Turn>,
+    pub max_tokens: u32,
+    /// 0 means greedy (deterministic).
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// End of generation or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+/// How long the parts of a generation took.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timings {
+    pub prompt: Duration,
+    pub generation: Duration,
+    pub time_to_first_token: Duration,
+}
+
+/// The outcome of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub finish: Finish,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// Oldest messages left out so the prompt and `max_tokens` fit the context.
+    pub truncated_messages: u32,
+    /// The prompt exactly as the model saw it, after the template.
+    pub prompt: String,
+    pub timings: Timings,
+}
+
+/// Why a generation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "the system prompt and the newest message need {needed} tokens with max_tokens, but the context holds {context}"
+    )]
+    ContextOverflow { needed: usize, context: u32 },
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// The model, loaded once, and how to prompt it.
+pub struct Engine {
+    model: LlamaModel,
+    template: LlamaChatTemplate,
+    info: ModelInfo,
+    /// Creating contexts concurrently from one model is unsound in llama.cpp (it may write to
+    /// the model), so creation is serialised; generation itself runs in parallel.
+    creating_context: Mutex<()>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Loads the model and settles its chat template; refuses a model it could not prompt.
+    pub fn load(settings: &EngineSettings) -> anyhow::Result<Self> {
+        let path = &settings.model_path;
+        if !path.is_file() {
+            anyhow::bail!(
+                "no model at {} (AGENT_MODEL_PATH); run `make model` to fetch the default one",
+                path.display()
+            );
+        }
+        let backend = backend()?;
+        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+            .with_context(|| format!("{} is not a GGUF model llama.cpp can load", path.display()))?;
+        let (template, source) = choose_template(&model, settings.chat_template.as_deref(), path)?;
+        let context = settings.context.min(model.n_ctx_train()).max(1);
+        let name =
+            model.meta_val_str("general.name").ok().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| {
+                path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
+            });
+        let info = ModelInfo {
+            name,
+            file: path.clone(),
+            parameters: model.n_params(),
+            size_bytes: model.size(),
+            context_train: model.n_ctx_train(),
+            context,
+            threads: settings.threads.max(1),
+            template: source,
+        };
+        Ok(Self { model, template, info, creating_context: Mutex::new(()) })
+    }
+
+    #[must_use]
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The prompt for `turns` with the assistant's turn opened.
+    pub fn render(&self, turns: &[&Turn]) -> anyhow::Result<String> {
+        let chat = turns
+            .iter()
+            .map(|t| LlamaChatMessage::new(t.role.as_str().into(), t.content.replace('\0', "\u{fffd}")))
+            .collect::<Result<Vec<_>, _>>()
+            .context("building chat messages")?;
+        self.model.apply_chat_template(&self.template, &chat, true).context("applying the chat template")
+    }
+
+    pub fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
+        // As llama-server does: BOS if the vocabulary wants one, and special tokens in the
+        // template text parsed as such.
+        self.model.vocab().tokenize(text.as_bytes(), true, true)
+    }
+
+    /// Drops the oldest messages that are neither system messages nor at or after the newest
+    /// user message until the prompt plus `max_tokens` fits the context, by real token count.
+    pub fn fit(
+        &self,
+        turns: &[Turn],
+        max_tokens: u32,
+    ) -> Result<(String, Vec<LlamaToken>, u32), EngineError> {
+        let newest_user = turns.iter().rposition(|t| t.role == TurnRole::User).unwrap_or(turns.len());
+        let droppable: Vec<usize> = (0..newest_user).filter(|&i| turns[i].role != TurnRole::System).collect();
+        let budget = self.info.context as usize;
+        let fits = |tokens: &[LlamaToken]| tokens.len() + max_tokens as usize <= budget;
+
+        let attempt = |dropped: usize| -> Result<(String, Vec<LlamaToken>), EngineError> {
+            let left_out = &droppable[..dropped];
+            let kept: Vec<&Turn> =
+                turns.iter().enumerate().filter(|(i, _)| !left_out.contains(i)).map(|(_, t)| t).collect();
+            let prompt = self.render(&kept)?;
+            let tokens = self.tokenize(&prompt);
+            Ok((prompt, tokens))
+        };
+
+        let (prompt, tokens) = attempt(0)?;
+        if fits(&tokens) {
+            return Ok((prompt, tokens, 0));
+        }
+        // Jump close to the answer using each message's own token count, then step exactly.
+        let sizes: Vec<usize> =
+            droppable.iter().map(|&i| self.tokenize(&turns[i].content).len() + 4).collect();
+        let mut excess = (tokens.len() + max_tokens as usize).saturating_sub(budget);
+        let mut dropped = 0;
+        while dropped < droppable.len() && excess > sizes[dropped] {
+            excess -= sizes[dropped];
+            dropped += 1;
+        }
+        loop {
+            let (prompt, tokens) = attempt(dropped)?;
+            if fits(&tokens) {
+                return Ok((prompt, tokens, dropped as u32));
+            }
+            if dropped == droppable.len() {
+                return Err(EngineError::ContextOverflow {
+                    needed: tokens.len() + max_tokens as usize,
+                    context: self.info.context,
+                });
+            }
+            dropped += 1;
+        }
+    }
+
+    /// Runs one generation to completion.
+    pub fn generate(&self, job: &Job) -> Result<Completion, EngineError> {
+        let (prompt, tokens, truncated) = self.fit(&job.turns, job.max_tokens)?;
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(self.info.context))
+            .with_n_threads(self.info.threads as i32)
+            .with_n_threads_batch(self.info.threads as i32);
+        let mut ctx = {
+            let _guard = self.creating_context.lock().unwrap_or_else(PoisonError::into_inner);
+            self.model.new_context(backend()?, params).context("creating a llama.cpp context")?
+        };
+
+        let started = Instant::now();
+        let n_batch = (ctx.n_batch() as usize).max(1);
+        let mut batch = LlamaBatch::new(n_batch, 1);
+        let last = tokens.len() - 1;
+        for (chunk_index, chunk) in tokens.chunks(n_batch).enumerate() {
+            batch.clear();
+            for (offset, &token) in chunk.iter().enumerate() {
+                let position = chunk_index * n_batch + offset;
+                batch.add(token, position as i32, &[0], position == last).context("filling a batch")?;
+            }
+            ctx.decode(&mut batch).context("evaluating the prompt")?;
+        }
+        let prompt_time = started.elapsed();
+
+        let mut sampler = sampler(job);
+        let vocab = self.model.vocab();
+        let mut decoder = Utf8Decoder::new();
+        let mut text = String::new();
+        let mut produced = 0u32;
+        let mut finish = Finish::Length;
+        let mut cut_at_stop_string = false;
+        let mut logits_at = batch.n_tokens() - 1;
+        let mut position = tokens.len();
+        let mut first_token = None;
+        let generation_started = Instant::now();
+        while produced < job.max_tokens {
+            let token = sampler.sample(&ctx, logits_at);
+            first_token.get_or_insert_with(|| started.elapsed());
+            if vocab.is_eog(token) {
+                finish = Finish::Stop;
+                break;
+            }
+            produced += 1;
+            let searched_to = text.len();
+            text.push_str(&decoder.push(&vocab.token_to_piece(token, false, None)));
+            if let Some(at) = find_stop(&text, &job.stop, searched_to) {
+                text.truncate(at);
+                finish = Finish::Stop;
+                cut_at_stop_string = true;
+                break;
+            }
+            if produced == job.max_tokens {
+                break;
+            }
+            batch.clear();
+            batch.add(token, position as i32, &[0], true).context("filling a batch")?;
+            position += 1;
+            logits_at = 0;
+            ctx.decode(&mut batch).context("generating")?;
+        }
+        if !cut_at_stop_string {
+            // Bytes of a character the model never finished.
+            text.push_str(&decoder.finish());
+        }
+        Ok(Completion {
+            text,
+            finish,
+            prompt_tokens: tokens.len() as u32,
+            completion_tokens: produced,
+            truncated_messages: truncated,
+            prompt,
+            timings: Timings {
+                prompt: prompt_time,
+                generation: generation_started.elapsed(),
+                time_to_first_token: first_token.unwrap_or_else(|| started.elapsed()),
+            },
+        })
+    }
+}
+
+/// Greedy at temperature 0, so the same request gives the same reply; otherwise nucleus
+/// sampling with the given (or a random) seed.
+fn sampler(job: &Job) -> LlamaSampler {
+    if job.temperature <= 0.0 {
+        return LlamaSampler::greedy();
+    }
+    // llama.cpp treats u32::MAX as "pick a random seed".
+    let seed = job.seed.map_or(u32::MAX, |s| (s % u64::from(u32::MAX)) as u32);
+    let mut chain = Vec::new();
+    if job.top_p < 1.0 {
+        chain.push(LlamaSampler::top_p(job.top_p, 1));
+    }
+    chain.push(LlamaSampler::temp(job.temperature));
+    chain.push(LlamaSampler::dist(seed));
+    LlamaSampler::chain_simple(chain)
+}
+
+/// The model's own template, else the named built-in one; checked by rendering a message.
+fn choose_template(
+    model: &LlamaModel,
+    configured: Option<&str>,
+    path: &Path,
+) -> anyhow::Result<(LlamaChatTemplate, TemplateSource)> {
+    let (template, source) = match (model.chat_template(None), configured) {
+        (_, Some(name)) => (
+            LlamaChatTemplate::new(name).context("AGENT_CHAT_TEMPLATE")?,
+            TemplateSource::BuiltIn(name.to_owned()),
+        ),
+        (Ok(own), None) => (own, TemplateSource::Gguf),
+        (Err(_), None) => anyhow::bail!(
+            "{} has no chat template; set AGENT_CHAT_TEMPLATE to one of llama.cpp's built-in templates \
+             (e.g. chatml, llama2, llama3, mistral-v7, phi3, gemma)",
+            path.display()
+        ),
+    };
+    let probe = [LlamaChatMessage::new("user".into(), "hello".into()).context("probe message")?];
+    model.apply_chat_template(&template, &probe, true).map_err(|e| match &source {
+        TemplateSource::BuiltIn(name) => {
+            anyhow::anyhow!("AGENT_CHAT_TEMPLATE={name} is not one of llama.cpp's built-in templates ({e})")
+        }
+        TemplateSource::Gguf => {
+            anyhow::anyhow!("the chat template in {} cannot be used ({e})", path.display())
+        }
+    })?;
+    Ok((template, source))
+}

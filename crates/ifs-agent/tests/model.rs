@@ -1,0 +1,300 @@
+//! The agent with the real default model (SmolLM2-135M-Instruct, `make model`): replies, usage,
+//! determinism, limits, context trimming, concurrency and admission, over the HTTP routes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::http::StatusCode;
+use ifs_agent::AgentConfig;
+use ifs_agent::service::AgentService;
+use ifs_api::testing::{call, empty_request, json_request};
+use serde_json::{Value, json};
+
+fn model_path() -> PathBuf {
+    let path = std::env::var_os("AGENT_MODEL_PATH").map_or_else(
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../..")
+                .join(ifs_agent::config::DEFAULT_MODEL_PATH)
+        },
+        PathBuf::from,
+    );
+    assert!(path.is_file(), "no model at {}: run `make model`", path.display());
+    path
+}
+
+fn config(context: u32, parallel: u32, queue: u32) -> AgentConfig {
+    AgentConfig {
+        agent_model_path: model_path(),
+        agent_chat_template: None,
+        agent_ctx: context,
+        agent_max_tokens: 64,
+        agent_max_tokens_limit: 1024,
+        agent_parallel: parallel,
+        agent_queue: queue,
+        agent_threads: 0,
+    }
+}
+
+/// One service for the tests that do not care about its settings; the model loads once.
+fn shared() -> Arc<AgentService> {
+    static SERVICE: OnceLock<Arc<AgentService>> = OnceLock::new();
+    SERVICE.get_or_init(|| Arc::new(config(4096, 1, 16).service().unwrap())).clone()
+}
+
+async fn chat(service: Arc<AgentService>, body: Value) -> (StatusCode, Value) {
+    call(ifs_agent::router(service), json_request("POST", "/v1/chat/completions", None, &body)).await
+}
+
+fn ask(question: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "model": "anything",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": question}
+        ]
+    });
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    body
+}
+
+#[tokio::test]
+async fn a_reply_is_text_with_a_finish_reason_and_usage_that_adds_up() {
+    let (status, reply) =
+        chat(shared(), ask("What is the capital of France?", json!({"max_tokens": 48, "temperature": 0})))
+            .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["object"], "chat.completion");
+    assert!(reply["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    let content = reply["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!content.trim().is_empty());
+    assert_eq!(reply["choices"][0]["message"]["role"], "assistant");
+    assert!(["stop", "length"].contains(&reply["choices"][0]["finish_reason"].as_str().unwrap()));
+    let usage = &reply["usage"];
+    let (prompt, completion) =
+        (usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap());
+    assert!(prompt > 10 && (1..=48).contains(&completion), "{usage}");
+    assert_eq!(usage["total_tokens"].as_u64().unwrap(), prompt + completion);
+    assert_eq!(reply["ifs"]["truncated_messages"], 0);
+    assert!(reply["ifs"]["timings"]["tokens_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn temperature_zero_gives_the_same_reply_twice() {
+    let body = ask("Name three colours.", json!({"max_tokens": 32, "temperature": 0}));
+    let (_, first) = chat(shared(), body.clone()).await;
+    let (_, second) = chat(shared(), body).await;
+    assert_eq!(first["choices"][0]["message"]["content"], second["choices"][0]["message"]["content"]);
+    assert!(first["choices"][0]["message"]["content"].as_str().unwrap().len() > 3);
+}
+
+#[tokio::test]
+async fn max_tokens_caps_the_reply_and_says_length() {
+    let (status, reply) = chat(
+        shared(),
+        ask("Write a long story about a dragon who loves tea.", json!({"max_tokens": 5, "temperature": 0})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["usage"]["completion_tokens"], 5);
+    assert_eq!(reply["choices"][0]["finish_reason"], "length");
+}
+
+#[tokio::test]
+async fn max_completion_tokens_is_honoured_too_and_the_seed_makes_sampling_repeatable() {
+    let body =
+        ask("Tell me about the sea.", json!({"max_completion_tokens": 12, "temperature": 0.9, "seed": 7}));
+    let (_, first) = chat(shared(), body.clone()).await;
+    let (_, second) = chat(shared(), body).await;
+    assert!(first["usage"]["completion_tokens"].as_u64().unwrap() <= 12);
+    assert_eq!(first["choices"][0]["message"]["content"], second["choices"][0]["message"]["content"]);
+}
+
+#[tokio::test]
+async fn generation_ends_before_a_stop_string() {
+    let body = ask(
+        "Count from one to ten in words, separated by commas.",
+        json!({"max_tokens": 40, "temperature": 0}),
+    );
+    let (_, free) = chat(shared(), body.clone()).await;
+    let free = free["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    let cut = free.find(',').expect("the unconstrained reply has a comma");
+
+    let mut stopped_body = body;
+    stopped_body["stop"] = json!([",", "STOP-NEVER-SEEN"]);
+    let (_, stopped) = chat(shared(), stopped_body).await;
+    assert_eq!(stopped["choices"][0]["message"]["content"], free[..cut]);
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn a_history_far_longer_than_the_context_is_trimmed_keeping_system_and_newest() {
+    let prompts = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&prompts);
+    let service = Arc::new(
+        config(512, 1, 4)
+            .service()
+            .unwrap()
+            .observing_prompts(Arc::new(move |p: &str| seen.lock().unwrap().push(p.to_owned()))),
+    );
+    let mut messages = vec![json!({"role": "system", "content": "SYSTEM-MARKER: you are terse."})];
+    for i in 0..60 {
+        messages.push(json!({"role": "user", "content": format!("Old question number {i} about gardening and the weather in spring?")}));
+        messages.push(json!({"role": "assistant", "content": format!("Old answer number {i}: water the plants in the morning.")}));
+    }
+    messages.push(json!({"role": "user", "content": "NEWEST-MARKER: what is two plus two?"}));
+
+    let (status, reply) =
+        chat(service, json!({"messages": messages, "max_tokens": 16, "temperature": 0})).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let truncated = reply["ifs"]["truncated_messages"].as_u64().unwrap();
+    assert!(truncated > 0 && truncated <= 120, "{truncated}");
+    assert!(reply["usage"]["prompt_tokens"].as_u64().unwrap() + 16 <= 512);
+    let prompt = prompts.lock().unwrap().pop().unwrap();
+    assert!(prompt.contains("SYSTEM-MARKER") && prompt.contains("NEWEST-MARKER"), "{prompt}");
+    assert!(!prompt.contains("Old question number 0 "), "the oldest went first");
+    assert!(prompt.contains("Old answer number 59"), "the most recent history stays");
+}
+
+#[tokio::test]
+async fn when_even_the_system_prompt_and_newest_message_do_not_fit_it_is_a_400() {
+    let service = Arc::new(config(256, 1, 4).service().unwrap());
+    let huge = "word ".repeat(400);
+    let (status, reply) = chat(service, ask(&huge, json!({"max_tokens": 16}))).await;
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("context_overflow")),
+        "{reply}"
+    );
+}
+
+#[tokio::test]
+async fn the_prompt_is_the_models_own_chat_template_with_the_assistant_turn_open() {
+    let prompts = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&prompts);
+    let service = Arc::new(
+        config(1024, 1, 4)
+            .service()
+            .unwrap()
+            .observing_prompts(Arc::new(move |p: &str| seen.lock().unwrap().push(p.to_owned()))),
+    );
+    chat(service, ask("Hi", json!({"max_tokens": 1}))).await;
+    let prompt = prompts.lock().unwrap().pop().unwrap();
+    // SmolLM2 ships a ChatML template.
+    assert!(prompt.contains("<|im_start|>system\nYou are a helpful assistant.<|im_end|>"), "{prompt}");
+    assert!(prompt.ends_with("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"), "{prompt:?}");
+}
+
+#[tokio::test]
+async fn four_concurrent_requests_all_succeed() {
+    let service = Arc::new(config(2048, 2, 16).service().unwrap());
+    let requests = (0..4)
+        .map(|i| chat(Arc::clone(&service), ask(&format!("Say the number {i}."), json!({"max_tokens": 16}))));
+    for (status, reply) in futures_join(requests).await {
+        assert_eq!(status, StatusCode::OK, "{reply}");
+    }
+}
+
+#[tokio::test]
+async fn with_no_queue_requests_beyond_the_running_one_are_turned_away_with_503() {
+    let service = Arc::new(config(2048, 1, 0).service().unwrap());
+    let requests = (0..3).map(|_| {
+        chat(
+            Arc::clone(&service),
+            ask("Write a poem about autumn.", json!({"max_tokens": 96, "temperature": 0})),
+        )
+    });
+    let outcomes = futures_join(requests).await;
+    let ok = outcomes.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    let busy: Vec<_> = outcomes.iter().filter(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE).collect();
+    assert_eq!(ok, 1, "{outcomes:?}");
+    assert_eq!(busy.len(), 2, "{outcomes:?}");
+    assert!(busy.iter().all(|(_, body)| body["error"]["code"] == "agent_busy"));
+}
+
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::new();
+    for handle in handles {
+        outputs.push(handle.await.unwrap());
+    }
+    outputs
+}
+
+#[tokio::test]
+async fn bad_requests_are_400s_naming_the_problem() {
+    let service = shared();
+    let user = json!({"role": "user", "content": "hi"});
+    for (body, code, field) in [
+        (json!({"messages": []}), "invalid_request", "messages"),
+        (json!({}), "invalid_request", "messages"),
+        (json!({"messages": [{"role": "wizard", "content": "hi"}]}), "invalid_request", "role"),
+        (json!({"messages": [{"role": "user", "content": "  "}]}), "invalid_request", "messages[0].content"),
+        (json!({"messages": [{"role": "system", "content": "only me"}]}), "invalid_request", "user message"),
+        (json!({"messages": [user], "max_tokens": 0}), "invalid_request", "max_tokens"),
+        (json!({"messages": [user], "max_tokens": 5000}), "invalid_request", "max_tokens"),
+        (
+            json!({"messages": [user], "max_completion_tokens": -3}),
+            "invalid_request",
+            "max_completion_tokens",
+        ),
+        (json!({"messages": [user], "temperature": 2.5}), "invalid_request", "temperature"),
+        (json!({"messages": [user], "top_p": 0}), "invalid_request", "top_p"),
+        (json!({"messages": [user], "stop": ["a", "b", "c", "d", "e"]}), "invalid_request", "stop"),
+        (json!({"messages": [user], "stream": true}), "unsupported", "stream"),
+    ] {
+        let (status, reply) = chat(Arc::clone(&service), body.clone()).await;
+        assert_eq!(
+            (status, reply["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{body} → {reply}"
+        );
+        assert!(reply["error"]["message"].as_str().unwrap().contains(field), "{body} → {reply}");
+    }
+    // Unknown fields are ignored, as OpenAI clients send many.
+    let (status, _) =
+        chat(service, json!({"messages": [user], "max_tokens": 2, "logprobs": false, "n": 1, "user": "x"}))
+            .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_agent_describes_its_model_and_lists_it_openai_style() {
+    let service = shared();
+    let (status, info) =
+        call(ifs_agent::router(Arc::clone(&service)), empty_request("GET", "/api/v1/agent", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(info["file"], "SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(info["model"].as_str().unwrap().to_lowercase().contains("smollm2"), "{info}");
+    assert!(info["parameters"].as_u64().unwrap() > 100_000_000);
+    assert_eq!(info["context_size"], 4096);
+    assert_eq!(info["chat_template"]["present"], true);
+    assert_eq!((info["parallel"].as_u64(), info["queue"].as_u64()), (Some(1), Some(16)));
+    assert!(info["threads"].as_u64().unwrap() >= 1);
+
+    let (status, models) = call(ifs_agent::router(service), empty_request("GET", "/v1/models", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], info["model"]);
+}
+
+#[test]
+fn a_missing_model_or_an_unknown_built_in_template_is_refused_at_start_up() {
+    let missing = AgentConfig { agent_model_path: "/nonexistent/model.gguf".into(), ..config(512, 1, 1) };
+    let error = format!("{:#}", missing.service().unwrap_err());
+    assert!(error.contains("AGENT_MODEL_PATH") && error.contains("make model"), "{error}");
+
+    let unknown = AgentConfig { agent_chat_template: Some("no-such-template".into()), ..config(512, 1, 1) };
+    let error = format!("{:#}", unknown.service().unwrap_err());
+    assert!(error.contains("AGENT_CHAT_TEMPLATE"), "{error}");
+
+    let built_in = AgentConfig { agent_chat_template: Some("chatml".into()), ..config(512, 1, 1) };
+    assert!(built_in.service().is_ok());
+}

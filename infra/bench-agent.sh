@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Benchmarks the agent engine side by side with llama.cpp's own llama-bench: same model, same
+# threads, same prompt length (pp) and generation length (tg, at the depth of that prompt),
+# alternating the two tools so both see the same machine state. Prints a Markdown table.
+#
+#   infra/bench-agent.sh                 # our build as configured in .cargo/config.toml
+#   BENCH_VARIANTS="sse v3 native" infra/bench-agent.sh
+#                                        # also compare ggml builds: SSE only, x86-64-v3, native
+#
+# llama-bench is built from the complete llama.cpp tree vendored in the llama-cpp-python sdist
+# (PyPI), once, into .cache/llama.cpp/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODEL="${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
+THREADS="${THREADS:-$(nproc)}"
+PROMPT="${PROMPT:-512}"
+GEN="${GEN:-128}"
+REPS="${REPS:-5}"
+ROUNDS="${ROUNDS:-2}"
+VARIANTS="${BENCH_VARIANTS:-v3}"
+CACHE=.cache/llama.cpp
+LLAMA_CPP_PYTHON=0.3.36
+
+infra/fetch-model.sh "$MODEL"
+
+# llama.cpp's own tools, built with its defaults (GGML_NATIVE=ON: tuned to this CPU).
+if [ ! -x "$CACHE/build/bin/llama-bench" ]; then
+  mkdir -p "$CACHE"
+  if [ ! -d "$CACHE/src" ]; then
+    work="$(mktemp -d)"
+    python3 -m pip download --quiet --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$LLAMA_CPP_PYTHON"
+    tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
+    mv "$work"/llama_cpp_python-*/vendor/llama.cpp "$CACHE/src"
+    rm -rf "$work"
+  fi
+  cmake -S "$CACHE/src" -B "$CACHE/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF >/dev/null
+  cmake --build "$CACHE/build" --target llama-bench llama-server -j "$(nproc)" >/dev/null
+fi
+
+# Our engine's bench, once per ggml build variant, each in its own target directory.
+declare -A BIN
+for variant in $VARIANTS; do
+  case "$variant" in
+    v3) env_flags=(); rustflags="" ;;  # what .cargo/config.toml sets: AVX2, FMA, F16C, BMI2
+    sse) env_flags=(GGML_AVX=OFF GGML_AVX2=OFF GGML_FMA=OFF GGML_F16C=OFF GGML_BMI2=OFF); rustflags="" ;;
+    native) env_flags=(); rustflags="-C target-cpu=native" ;;
+    *) echo "unknown variant $variant (sse, v3, native)" >&2; exit 2 ;;
+  esac
+  target="target/bench-$variant"
+  [ "$variant" = v3 ] && target=target
+  env "${env_flags[@]}" RUSTFLAGS="$rustflags" CARGO_TARGET_DIR="$target" \
+    cargo build --release --locked -q -p ifs-agent --example bench
+  BIN[$variant]="$target/release/examples/bench"
+done
+
+ours() {
+  "${BIN[$1]}" --model "$MODEL" --threads "$THREADS" --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --reps "$REPS" 2>/dev/null
+}
+theirs() {
+  for shape in "-p $PROMPT -n 0" "-p 0 -n $GEN -d $PROMPT"; do
+    # shellcheck disable=SC2086 # $shape is several arguments on purpose
+    "$CACHE/build/bin/llama-bench" -m "$MODEL" -t "$THREADS" $shape -r "$REPS" -o json 2>/dev/null |
+      python3 -c 'import json,sys; [print(json.dumps({"tool":"llama-bench", **r})) for r in json.load(sys.stdin)]'
+  done
+}
+
+results="$(mktemp)"
+for round in $(seq "$ROUNDS"); do
+  theirs >> "$results"
+  for variant in $VARIANTS; do
+    ours "$variant" | python3 -c 'import json,sys; print(json.dumps({"tool":"ifs-agent", "variant":sys.argv[1], **json.load(sys.stdin)}))' "$variant" >> "$results"
+  done
+done
+
+python3 - "$results" "$THREADS" "$PROMPT" "$GEN" <<'PY'
+import json, statistics, sys
+path, threads, prompt, gen = sys.argv[1], *map(int, sys.argv[2:])
+rows = [json.loads(line) for line in open(path)]
+def avg(values): return statistics.mean(values) if values else float("nan")
+lb_pp = avg([r["avg_ts"] for r in rows if r["tool"] == "llama-bench" and r["n_prompt"] > 0])
+lb_tg = avg([r["avg_ts"] for r in rows if r["tool"] == "llama-bench" and r["n_gen"] > 0])
+commit = next((r.get("build_commit") for r in rows if r["tool"] == "llama-bench"), "?")
+print(f"model {rows[-1].get('model', '')}, {threads} threads, pp{prompt}, tg{gen} at depth {prompt}\n")
+print("| engine | build | prompt t/s | generation t/s | gen. vs llama-bench | time to first token |")
+print("|---|---|---:|---:|---:|---:|")
+print(f"| llama-bench (llama.cpp {commit}) | GGML_NATIVE | {lb_pp:.0f} | {lb_tg:.1f} | 1.00× | – |")
+for variant in dict.fromkeys(r["variant"] for r in rows if r["tool"] == "ifs-agent"):
+    mine = [r for r in rows if r["tool"] == "ifs-agent" and r["variant"] == variant]
+    pp = avg([r["prompt_tokens_per_second"]["mean"] for r in mine])
+    tg = avg([r["generation_tokens_per_second"]["mean"] for r in mine])
+    ttft = avg([r["time_to_first_token_ms"]["mean"] for r in mine])
+    print(f"| ifs-agent (llama-cpp-2 0.1.160) | {variant} | {pp:.0f} | {tg:.1f} | {tg / lb_tg:.2f}× | {ttft:.0f} ms |")
+PY
+rm -f "$results"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the system packages the build needs, only if something is missing:
+# cmake and a C/C++ toolchain for llama.cpp, clang/libclang for its Rust bindings.
+set -euo pipefail
+
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+command -v clang >/dev/null || missing+=(clang)
+command -v c++ >/dev/null || missing+=(g++)
+ldconfig -p 2>/dev/null | grep -q 'libclang' || missing+=(libclang-dev)
+
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if ! command -v apt-get >/dev/null; then
+  echo "missing: ${missing[*]}; install them with your package manager" >&2
+  exit 1
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing ${missing[*]}…"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
