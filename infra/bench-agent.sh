@@ -3,9 +3,9 @@
 # threads, same prompt length (pp) and generation length (tg, at the depth of that prompt),
 # alternating the two tools so both see the same machine state. Prints a Markdown table.
 #
-#   infra/bench-agent.sh                 # our build as configured in .cargo/config.toml
-#   BENCH_VARIANTS="sse v3 native" infra/bench-agent.sh
-#                                        # also compare ggml builds: SSE only, x86-64-v3, native
+#   infra/bench-agent.sh                 # our build as configured in .cargo/config.toml (native)
+#   BENCH_VARIANTS="x86-64 x86-64-v3 native" infra/bench-agent.sh
+#                                        # compare CPU targets: the default, the Lambda build, native
 #
 # llama-bench is built from the complete llama.cpp tree vendored in the llama-cpp-python sdist
 # (PyPI), once, into .cache/llama.cpp/.
@@ -18,7 +18,7 @@ PROMPT="${PROMPT:-512}"
 GEN="${GEN:-128}"
 REPS="${REPS:-5}"
 ROUNDS="${ROUNDS:-2}"
-VARIANTS="${BENCH_VARIANTS:-v3}"
+VARIANTS="${BENCH_VARIANTS:-native}"
 CACHE=.cache/llama.cpp
 LLAMA_CPP_PYTHON=0.3.36
 
@@ -38,20 +38,18 @@ if [ ! -x "$CACHE/build/bin/llama-bench" ]; then
   cmake --build "$CACHE/build" --target llama-bench llama-server -j "$(nproc)" >/dev/null
 fi
 
-# Our engine's bench, once per ggml build variant, each in its own target directory.
+# Our engine's bench, once per CPU target, each in its own target directory; `native` is what
+# .cargo/config.toml gives local builds, so it shares the main target directory.
 declare -A BIN
 for variant in $VARIANTS; do
-  case "$variant" in
-    v3) env_flags=(); rustflags="" ;;  # what .cargo/config.toml sets: AVX2, FMA, F16C, BMI2
-    sse) env_flags=(GGML_AVX=OFF GGML_AVX2=OFF GGML_FMA=OFF GGML_F16C=OFF GGML_BMI2=OFF); rustflags="" ;;
-    native) env_flags=(); rustflags="-C target-cpu=native" ;;
-    *) echo "unknown variant $variant (sse, v3, native)" >&2; exit 2 ;;
-  esac
-  target="target/bench-$variant"
-  [ "$variant" = v3 ] && target=target
-  env "${env_flags[@]}" RUSTFLAGS="$rustflags" CARGO_TARGET_DIR="$target" \
+  if [ "$variant" = native ]; then
     cargo build --release --locked -q -p ifs-agent --example bench
-  BIN[$variant]="$target/release/examples/bench"
+    BIN[$variant]="target/release/examples/bench"
+  else
+    RUSTFLAGS="-C target-cpu=$variant" CARGO_TARGET_DIR="target/bench-$variant" \
+      cargo build --release --locked -q -p ifs-agent --example bench
+    BIN[$variant]="target/bench-$variant/release/examples/bench"
+  fi
 done
 
 ours() {

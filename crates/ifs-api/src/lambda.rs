@@ -1,12 +1,19 @@
 //! What every Lambda `main` shares: logging set up for CloudWatch, configuration from the
 //! environment, and running a router through `lambda_http` behind the common middleware.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::http::Uri;
+use ifs_auth::{Authenticator, TokenVerifier};
+use ifs_domain::SystemClock;
 use lambda_http::Request;
 use lambda_http::RequestExt as _;
 use lambda_http::request::RequestContext;
 use tower::util::MapRequest;
+
+use crate::backends::Backends;
+use crate::config::{StoreConfig, TokenConfig};
 
 /// Logs as JSON on Lambda (one object per line, for CloudWatch queries) and as text elsewhere;
 /// `RUST_LOG` filters, default `info`.
@@ -24,6 +31,25 @@ pub fn init_tracing() {
     };
     // A second call (tests) keeps the first subscriber.
     drop(installed);
+}
+
+/// What every function that checks tokens reads: where the data is and how tokens look.
+#[derive(Debug, Clone, clap::Parser)]
+pub struct ProtectedConfig {
+    #[command(flatten)]
+    pub store: StoreConfig,
+    #[command(flatten)]
+    pub tokens: TokenConfig,
+}
+
+impl ProtectedConfig {
+    /// The backends, and the authenticator that verifies with the public key only.
+    pub fn open(&self) -> anyhow::Result<(Backends, Authenticator)> {
+        let backends = Backends::open(&self.store)?;
+        let verifier = TokenVerifier::new(self.tokens.public_key(None)?, &self.tokens.settings());
+        let auth = Authenticator::new(verifier, backends.sessions.clone(), Arc::new(SystemClock));
+        Ok((backends, auth))
+    }
 }
 
 /// Reads a function's configuration from the environment; on a bad or missing value, prints

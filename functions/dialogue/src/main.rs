@@ -3,17 +3,14 @@
 use std::sync::Arc;
 
 use ifs_api::agent::HttpAgent;
-use ifs_api::backends::Backends;
-use ifs_api::config::{DialogueConfig, StoreConfig, TokenConfig};
-use ifs_api::lambda;
+use ifs_api::config::DialogueConfig;
+use ifs_api::lambda::{self, ProtectedConfig};
 use ifs_dialogue::{DialogueSettings, DialogueState};
 
 #[derive(Debug, clap::Parser)]
 struct Config {
     #[command(flatten)]
-    store: StoreConfig,
-    #[command(flatten)]
-    tokens: TokenConfig,
+    protected: ProtectedConfig,
     #[command(flatten)]
     dialogue: DialogueConfig,
 }
@@ -22,20 +19,18 @@ struct Config {
 async fn main() -> Result<(), lambda_http::Error> {
     lambda::init_tracing();
     let config: Config = lambda::config("dialogue");
-    let backends = Backends::open(&config.store)?;
-    let clock = Arc::new(ifs_domain::SystemClock);
-    let verifier = ifs_auth::TokenVerifier::new(config.tokens.public_key(None)?, &config.tokens.settings());
+    let (backends, auth) = config.protected.open()?;
     let url = config
         .dialogue
         .agent_url
         .clone()
         .ok_or("AGENT_URL must be set to the agent's chat-completions URL")?;
     let state = DialogueState {
-        auth: ifs_auth::Authenticator::new(verifier, backends.sessions, clock.clone()),
+        auth,
         dialogues: backends.dialogues,
         agent: Arc::new(HttpAgent::new(url, config.dialogue.agent_timeout())?),
         settings: Arc::new(DialogueSettings::from(&config.dialogue)),
-        clock,
+        clock: Arc::new(ifs_domain::SystemClock),
     };
     lambda::run(ifs_dialogue::router(state)).await
 }

@@ -1,26 +1,12 @@
 //! AWS Lambda entry point of `GET /api/v1/dialogues`.
 
-use std::sync::Arc;
-
-use ifs_api::backends::Backends;
-use ifs_api::config::{StoreConfig, TokenConfig};
-use ifs_api::lambda;
-use ifs_dialogues::DialoguesState;
-
-#[derive(Debug, clap::Parser)]
-struct Config {
-    #[command(flatten)]
-    store: StoreConfig,
-    #[command(flatten)]
-    tokens: TokenConfig,
-}
+use ifs_api::lambda::{self, ProtectedConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     lambda::init_tracing();
-    let config: Config = lambda::config("dialogues");
-    let backends = Backends::open(&config.store)?;
-    let verifier = ifs_auth::TokenVerifier::new(config.tokens.public_key(None)?, &config.tokens.settings());
-    let auth = ifs_auth::Authenticator::new(verifier, backends.sessions, Arc::new(ifs_domain::SystemClock));
-    lambda::run(ifs_dialogues::router(DialoguesState { auth, dialogues: backends.dialogues })).await
+    let config: ProtectedConfig = lambda::config("dialogues");
+    let (backends, auth) = config.open()?;
+    lambda::run(ifs_dialogues::router(ifs_dialogues::DialoguesState { auth, dialogues: backends.dialogues }))
+        .await
 }

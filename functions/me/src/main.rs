@@ -1,26 +1,11 @@
 //! AWS Lambda entry point of `GET /api/v1/me`.
 
-use std::sync::Arc;
-
-use ifs_api::backends::Backends;
-use ifs_api::config::{StoreConfig, TokenConfig};
-use ifs_api::lambda;
-use ifs_me::MeState;
-
-#[derive(Debug, clap::Parser)]
-struct Config {
-    #[command(flatten)]
-    store: StoreConfig,
-    #[command(flatten)]
-    tokens: TokenConfig,
-}
+use ifs_api::lambda::{self, ProtectedConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     lambda::init_tracing();
-    let config: Config = lambda::config("me");
-    let backends = Backends::open(&config.store)?;
-    let verifier = ifs_auth::TokenVerifier::new(config.tokens.public_key(None)?, &config.tokens.settings());
-    let auth = ifs_auth::Authenticator::new(verifier, backends.sessions, Arc::new(ifs_domain::SystemClock));
-    lambda::run(ifs_me::router(MeState { auth, users: backends.users })).await
+    let config: ProtectedConfig = lambda::config("me");
+    let (backends, auth) = config.open()?;
+    lambda::run(ifs_me::router(ifs_me::MeState { auth, users: backends.users })).await
 }
