@@ -44,6 +44,14 @@ fn shared() -> Arc<AgentService> {
     SERVICE.get_or_init(|| Arc::new(config(4096, 1, 16).service().unwrap())).clone()
 }
 
+/// A service built from `config` that records every prompt it renders.
+fn observed(config: AgentConfig) -> (Arc<AgentService>, Arc<Mutex<Vec<String>>>) {
+    let prompts = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&prompts);
+    let record = Arc::new(move |prompt: &str| seen.lock().unwrap().push(prompt.to_owned()));
+    (Arc::new(config.service().unwrap().observing_prompts(record)), prompts)
+}
+
 async fn chat(service: Arc<AgentService>, body: Value) -> (StatusCode, Value) {
     call(ifs_agent::router(service), json_request("POST", "/v1/chat/completions", None, &body)).await
 }
@@ -130,14 +138,7 @@ async fn generation_ends_before_a_stop_string() {
 
 #[tokio::test]
 async fn a_history_far_longer_than_the_context_is_trimmed_keeping_system_and_newest() {
-    let prompts = Arc::new(Mutex::new(Vec::<String>::new()));
-    let seen = Arc::clone(&prompts);
-    let service = Arc::new(
-        config(512, 1, 4)
-            .service()
-            .unwrap()
-            .observing_prompts(Arc::new(move |p: &str| seen.lock().unwrap().push(p.to_owned()))),
-    );
+    let (service, prompts) = observed(config(512, 1, 4));
     let mut messages = vec![json!({"role": "system", "content": "SYSTEM-MARKER: you are terse."})];
     for i in 0..60 {
         messages.push(json!({"role": "user", "content": format!("Old question number {i} about gardening and the weather in spring?")}));
@@ -171,14 +172,7 @@ async fn when_even_the_system_prompt_and_newest_message_do_not_fit_it_is_a_400()
 
 #[tokio::test]
 async fn the_prompt_is_the_models_own_chat_template_with_the_assistant_turn_open() {
-    let prompts = Arc::new(Mutex::new(Vec::<String>::new()));
-    let seen = Arc::clone(&prompts);
-    let service = Arc::new(
-        config(1024, 1, 4)
-            .service()
-            .unwrap()
-            .observing_prompts(Arc::new(move |p: &str| seen.lock().unwrap().push(p.to_owned()))),
-    );
+    let (service, prompts) = observed(config(1024, 1, 4));
     chat(service, ask("Hi", json!({"max_tokens": 1}))).await;
     let prompt = prompts.lock().unwrap().pop().unwrap();
     // SmolLM2 ships a ChatML template.
