@@ -145,6 +145,7 @@ pub enum EngineError {
 
 /// The model, loaded once, and how to prompt it.
 pub struct Engine {
+    backend: &'static LlamaBackend,
     model: LlamaModel,
     template: LlamaChatTemplate,
     info: ModelInfo,
@@ -188,7 +189,7 @@ impl Engine {
             threads: settings.threads.max(1),
             template: source,
         };
-        Ok(Self { model, template, info, creating_context: Mutex::new(()) })
+        Ok(Self { backend, model, template, info, creating_context: Mutex::new(()) })
     }
 
     #[must_use]
@@ -270,7 +271,7 @@ impl Engine {
             .with_n_threads_batch(self.info.threads as i32);
         let mut ctx = {
             let _guard = self.creating_context.lock().unwrap_or_else(PoisonError::into_inner);
-            self.model.new_context(backend()?, params).context("creating a llama.cpp context")?
+            self.model.new_context(self.backend, params).context("creating a llama.cpp context")?
         };
 
         let started = Instant::now();

@@ -16,7 +16,7 @@ use crate::backends::Backends;
 use crate::config::{StoreConfig, TokenConfig};
 
 /// Logs as JSON on Lambda (one object per line, for CloudWatch queries) and as text elsewhere;
-/// `RUST_LOG` filters, default `info`.
+/// `RUST_LOG` filters, default `info` with llama.cpp's own chatter cut to warnings.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // llama.cpp reports every tensor it loads at info level; only its warnings are news.

@@ -2,6 +2,7 @@
 //! installed. Transactions are ACID and serialised for writers, which makes appends race-free.
 //! Key layouts are private to this module.
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -353,23 +354,15 @@ impl DialogueStore for EmbeddedStore {
                 key[..16].copy_from_slice(owner.as_bytes());
                 key
             };
-            let mut range = match after {
-                Some(cursor) => {
-                    index.range(owner_key(owner, cursor.updated_at_ms, cursor.id).as_slice()..=end.as_slice())
-                }
-                None => index.range(
-                    owner_key(owner, i64::MAX, DialogueId::from_bytes([0; 16])).as_slice()..=end.as_slice(),
-                ),
-            }
-            .context("scanning dialogues")?
-            .peekable();
-            // The cursor names the last item already seen; the range starts at it, so skip it.
-            if let Some(cursor) = after
-                && let Some(Ok((key, _))) = range.peek()
-                && key.value() == owner_key(owner, cursor.updated_at_ms, cursor.id).as_slice()
-            {
-                range.next();
-            }
+            // The cursor names the last item already seen, so the page starts just after it.
+            let start = match after {
+                Some(cursor) => Bound::Excluded(owner_key(owner, cursor.updated_at_ms, cursor.id)),
+                None => Bound::Included(owner_key(owner, i64::MAX, DialogueId::from_bytes([0; 16]))),
+            };
+            let start = start.as_ref().map(|key| key.as_slice());
+            let range = index
+                .range::<&[u8]>((start, Bound::Included(end.as_slice())))
+                .context("scanning dialogues")?;
             let mut items = Vec::with_capacity(limit.get());
             let mut more = false;
             for entry in range {
