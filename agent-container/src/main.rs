@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::Parser as _;
 use ifs_agent::AgentConfig;
+use ifs_api::server::ServerConfig;
 
 #[derive(Debug, clap::Parser)]
 #[command(name = "agent", version, about)]
@@ -15,6 +16,8 @@ struct Config {
     /// Address to listen on when not on Lambda; port 0 picks a free one.
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8081")]
     bind_addr: SocketAddr,
+    #[command(flatten)]
+    server: ServerConfig,
     #[command(flatten)]
     agent: AgentConfig,
 }
@@ -34,7 +37,7 @@ async fn main() -> ExitCode {
     let served = if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
         ifs_api::lambda::run(routes).await.map_err(|e| e.to_string())
     } else {
-        serve(config.bind_addr, routes, &service).await
+        serve(&config, routes, &service).await
     };
     served.map_or_else(
         |error| {
@@ -46,10 +49,11 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(
-    address: SocketAddr,
+    config: &Config,
     routes: axum::Router,
     service: &ifs_agent::AgentService,
 ) -> Result<(), String> {
+    let address = config.bind_addr;
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| format!("cannot listen on {address} (BIND_ADDR): {e}"))?;
@@ -63,8 +67,13 @@ async fn serve(
         info.context,
         info.threads
     );
-    axum::serve(listener, ifs_api::http::edge(routes))
-        .with_graceful_shutdown(ifs_api::http::shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    println!("  {}", config.server.describe());
+    ifs_api::server::serve(
+        listener,
+        ifs_api::http::edge(routes),
+        &config.server,
+        ifs_api::http::shutdown_signal(),
+    )
+    .await
+    .map_err(|e| format!("{e:#}"))
 }

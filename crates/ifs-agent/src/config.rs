@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::admission::Admission;
 use crate::engine::{Engine, EngineSettings};
 use crate::service::{AgentService, Limits};
+use ifs_admission::Admission;
 
 /// Where the default model lands (`make model`).
 pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -3,7 +3,6 @@
 //! control, [`router`] serves them over HTTP, and [`local`] hands them to an in-process
 //! Dialogue Manager.
 
-pub mod admission;
 pub mod config;
 pub mod decode;
 pub mod engine;

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use ifs_api::agent::{Agent, AgentError};
 use ifs_api::openai::{ChatRequest, ChatResponse};
 
-use crate::service::{AgentService, ChatError};
+use crate::service::{AgentService, BUSY_RETRY_AFTER, ChatError};
 
 /// [`AgentService`] as an [`Agent`].
 #[derive(Debug, Clone)]
@@ -17,7 +17,7 @@ pub struct LocalAgent(pub Arc<AgentService>);
 impl Agent for LocalAgent {
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, AgentError> {
         self.0.chat(request).await.map_err(|error| match error {
-            ChatError::Busy => AgentError::Busy,
+            ChatError::Busy => AgentError::Busy { retry_after: BUSY_RETRY_AFTER },
             ChatError::Failed(cause) => AgentError::Unavailable(format!("{cause:#}")),
             refused => {
                 let api = refused.into_api_error();

@@ -10,11 +10,11 @@ use ifs_api::openai::{ChatRequest, ChatResponse, ChatRole, Choice, ReplyMessage,
 use ifs_domain::Usage;
 use serde_json::json;
 
-use crate::admission::{Admission, Busy};
 use crate::engine::{Completion, Engine, EngineError, Finish, Job, Turn, TurnRole};
+use ifs_admission::{Admission, Busy};
 
 /// Seconds a client turned away as busy is told to wait.
-const BUSY_RETRY_AFTER: u64 = 2;
+pub const BUSY_RETRY_AFTER: u64 = 2;
 /// OpenAI accepts at most this many stop strings.
 const MAX_STOPS: usize = 4;
 
@@ -212,11 +212,7 @@ impl AgentService {
                     .into(),
                 ),
             }],
-            usage: Some(Usage {
-                prompt_tokens: completion.prompt_tokens,
-                completion_tokens: completion.completion_tokens,
-                total_tokens: completion.prompt_tokens + completion.completion_tokens,
-            }),
+            usage: Some(Usage::of(completion.prompt_tokens, completion.completion_tokens)),
             ifs: Some(json!({
                 "truncated_messages": completion.truncated_messages,
                 "timings": {

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::Url;
+use reqwest::{StatusCode, Url, header};
+use serde::Deserialize;
 
 use crate::openai::{ChatRequest, ChatResponse};
 
@@ -15,9 +16,10 @@ pub enum AgentError {
     Timeout(Duration),
     #[error("the agent is unavailable: {0}")]
     Unavailable(String),
-    /// Every generation slot and queue place is taken.
+    /// Every generation slot and queue place is taken; `retry_after` seconds is the agent's
+    /// own estimate of when to try again.
     #[error("the agent is busy")]
-    Busy,
+    Busy { retry_after: u64 },
     /// The agent refused this request as it stands (e.g. `context_overflow`); retrying the
     /// same request will not help.
     #[error("the agent refused the request: {code}: {message}")]
@@ -54,6 +56,77 @@ impl HttpAgent {
 
 /// At most this much of an unexpected answer goes into the log.
 const SNIPPET: usize = 300;
+/// The most of an agent's answer that is read: a reply holds at most 16,000 characters, so
+/// anything near this is not a reply, and must not cost memory.
+pub const ANSWER_LIMIT: usize = 1024 * 1024;
+/// `Retry-After` passed on when a busy agent names none.
+const DEFAULT_RETRY_AFTER: u64 = 2;
+
+/// The error body of an OpenAI-compatible server: ours and OpenAI's carry a string `code`,
+/// llama.cpp's `llama-server` a numeric one and a `type`.
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// What a refusal means for the user: busy (try again), a request that cannot fit the model's
+/// context (nothing to retry), or a failure of the agent itself.
+fn refusal(status: StatusCode, retry_after: Option<u64>, body: &[u8]) -> AgentError {
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        let seconds = retry_after.unwrap_or(DEFAULT_RETRY_AFTER).clamp(1, 600);
+        return AgentError::Busy { retry_after: seconds };
+    }
+    let detail = serde_json::from_slice::<ErrorBody>(body).ok().map(|b| b.error);
+    if status == StatusCode::BAD_REQUEST
+        && let Some(detail) = detail
+    {
+        let code = detail.code.as_ref().and_then(serde_json::Value::as_str);
+        let overflow = matches!(code, Some("context_overflow" | "context_length_exceeded"))
+            || detail.kind.as_deref() == Some("exceed_context_size_error");
+        if overflow {
+            let message =
+                detail.message.unwrap_or_else(|| "the conversation does not fit the model's context".into());
+            return AgentError::Rejected {
+                code: "context_overflow",
+                message: message.chars().take(SNIPPET).collect(),
+            };
+        }
+    }
+    AgentError::Unavailable(format!("answered {status}: {}", snippet(body)))
+}
+
+fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(SNIPPET)]).into_owned()
+}
+
+/// Reads the answer's body, refusing one larger than [`ANSWER_LIMIT`] before or while reading it.
+async fn read_capped(
+    mut response: reqwest::Response,
+    failed: impl Fn(reqwest::Error) -> AgentError,
+) -> Result<Vec<u8>, AgentError> {
+    let too_large = || AgentError::Unavailable(format!("answered more than {ANSWER_LIMIT} bytes"));
+    if response.content_length().is_some_and(|n| n > ANSWER_LIMIT as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(&failed)? {
+        if body.len() + chunk.len() > ANSWER_LIMIT {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
 
 #[async_trait]
 impl Agent for HttpAgent {
@@ -74,16 +147,20 @@ impl Agent for HttpAgent {
             .await
             .map_err(failed)?;
         let status = response.status();
-        let body = response.bytes().await.map_err(failed)?;
-        let snippet = || String::from_utf8_lossy(&body[..body.len().min(SNIPPET)]).into_owned();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = read_capped(response, failed).await?;
         if !status.is_success() {
-            return Err(AgentError::Unavailable(format!("answered {status}: {}", snippet())));
+            return Err(refusal(status, retry_after, &body));
         }
         let reply: ChatResponse = serde_json::from_slice(&body)
-            .map_err(|e| AgentError::Unavailable(format!("malformed answer ({e}): {}", snippet())))?;
+            .map_err(|e| AgentError::Unavailable(format!("malformed answer ({e}): {}", snippet(&body))))?;
         match reply.choices.first() {
             Some(choice) if choice.message.content.is_some() => Ok(reply),
-            _ => Err(AgentError::Unavailable(format!("answer has no message content: {}", snippet()))),
+            _ => Err(AgentError::Unavailable(format!("answer has no message content: {}", snippet(&body)))),
         }
     }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use ifs_store::{DialogueStore, EmbeddedStore, SessionStore, UserStore};
+use ifs_store::{Counters, DialogueStore, EmbeddedStore, SessionStore, Sweep, UserStore};
 
 use crate::config::StoreConfig;
 
@@ -16,6 +16,10 @@ pub struct Backends {
     pub users: Arc<dyn UserStore>,
     pub dialogues: Arc<dyn DialogueStore>,
     pub sessions: Arc<dyn SessionStore>,
+    pub counters: Arc<dyn Counters>,
+    /// What must be swept of expired sessions and counter windows now and then; `None` where the
+    /// backends expire records themselves.
+    pub sweeper: Option<Arc<dyn Sweep>>,
     /// What they are, for the start-up banner.
     pub description: String,
 }
@@ -33,6 +37,13 @@ impl Backends {
             .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
         let store = Arc::new(EmbeddedStore::open(&config.data_dir.join(EMBEDDED_FILE))?);
         let description = format!("embedded store {} (users, dialogues, sessions)", store.path().display());
-        Ok(Self { users: store.clone(), dialogues: store.clone(), sessions: store, description })
+        Ok(Self {
+            users: store.clone(),
+            dialogues: store.clone(),
+            sessions: store.clone(),
+            counters: store.clone(),
+            sweeper: Some(store),
+            description,
+        })
     }
 }

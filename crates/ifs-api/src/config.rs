@@ -102,6 +102,10 @@ pub struct DialogueConfig {
     #[arg(long, env = "MEMORY_MESSAGES", default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(0..=200))]
     pub memory_messages: u32,
+    /// Dialogue turns one user may send per minute; beyond that, 429 (1 to 100000).
+    #[arg(long, env = "DIALOGUE_RATE_LIMIT", default_value_t = 120,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub dialogue_rate_limit: u32,
 }
 
 impl DialogueConfig {

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ifs_auth::AuthError;
+use ifs_auth::{AuthError, HashError};
 use ifs_store::StoreError;
 use serde_json::{Map, Value, json};
 
@@ -98,7 +98,7 @@ impl ApiError {
             404 => ("not_found", "no such resource"),
             405 => ("method_not_allowed", "this method is not allowed on this path"),
             408 => ("request_timeout", "the request took too long"),
-            413 => ("payload_too_large", "the request body is larger than 64 KiB"),
+            413 => ("payload_too_large", "the request body is larger than this endpoint accepts"),
             415 => ("unsupported_media_type", "the content type is not supported here"),
             429 => ("too_many_requests", "too many requests"),
             503 => ("unavailable", "the service is busy; try again shortly"),
@@ -151,6 +151,20 @@ impl From<AuthError> for ApiError {
         match error {
             AuthError::Unexpected(cause) => Self::internal(cause),
             refused => Self::unauthorized().caused_by(refused),
+        }
+    }
+}
+
+impl From<HashError> for ApiError {
+    fn from(error: HashError) -> Self {
+        match error {
+            HashError::Busy => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many sign-ups and logins at once; try again in a moment",
+            )
+            .retry_after(1),
+            HashError::Unexpected(cause) => Self::internal(cause),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The middleware every deployment puts around the routers — locally around all of them merged,
-//! on Lambda around one: request ids, one log line per request, body limits, panic catching,
+//! on Lambda around one: safe request ids, one log line per request, body limits, panic catching,
 //! JSON for every error, and a JSON 404 for unknown routes.
 
 use std::time::Duration;
@@ -7,19 +7,25 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Request, Response, header};
+use axum::http::{HeaderName, Request, Response, header};
 use axum::response::IntoResponse;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 use crate::ApiError;
 
-/// Largest request body accepted.
+/// Largest request body accepted on routes that set no limit of their own (with
+/// `DefaultBodyLimit` on the route, as the dialogue does for long messages).
 pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Longest client-supplied request id that is kept; anything longer, or with other characters
+/// than `[A-Za-z0-9._-]`, is replaced by a generated one so that it cannot forge log fields.
+pub const REQUEST_ID_MAX: usize = 64;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Wraps finished routers (state already provided) for serving.
 pub fn edge(routes: Router) -> Router {
@@ -30,6 +36,7 @@ pub fn edge(routes: Router) -> Router {
             // Outermost first. The normaliser sits inside the logging so the log shows the status
             // sent, and outside the panic catcher and body limit so their bare responses get JSON.
             ServiceBuilder::new()
+                .map_request(drop_unsafe_request_id)
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http()
@@ -40,9 +47,27 @@ pub fn edge(routes: Router) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(axum::middleware::map_response(json_errors))
-                .layer(CatchPanicLayer::new())
-                .layer(RequestBodyLimitLayer::new(BODY_LIMIT)),
+                .layer(CatchPanicLayer::new()),
         )
+}
+
+/// Removes a client's `x-request-id` unless it is one short id of safe characters, so that the
+/// id layer generates one instead.
+fn drop_unsafe_request_id(mut request: Request<Body>) -> Request<Body> {
+    let mut ids = request.headers().get_all(X_REQUEST_ID).iter();
+    let safe = match (ids.next(), ids.next()) {
+        (Some(id), None) => is_safe_request_id(id.as_bytes()),
+        _ => false,
+    };
+    if !safe {
+        request.headers_mut().remove(X_REQUEST_ID);
+    }
+    request
+}
+
+fn is_safe_request_id(id: &[u8]) -> bool {
+    (1..=REQUEST_ID_MAX).contains(&id.len())
+        && id.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Resolves on Ctrl-C or SIGTERM, for graceful shutdown of local servers.
@@ -115,6 +140,36 @@ mod tests {
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         (status, headers, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[tokio::test]
+    async fn a_safe_client_request_id_is_kept_and_anything_else_replaced() {
+        let with_id = |ids: &[&str]| {
+            let mut request = Request::get("/nope");
+            for id in ids {
+                request = request.header("x-request-id", *id);
+            }
+            request.body(Body::empty()).unwrap()
+        };
+        let kept = "trace-me_42.a";
+        let (_, headers, _) = call(app(), with_id(&[kept])).await;
+        assert_eq!(headers["x-request-id"], kept);
+        let longest = "a".repeat(REQUEST_ID_MAX);
+        let (_, headers, _) = call(app(), with_id(&[&longest])).await;
+        assert_eq!(headers["x-request-id"], longest.as_str());
+
+        let too_long = "a".repeat(REQUEST_ID_MAX + 1);
+        for ids in
+            [&["evil\" status=500 forged=1"][..], &[too_long.as_str()], &["a b"], &[""], &["é"], &["x", "y"]]
+        {
+            let (_, headers, _) = call(app(), with_id(ids)).await;
+            let id = headers["x-request-id"].to_str().unwrap();
+            assert!(uuid_like(id), "{ids:?} → {id}");
+        }
+    }
+
+    fn uuid_like(id: &str) -> bool {
+        id.len() == 36 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
     }
 
     fn app() -> Router {

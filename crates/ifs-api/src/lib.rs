@@ -1,6 +1,6 @@
 //! HTTP glue shared by every ifs-guide endpoint: the one error type, extractors, the middleware
 //! stack at the edge, configuration read from the environment, the agent port and its HTTP
-//! client, backend wiring, and the Lambda runner. Endpoint logic lives in `functions/*`.
+//! client, backend wiring, the Lambda runner and the hardened HTTP server for local processes. Endpoint logic lives in `functions/*`.
 
 pub mod agent;
 pub mod backends;
@@ -10,6 +10,7 @@ pub mod extract;
 pub mod http;
 pub mod lambda;
 pub mod openai;
+pub mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod views;

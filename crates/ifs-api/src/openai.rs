@@ -77,7 +77,9 @@ pub struct ChatResponse {
     #[serde(default)]
     pub model: String,
     pub choices: Vec<Choice>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Token counts; a `usage` that is not an object, or has no valid count, is dropped rather
+    /// than costing the reply.
+    #[serde(default, deserialize_with = "lenient_usage", skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
     /// ifs-guide's extension (truncation, timings); other servers leave it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,4 +88,48 @@ pub struct ChatResponse {
 
 fn chat_completion() -> String {
     "chat.completion".into()
+}
+
+fn lenient_usage<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Usage>, D::Error> {
+    // Only an object is usage: serde would read an array positionally.
+    Ok(match serde_json::Value::deserialize(deserializer)? {
+        object @ serde_json::Value::Object(_) => {
+            serde_json::from_value::<Usage>(object).ok().filter(|usage| !usage.is_empty())
+        }
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply_with_usage(usage: &str) -> String {
+        format!(
+            r#"{{"choices":[{{"message":{{"role":"assistant","content":"hi"}},"finish_reason":"stop"}}],"usage":{usage}}}"#
+        )
+    }
+
+    #[test]
+    fn a_partial_or_broken_usage_never_costs_the_reply() {
+        let cases = [
+            (
+                r#"{"prompt_tokens":5,"completion_tokens":2}"#,
+                Some(Usage { total_tokens: None, ..Usage::of(5, 2) }),
+            ),
+            (
+                r#"{"prompt_tokens":-1,"completion_tokens":null,"total_tokens":9}"#,
+                Some(Usage { total_tokens: Some(9), ..Usage::default() }),
+            ),
+            (r#"{}"#, None),
+            (r#""plenty""#, None),
+            ("null", None),
+            ("[1,2,3]", None),
+        ];
+        for (usage, expected) in cases {
+            let reply: ChatResponse = serde_json::from_str(&reply_with_usage(usage)).expect(usage);
+            assert_eq!(reply.usage, expected, "{usage}");
+            assert_eq!(reply.choices[0].message.content.as_deref(), Some("hi"));
+        }
+    }
 }

@@ -12,7 +12,7 @@ use ifs_domain::{Clock, SessionId, Timestamp, UserId};
 use ifs_store::SessionStore;
 
 pub use keys::{JwtKeys, PublicKey};
-pub use password::PasswordHasher;
+pub use password::{HashError, HashLimits, PasswordHasher};
 pub use token::{Claims, TokenError, TokenIssuer, TokenSettings, TokenVerifier};
 
 /// Who is calling, established from a valid token whose session is still alive.

@@ -1,7 +1,11 @@
-//! Credentials as parsed values: an `Email` is trimmed, lowercased and valid; a `Password` has an
-//! acceptable length and never shows itself in logs.
+//! Credentials as parsed values: an `Email` is normalised (NFKC, trimmed, lowercased), visible
+//! and of the plain `name@domain.tld` form; a `Password` has an acceptable length and never shows
+//! itself in logs.
 
 use secrecy::{ExposeSecret, SecretString};
+use unicode_normalization::UnicodeNormalization as _;
+
+use crate::text::is_hidden;
 
 /// Longest address accepted (RFC 5321 path limit).
 const EMAIL_MAX: usize = 254;
@@ -36,24 +40,49 @@ pub enum EmailError {
     TooLong,
     #[error("is not a valid email address")]
     Invalid,
+    #[error("must not contain invisible, control or formatting characters")]
+    Hidden,
+    #[error("quoted names are not accepted")]
+    Quoted,
+    #[error("the domain must be a name with a dot, like example.com, not an address or a single word")]
+    UnsupportedDomain,
 }
 
 impl Email {
+    /// Normalises and checks an address. NFKC folds compatibility forms (fullwidth letters,
+    /// ligatures) into the plain letters people mean, so `ａｄａ@example.com` is `ada@example.com`
+    /// and cannot become a second account beside it; what normalisation cannot fold — invisible
+    /// characters, quoted names, IP literals, dotless domains — is refused.
     pub fn parse(raw: &str) -> Result<Self, EmailError> {
-        let normalised = raw.trim().to_lowercase();
-        if normalised.is_empty() {
+        let folded: String = raw.nfkc().collect::<String>().trim().to_lowercase().nfkc().collect();
+        if folded.is_empty() {
             return Err(EmailError::Empty);
         }
-        if normalised.chars().count() > EMAIL_MAX {
+        if folded.chars().count() > EMAIL_MAX {
             return Err(EmailError::TooLong);
         }
+        if folded.chars().any(is_hidden) {
+            return Err(EmailError::Hidden);
+        }
+        let Some((local, domain)) = folded.rsplit_once('@') else { return Err(EmailError::Invalid) };
+        if local.contains('"') {
+            return Err(EmailError::Quoted);
+        }
+        if domain.starts_with('[') {
+            return Err(EmailError::UnsupportedDomain);
+        }
         // The library accepts display-name and comment forms that no one types into a login form.
-        if normalised.contains(['<', '>', '(', ')', ' '])
-            || !email_address::EmailAddress::is_valid(&normalised)
+        if folded.contains(['<', '>', '(', ')', ' '])
+            || domain.split('.').any(str::is_empty)
+            || !email_address::EmailAddress::is_valid(&folded)
         {
             return Err(EmailError::Invalid);
         }
-        Ok(Self(normalised))
+        let top_level = domain.rsplit('.').next().unwrap_or_default();
+        if !domain.contains('.') || top_level.chars().all(|c| c.is_ascii_digit()) {
+            return Err(EmailError::UnsupportedDomain);
+        }
+        Ok(Self(folded))
     }
 
     #[must_use]
@@ -128,6 +157,44 @@ mod tests {
         }
         let long = format!("{}@example.com", "a".repeat(250));
         assert_eq!(Email::parse(&long), Err(EmailError::TooLong));
+    }
+
+    #[test]
+    fn look_alike_forms_fold_into_the_address_people_mean() {
+        for raw in [
+            "ａｄａ@ｅｘａｍｐｌｅ.ｃｏｍ",
+            "ADA@EXAMPLE.COM",
+            "ada＠example.com",
+            " ada@example.com\u{3000}",
+        ] {
+            assert_eq!(Email::parse(raw).map(|e| e.0), Ok("ada@example.com".to_owned()), "{raw:?}");
+        }
+        // The "fi" ligature is two letters to a reader, and so it becomes.
+        assert_eq!(Email::parse("\u{FB01}@example.com").unwrap().as_str(), "fi@example.com");
+    }
+
+    #[test]
+    fn addresses_that_could_pass_for_another_are_refused() {
+        let cases = [
+            ("ada\u{200B}@example.com", EmailError::Hidden),
+            ("ada@exam\u{00AD}ple.com", EmailError::Hidden),
+            ("\u{202E}ada@example.com", EmailError::Hidden),
+            ("ada\u{FE0F}@example.com", EmailError::Hidden),
+            ("ada\u{0007}@example.com", EmailError::Hidden),
+            ("\"ada\"@example.com", EmailError::Quoted),
+            ("\"a@b\"@example.com", EmailError::Quoted),
+            ("ada@[127.0.0.1]", EmailError::UnsupportedDomain),
+            ("ada@[IPv6:::1]", EmailError::UnsupportedDomain),
+            ("ada@localhost", EmailError::UnsupportedDomain),
+            ("ada@10.0.0.1", EmailError::UnsupportedDomain),
+            ("ada@example..com", EmailError::Invalid),
+            ("ada@.example.com", EmailError::Invalid),
+            ("ada@example.com.", EmailError::Invalid),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(Email::parse(raw), Err(expected), "{raw:?}");
+        }
+        assert!(Email::parse("josé@exämple.de").is_ok(), "international addresses stay welcome");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::text::{is_blank, without_hidden};
 use crate::{DialogueId, MessageId, Timestamp, UserId};
 
 /// Longest message accepted, in characters.
@@ -19,13 +20,13 @@ pub enum Role {
     Assistant,
 }
 
-/// Message text of acceptable length that is not blank.
+/// Message text of acceptable length with at least one visible character.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageText(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MessageTextError {
-    #[error("must not be empty")]
+    #[error("must contain at least one visible character")]
     Empty,
     #[error("must be at most {MESSAGE_MAX} characters")]
     TooLong,
@@ -33,7 +34,7 @@ pub enum MessageTextError {
 
 impl MessageText {
     pub fn parse(raw: String) -> Result<Self, MessageTextError> {
-        if raw.trim().is_empty() {
+        if is_blank(&raw) {
             Err(MessageTextError::Empty)
         } else if raw.chars().count() > MESSAGE_MAX {
             Err(MessageTextError::TooLong)
@@ -53,12 +54,49 @@ impl MessageText {
     }
 }
 
-/// Token accounting reported by the agent for one reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Token accounting reported by the agent for one reply. Each count is kept only if the agent
+/// gave a valid one: a server that leaves a count out, or sends null, a negative or a fraction,
+/// loses that count, never the reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    pub prompt_tokens: u32,
-    pub completion_tokens: u32,
-    pub total_tokens: u32,
+    #[serde(default, deserialize_with = "count", skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u32>,
+    #[serde(default, deserialize_with = "count", skip_serializing_if = "Option::is_none")]
+    pub completion_tokens: Option<u32>,
+    #[serde(default, deserialize_with = "count", skip_serializing_if = "Option::is_none")]
+    pub total_tokens: Option<u32>,
+}
+
+impl Usage {
+    /// All three counts, consistent.
+    #[must_use]
+    pub fn of(prompt_tokens: u32, completion_tokens: u32) -> Self {
+        Self {
+            prompt_tokens: Some(prompt_tokens),
+            completion_tokens: Some(completion_tokens),
+            total_tokens: Some(prompt_tokens.saturating_add(completion_tokens)),
+        }
+    }
+
+    /// Whether no count survived.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A token count if the value is one (a whole number that fits), otherwise nothing.
+fn count<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Loose {
+        Count(u64),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Loose::deserialize(deserializer)? {
+        Loose::Count(n) => u32::try_from(n).ok(),
+        Loose::Other(_) => None,
+    })
 }
 
 /// What the agent said about how it produced a reply; kept on assistant messages.
@@ -168,10 +206,11 @@ impl DialogueSummary {
     }
 }
 
-/// The first user message cut to [`TITLE_MAX`] characters at a word boundary, whitespace folded.
+/// The first user message cut to [`TITLE_MAX`] characters at a word boundary, whitespace folded,
+/// without the control, format and bidi characters that could hide or reorder a title in a list.
 #[must_use]
 pub fn title_for(first_message: &str) -> String {
-    let folded = first_message.split_whitespace().collect::<Vec<_>>().join(" ");
+    let folded = without_hidden(first_message).split_whitespace().collect::<Vec<_>>().join(" ");
     if folded.chars().count() <= TITLE_MAX {
         return folded;
     }
@@ -266,6 +305,9 @@ mod tests {
         let cases = [
             ("".to_string(), Err(MessageTextError::Empty)),
             (" \n\t ".to_string(), Err(MessageTextError::Empty)),
+            ("\u{200B}\u{200B}\u{2060}".to_string(), Err(MessageTextError::Empty)),
+            (" \u{FEFF}\u{3164}\u{2800} ".to_string(), Err(MessageTextError::Empty)),
+            ("\u{200B}a".to_string(), Ok(())),
             ("x".repeat(MESSAGE_MAX + 1), Err(MessageTextError::TooLong)),
             ("é".repeat(MESSAGE_MAX), Ok(())),
             ("  hi  ".to_string(), Ok(())),
@@ -273,6 +315,31 @@ mod tests {
         for (raw, expected) in cases {
             assert_eq!(MessageText::parse(raw.clone()).map(|_| ()), expected, "{}", raw.len());
         }
+    }
+
+    #[test]
+    fn usage_keeps_the_counts_that_are_valid() {
+        let parse = |json: &str| serde_json::from_str::<Usage>(json).unwrap();
+        assert_eq!(
+            parse(r#"{"prompt_tokens": 7, "completion_tokens": 3}"#),
+            Usage { prompt_tokens: Some(7), completion_tokens: Some(3), total_tokens: None }
+        );
+        assert_eq!(
+            parse(r#"{"prompt_tokens": null, "completion_tokens": -3, "total_tokens": 2.5}"#),
+            Usage::default()
+        );
+        assert_eq!(
+            parse(r#"{"prompt_tokens": 5000000000, "total_tokens": "12", "extra": []}"#),
+            Usage::default()
+        );
+        assert_eq!(
+            parse(r#"{"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}"#),
+            Usage::of(2, 1)
+        );
+        assert_eq!(
+            serde_json::to_string(&parse(r#"{"completion_tokens": 4}"#)).unwrap(),
+            r#"{"completion_tokens":4}"#
+        );
     }
 
     #[test]
@@ -361,5 +428,12 @@ mod tests {
 
         let exact = "y".repeat(TITLE_MAX);
         assert_eq!(title_for(&exact), exact);
+    }
+
+    #[test]
+    fn titles_cannot_be_reversed_or_hidden_by_invisible_characters() {
+        assert_eq!(title_for("invoice\u{202E}fdp.exe"), "invoicefdp.exe");
+        assert_eq!(title_for("\u{2066}a\u{2069} b\u{200B}c\u{0008}"), "a bc");
+        assert_eq!(title_for("family 👨\u{200D}👩\u{200D}👧"), "family 👨\u{200D}👩\u{200D}👧");
     }
 }

@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod dialogue;
 pub mod id;
 pub mod page;
+pub mod text;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use credentials::{Email, EmailError, Password, PasswordError};

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -13,8 +14,10 @@ use ifs_agent::{AgentConfig, LocalAgent};
 use ifs_api::agent::{Agent, HttpAgent};
 use ifs_api::backends::Backends;
 use ifs_api::config::{DialogueConfig, StoreConfig, TokenConfig};
+use ifs_api::server::ServerConfig;
 use ifs_auth::{Authenticator, PasswordHasher, TokenIssuer, TokenVerifier};
 use ifs_domain::{Clock, SystemClock};
+use ifs_store::{Sweep, Swept};
 use tokio::net::TcpListener;
 
 /// `ifs-guide`: run ifs-guide locally.
@@ -38,6 +41,8 @@ pub struct ServeArgs {
     #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:3000")]
     pub bind_addr: SocketAddr,
     #[command(flatten)]
+    pub server: ServerConfig,
+    #[command(flatten)]
     pub store: StoreConfig,
     #[command(flatten)]
     pub tokens: TokenConfig,
@@ -48,12 +53,26 @@ pub struct ServeArgs {
     pub agent: AgentConfig,
 }
 
+/// How often the embedded store is swept of expired sessions and counter windows.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// Records deleted per sweep transaction, so that a large backlog never holds the writer long.
+const SWEEP_BATCH: usize = 1000;
+
 /// The assembled application and a description of what it runs on.
-#[derive(Debug)]
 pub struct App {
     pub router: Router,
-    /// Lines for the start-up banner: which backends, which agent, where the keys are.
+    /// Lines for the start-up banner: which backends, which agent, where the keys are, limits.
     pub backends: Vec<String>,
+    /// How connections are treated.
+    pub server: ServerConfig,
+    /// What to sweep of expired records while serving.
+    pub sweeper: Option<Arc<dyn Sweep>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("backends", &self.backends).finish_non_exhaustive()
+    }
 }
 
 /// Opens the store, loads or creates keys, sets up the agent (in-process unless `AGENT_URL` is
@@ -96,6 +115,7 @@ pub fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) -> any
         format!("store:  {}", backends.description),
         format!("agent:  {}", agent.describe()),
         format!("tokens: Ed25519 key {key_source}"),
+        args.server.describe(),
     ];
 
     let router = Router::new()
@@ -107,6 +127,7 @@ pub fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) -> any
         .merge(ifs_login::router(ifs_login::LoginState {
             users: backends.users.clone(),
             sessions: backends.sessions.clone(),
+            counters: backends.counters.clone(),
             hasher,
             issuer: Arc::new(TokenIssuer::new(keys, settings)),
             clock: clock.clone(),
@@ -120,6 +141,7 @@ pub fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) -> any
         .merge(ifs_dialogue::router(ifs_dialogue::DialogueState {
             auth: auth.clone(),
             dialogues: backends.dialogues.clone(),
+            counters: backends.counters.clone(),
             agent,
             settings: Arc::new(ifs_dialogue::DialogueSettings::from(&args.dialogue)),
             clock,
@@ -130,14 +152,52 @@ pub fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) -> any
         }))
         .merge(ifs_messages::router(ifs_messages::MessagesState { auth, dialogues: backends.dialogues }))
         .merge(agent_routes.unwrap_or_default());
-    Ok(App { router: ifs_api::http::edge(router), backends: described })
+    Ok(App {
+        router: ifs_api::http::edge(router),
+        backends: described,
+        server: args.server.clone(),
+        sweeper: backends.sweeper,
+    })
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish.
+/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish
+/// within `SHUTDOWN_TIMEOUT`. Sweeps expired records meanwhile, where the store needs it.
 pub async fn serve(
     listener: TcpListener,
     app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, app.router).with_graceful_shutdown(shutdown).await.context("serving HTTP")
+    let sweeping = app.sweeper.map(|sweeper| tokio::spawn(sweep_periodically(sweeper)));
+    let served = ifs_api::server::serve(listener, app.router, &app.server, shutdown).await;
+    if let Some(task) = sweeping {
+        task.abort();
+    }
+    served.context("serving HTTP")
+}
+
+/// Deletes expired sessions and counter windows every [`SWEEP_INTERVAL`], starting at once.
+async fn sweep_periodically(sweeper: Arc<dyn Sweep>) {
+    let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        ticks.tick().await;
+        let mut total = Swept::default();
+        loop {
+            match sweeper.sweep_expired(chrono::Utc::now(), SWEEP_BATCH).await {
+                Ok(swept) => {
+                    total.sessions += swept.sessions;
+                    total.windows += swept.windows;
+                    if swept.sessions < SWEEP_BATCH && swept.windows < SWEEP_BATCH {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = ?error, "sweeping expired records failed");
+                    break;
+                }
+            }
+        }
+        if total != Swept::default() {
+            tracing::info!(sessions = total.sessions, windows = total.windows, "swept expired records");
+        }
+    }
 }

@@ -1,14 +1,32 @@
 //! `ifs-guide serve`: the whole service on a laptop, in one process.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser as _;
 use ifs_guide::{Cli, Command};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// How long blocking work (a generation, a hash) may hold up the exit once serving has stopped.
+const BLOCKING_GRACE: Duration = Duration::from_secs(1);
+
+fn main() -> ExitCode {
     ifs_api::lambda::init_tracing();
     let Cli { command: Command::Serve(args) } = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ifs-guide: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run(args));
+    // Dropping a runtime waits for every blocking task; a generation in progress could hold the
+    // exit for as long as it takes, past SHUTDOWN_TIMEOUT.
+    runtime.shutdown_timeout(BLOCKING_GRACE);
+    code
+}
+
+async fn run(args: ifs_guide::ServeArgs) -> ExitCode {
     let app = match ifs_guide::build(&args) {
         Ok(app) => app,
         Err(error) => {

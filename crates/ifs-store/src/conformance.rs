@@ -16,7 +16,9 @@ use ifs_domain::{
     Timestamp, UserId, check_chain,
 };
 
-use crate::{DialogueStore, Session, SessionStore, StoreError, UserRecord, UserStore};
+use crate::{
+    Counter, Counters, DialogueStore, Session, SessionStore, StoreError, UserRecord, UserStore, Window,
+};
 
 /// Fresh, empty stores for one case. `guard` keeps whatever backs them (a temporary directory, a
 /// table name) alive until the case ends.
@@ -24,6 +26,7 @@ pub struct Stores {
     pub users: Arc<dyn UserStore>,
     pub dialogues: Arc<dyn DialogueStore>,
     pub sessions: Arc<dyn SessionStore>,
+    pub counters: Arc<dyn Counters>,
     pub guard: Box<dyn Any + Send + Sync>,
 }
 
@@ -43,8 +46,9 @@ macro_rules! conformance_suite {
             an_email_is_registered_only_once_even_under_a_race,
             a_session_lives_until_it_expires,
             a_revoked_session_is_gone,
-            login_failures_count_within_a_window_and_then_reset,
-            clearing_login_failures_starts_afresh,
+            hits_count_within_a_fixed_window_and_then_start_again,
+            a_reset_counter_starts_afresh,
+            parallel_hits_each_see_a_different_count,
             a_started_dialogue_is_a_one_message_list,
             appends_keep_the_list_valid_and_the_summary_current,
             concurrent_appends_all_land_in_one_list,
@@ -178,37 +182,55 @@ pub async fn a_revoked_session_is_gone(stores: Stores) {
     assert_eq!(stores.sessions.session(keep.id, at(1)).await.unwrap(), Some(keep));
 }
 
-pub async fn login_failures_count_within_a_window_and_then_reset(stores: Stores) {
+pub async fn hits_count_within_a_fixed_window_and_then_start_again(stores: Stores) {
     let ada = email("ada");
     let window = Duration::from_secs(900);
-    assert_eq!(stores.sessions.login_failures(&ada, at(0)).await.unwrap(), None);
-
     for n in 1..=3 {
-        let counted = stores.sessions.record_login_failure(&ada, at(n * 10), window).await.unwrap();
-        assert_eq!(counted.failures, n as u32);
-        // The window is fixed from the first failure, not sliding.
-        assert_eq!(counted.resets_at, at(10 + 900));
+        let counted = stores.counters.hit(Counter::LoginAttempts(&ada), at(n * 10), window).await.unwrap();
+        // The window is fixed from the first hit, not sliding.
+        assert_eq!(counted, Window { hits: n as u32, resets_at: at(10 + 900) });
     }
-    let open = stores.sessions.login_failures(&ada, at(909)).await.unwrap().unwrap();
-    assert_eq!(open.failures, 3);
-    assert_eq!(stores.sessions.login_failures(&email("bob"), at(909)).await.unwrap(), None);
+    // Other counters, even of another kind for the same name, are separate.
+    let bob = email("bob");
+    assert_eq!(stores.counters.hit(Counter::LoginAttempts(&bob), at(40), window).await.unwrap().hits, 1);
+    let user = UserId::generate();
+    assert_eq!(stores.counters.hit(Counter::DialogueTurns(user), at(40), window).await.unwrap().hits, 1);
 
-    assert_eq!(stores.sessions.login_failures(&ada, at(910)).await.unwrap(), None);
-    let fresh = stores.sessions.record_login_failure(&ada, at(1000), window).await.unwrap();
-    assert_eq!((fresh.failures, fresh.resets_at), (1, at(1900)));
+    assert_eq!(stores.counters.hit(Counter::LoginAttempts(&ada), at(909), window).await.unwrap().hits, 4);
+    let fresh = stores.counters.hit(Counter::LoginAttempts(&ada), at(910), window).await.unwrap();
+    assert_eq!(fresh, Window { hits: 1, resets_at: at(1810) });
 }
 
-pub async fn clearing_login_failures_starts_afresh(stores: Stores) {
+pub async fn a_reset_counter_starts_afresh(stores: Stores) {
     let ada = email("ada");
     let window = Duration::from_secs(900);
-    stores.sessions.record_login_failure(&ada, at(0), window).await.unwrap();
-    stores.sessions.record_login_failure(&ada, at(1), window).await.unwrap();
+    stores.counters.hit(Counter::LoginAttempts(&ada), at(0), window).await.unwrap();
+    stores.counters.hit(Counter::LoginAttempts(&ada), at(1), window).await.unwrap();
 
-    stores.sessions.clear_login_failures(&ada).await.unwrap();
-    stores.sessions.clear_login_failures(&email("never-failed")).await.unwrap();
+    stores.counters.reset(Counter::LoginAttempts(&ada)).await.unwrap();
+    stores.counters.reset(Counter::LoginAttempts(&email("never-counted"))).await.unwrap();
 
-    assert_eq!(stores.sessions.login_failures(&ada, at(2)).await.unwrap(), None);
-    assert_eq!(stores.sessions.record_login_failure(&ada, at(3), window).await.unwrap().failures, 1);
+    let fresh = stores.counters.hit(Counter::LoginAttempts(&ada), at(3), window).await.unwrap();
+    assert_eq!(fresh, Window { hits: 1, resets_at: at(903) });
+}
+
+/// What makes a throttle hold under parallel guessing: no two hits can read the same count.
+pub async fn parallel_hits_each_see_a_different_count(stores: Stores) {
+    let user = UserId::generate();
+    let hits: Vec<_> = (0..60)
+        .map(|_| {
+            let counters = Arc::clone(&stores.counters);
+            tokio::spawn(async move {
+                counters.hit(Counter::DialogueTurns(user), at(0), Duration::from_secs(60)).await.unwrap().hits
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for hit in hits {
+        seen.push(hit.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=60).collect::<Vec<u32>>());
 }
 
 pub async fn a_started_dialogue_is_a_one_message_list(stores: Stores) {

@@ -17,7 +17,8 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefi
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
-    DialogueStore, FailureWindow, Session, SessionStore, StoreError, StoreResult, UserRecord, UserStore,
+    Counter, Counters, DialogueStore, Session, SessionStore, StoreError, StoreResult, Sweep, Swept,
+    UserRecord, UserStore, Window,
 };
 
 /// user id → `UserRecord` (JSON).
@@ -26,8 +27,14 @@ const USERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("users");
 const USER_EMAILS: TableDefinition<&str, &[u8]> = TableDefinition::new("user_emails");
 /// session id → `Session` (JSON).
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
-/// normalised email → `FailureWindow` (JSON).
-const LOGIN_FAILURES: TableDefinition<&str, &[u8]> = TableDefinition::new("login_failures");
+/// expiry (ms, big-endian) ‖ session id → nothing: what the sweep deletes, oldest first.
+const SESSION_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("session_expiry");
+/// counter key → `Window` (JSON).
+const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
+/// window end (ms, big-endian) ‖ counter key → nothing: what the sweep deletes, oldest first.
+const COUNTER_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("counter_expiry");
+/// Failure windows of earlier versions, keyed by email and never deleted; dropped at open.
+const LEGACY_LOGIN_FAILURES: &str = "login_failures";
 /// dialogue id ‖ seq (big-endian) → `StoredMessage` (JSON): a dialogue's messages are contiguous
 /// and in list order, so pages and "the last n" are range scans.
 const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
@@ -70,8 +77,27 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<T> {
     serde_json::from_slice(bytes).context("decoding a stored record")
 }
 
-fn window_is_open(window: &FailureWindow, now: Timestamp) -> bool {
-    window.resets_at > now
+/// An expiry-index key: the instant first, so that a range scan finds everything expired by now.
+fn expiry_key(at: Timestamp, suffix: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + suffix.len());
+    key.extend_from_slice(&u64::try_from(at.timestamp_millis()).unwrap_or(0).to_be_bytes());
+    key.extend_from_slice(suffix);
+    key
+}
+
+/// Keys of up to `batch` entries of an expiry index that expired at or before `now`.
+fn expired_keys(
+    index: &impl ReadableTable<&'static [u8], ()>,
+    now: Timestamp,
+    batch: usize,
+) -> StoreResult<Vec<Vec<u8>>> {
+    let after_now = u64::try_from(now.timestamp_millis()).unwrap_or(0).saturating_add(1).to_be_bytes();
+    let mut keys = Vec::new();
+    for entry in index.range::<&[u8]>(..after_now.as_slice()).context("scanning an expiry index")?.take(batch)
+    {
+        keys.push(entry.context("scanning an expiry index")?.0.value().to_vec());
+    }
+    Ok(keys)
 }
 
 /// All ports in one redb database file.
@@ -96,7 +122,11 @@ impl EmbeddedStore {
         txn.open_table(USERS)?;
         txn.open_table(USER_EMAILS)?;
         txn.open_table(SESSIONS)?;
-        txn.open_table(LOGIN_FAILURES)?;
+        txn.open_table(SESSION_EXPIRY)?;
+        txn.open_table(COUNTERS)?;
+        txn.open_table(COUNTER_EXPIRY)?;
+        txn.delete_table(TableDefinition::<&str, &[u8]>::new(LEGACY_LOGIN_FAILURES))
+            .context("dropping the legacy login_failures table")?;
         txn.open_table(MESSAGES)?;
         txn.open_table(DIALOGUES_BY_OWNER)?;
         txn.commit().context("creating the tables")?;
@@ -389,9 +419,10 @@ impl SessionStore for EmbeddedStore {
         let session = session.clone();
         self.write(move |txn| {
             let mut sessions = txn.open_table(SESSIONS).context("opening sessions")?;
-            sessions
-                .insert(session.id.as_bytes().as_slice(), encode(&session)?.as_slice())
-                .context("writing")?;
+            let id = session.id.as_bytes().as_slice();
+            sessions.insert(id, encode(&session)?.as_slice()).context("writing")?;
+            let mut expiry = txn.open_table(SESSION_EXPIRY).context("opening session_expiry")?;
+            expiry.insert(expiry_key(session.expires_at, id).as_slice(), ()).context("indexing expiry")?;
             Ok(())
         })
         .await
@@ -412,55 +443,89 @@ impl SessionStore for EmbeddedStore {
     async fn revoke_session(&self, id: SessionId) -> StoreResult<()> {
         self.write(move |txn| {
             let mut sessions = txn.open_table(SESSIONS).context("opening sessions")?;
-            sessions.remove(id.as_bytes().as_slice()).context("removing")?;
+            let Some(bytes) = sessions.remove(id.as_bytes().as_slice()).context("removing")? else {
+                return Ok(());
+            };
+            let session: Session = decode(bytes.value())?;
+            let mut expiry = txn.open_table(SESSION_EXPIRY).context("opening session_expiry")?;
+            expiry.remove(expiry_key(session.expires_at, id.as_bytes()).as_slice()).context("unindexing")?;
             Ok(())
         })
         .await
     }
+}
 
-    async fn login_failures(&self, email: &Email, now: Timestamp) -> StoreResult<Option<FailureWindow>> {
-        let email = email.clone();
-        self.read(move |txn| {
-            let failures = txn.open_table(LOGIN_FAILURES).context("opening login_failures")?;
-            let Some(bytes) = failures.get(email.as_str()).context("reading")? else { return Ok(None) };
-            let window: FailureWindow = decode(bytes.value())?;
-            Ok(window_is_open(&window, now).then_some(window))
-        })
-        .await
-    }
-
-    async fn record_login_failure(
-        &self,
-        email: &Email,
-        now: Timestamp,
-        window: Duration,
-    ) -> StoreResult<FailureWindow> {
-        let email = email.clone();
+#[async_trait]
+impl Counters for EmbeddedStore {
+    async fn hit(&self, counter: Counter<'_>, now: Timestamp, window: Duration) -> StoreResult<Window> {
+        let key = counter.key();
         let length = chrono::Duration::from_std(window).context("window length")?;
+        // One write transaction reads and increments: redb runs writers one at a time, so
+        // parallel hits are serialised and none can read a count another has already raised.
         self.write(move |txn| {
-            let mut failures = txn.open_table(LOGIN_FAILURES).context("opening login_failures")?;
-            let current = match failures.get(email.as_str()).context("reading")? {
-                Some(bytes) => Some(decode::<FailureWindow>(bytes.value())?),
+            let mut counters = txn.open_table(COUNTERS).context("opening counters")?;
+            let current = match counters.get(key.as_str()).context("reading a counter")? {
+                Some(bytes) => Some(decode::<Window>(bytes.value())?),
                 None => None,
             };
             let updated = match current {
-                Some(open) if window_is_open(&open, now) => {
-                    FailureWindow { failures: open.failures + 1, ..open }
+                Some(open) if open.resets_at > now => Window { hits: open.hits.saturating_add(1), ..open },
+                closed => {
+                    let fresh = Window { hits: 1, resets_at: now + length };
+                    let mut expiry = txn.open_table(COUNTER_EXPIRY).context("opening counter_expiry")?;
+                    if let Some(closed) = closed {
+                        expiry
+                            .remove(expiry_key(closed.resets_at, key.as_bytes()).as_slice())
+                            .context("unindexing a closed window")?;
+                    }
+                    expiry
+                        .insert(expiry_key(fresh.resets_at, key.as_bytes()).as_slice(), ())
+                        .context("indexing a window")?;
+                    fresh
                 }
-                _ => FailureWindow { failures: 1, resets_at: now + length },
             };
-            failures.insert(email.as_str(), encode(&updated)?.as_slice()).context("writing")?;
+            counters.insert(key.as_str(), encode(&updated)?.as_slice()).context("writing a counter")?;
             Ok(updated)
         })
         .await
     }
 
-    async fn clear_login_failures(&self, email: &Email) -> StoreResult<()> {
-        let email = email.clone();
+    async fn reset(&self, counter: Counter<'_>) -> StoreResult<()> {
+        let key = counter.key();
         self.write(move |txn| {
-            let mut failures = txn.open_table(LOGIN_FAILURES).context("opening login_failures")?;
-            failures.remove(email.as_str()).context("removing")?;
+            let mut counters = txn.open_table(COUNTERS).context("opening counters")?;
+            let Some(bytes) = counters.remove(key.as_str()).context("removing a counter")? else {
+                return Ok(());
+            };
+            let window: Window = decode(bytes.value())?;
+            let mut expiry = txn.open_table(COUNTER_EXPIRY).context("opening counter_expiry")?;
+            expiry.remove(expiry_key(window.resets_at, key.as_bytes()).as_slice()).context("unindexing")?;
             Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Sweep for EmbeddedStore {
+    async fn sweep_expired(&self, now: Timestamp, batch: usize) -> StoreResult<Swept> {
+        self.write(move |txn| {
+            let mut expiry = txn.open_table(SESSION_EXPIRY).context("opening session_expiry")?;
+            let mut sessions = txn.open_table(SESSIONS).context("opening sessions")?;
+            let expired = expired_keys(&expiry, now, batch)?;
+            for key in &expired {
+                expiry.remove(key.as_slice()).context("unindexing a session")?;
+                sessions.remove(&key[8..]).context("deleting a session")?;
+            }
+            let mut windows = txn.open_table(COUNTER_EXPIRY).context("opening counter_expiry")?;
+            let mut counters = txn.open_table(COUNTERS).context("opening counters")?;
+            let closed = expired_keys(&windows, now, batch)?;
+            for key in &closed {
+                windows.remove(key.as_slice()).context("unindexing a counter")?;
+                let name = std::str::from_utf8(&key[8..]).context("a counter key")?;
+                counters.remove(name).context("deleting a counter")?;
+            }
+            Ok(Swept { sessions: expired.len(), windows: closed.len() })
         })
         .await
     }

@@ -51,11 +51,39 @@ pub struct Session {
     pub expires_at: Timestamp,
 }
 
-/// Failed logins counted for one email in a fixed window that starts at the first failure.
+/// What a fixed-window counter counts, and for whom. Counters throttle login guessing and cap how
+/// fast one account can add messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter<'a> {
+    /// Login attempts for one email, counted before the password is checked.
+    LoginAttempts(&'a Email),
+    /// Dialogue turns one user has sent.
+    DialogueTurns(UserId),
+}
+
+impl Counter<'_> {
+    /// The counter's name in a store; kinds cannot collide.
+    #[must_use]
+    pub fn key(&self) -> String {
+        match self {
+            Self::LoginAttempts(email) => format!("login:{email}"),
+            Self::DialogueTurns(user) => format!("turns:{user}"),
+        }
+    }
+}
+
+/// Hits counted in a fixed window that opened at the first hit and closes at `resets_at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailureWindow {
-    pub failures: u32,
+pub struct Window {
+    pub hits: u32,
     pub resets_at: Timestamp,
+}
+
+/// What one sweep of expired records removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub sessions: usize,
+    pub windows: usize,
 }
 
 /// Users by id and by (unique) email.
@@ -112,7 +140,7 @@ pub trait DialogueStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<Page<DialogueSummary, DialogueCursor>>;
 }
 
-/// Sessions and the login-failure counters that throttle guessing.
+/// Login sessions, the server-side half of access tokens.
 #[async_trait]
 pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     async fn create_session(&self, session: &Session) -> StoreResult<()>;
@@ -120,15 +148,23 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     async fn session(&self, id: SessionId, now: Timestamp) -> StoreResult<Option<Session>>;
     /// Removes the session; revoking an unknown session is not an error.
     async fn revoke_session(&self, id: SessionId) -> StoreResult<()>;
+}
 
-    /// The current failure window for `email`, if one is open at `now`.
-    async fn login_failures(&self, email: &Email, now: Timestamp) -> StoreResult<Option<FailureWindow>>;
-    /// Counts one failure, opening a window of length `window` if none is open.
-    async fn record_login_failure(
-        &self,
-        email: &Email,
-        now: Timestamp,
-        window: Duration,
-    ) -> StoreResult<FailureWindow>;
-    async fn clear_login_failures(&self, email: &Email) -> StoreResult<()>;
+/// Fixed-window counters, atomic so that parallel requests cannot slip past a limit.
+#[async_trait]
+pub trait Counters: Send + Sync + std::fmt::Debug + 'static {
+    /// Counts one hit and answers the window including it, opening a window of length `window`
+    /// if none is open at `now`. Atomic: of n parallel hits in one window, each sees a different
+    /// count, 1 to n.
+    async fn hit(&self, counter: Counter<'_>, now: Timestamp, window: Duration) -> StoreResult<Window>;
+    /// Closes the counter's window; resetting a counter that has none is not an error.
+    async fn reset(&self, counter: Counter<'_>) -> StoreResult<()>;
+}
+
+/// Stores that must delete expired sessions and counter windows themselves (Redis and DynamoDB
+/// expire items on their own and need no sweep).
+#[async_trait]
+pub trait Sweep: Send + Sync + std::fmt::Debug + 'static {
+    /// Deletes up to `batch` expired sessions and `batch` expired windows as of `now`.
+    async fn sweep_expired(&self, now: Timestamp, batch: usize) -> StoreResult<Swept>;
 }

@@ -1,10 +1,12 @@
 //! `POST /api/v1/dialogue`: starts a dialogue with a first message, or continues one named by
 //! `dialogue_id`. The user's message is stored before the agent is asked, so nothing the user
-//! wrote is lost if the agent fails; the reply is appended after it.
+//! wrote is lost if the agent fails; the reply is appended after it. Each user may send a limited
+//! number of turns a minute, so that no account can fill the store, even while the agent fails.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Router, response::IntoResponse};
@@ -15,11 +17,19 @@ use ifs_api::{ApiError, AuthUser, Json};
 use ifs_auth::Authenticator;
 use ifs_domain::dialogue::MESSAGE_MAX;
 use ifs_domain::{Clock, DialogueId, Message, MessageId, MessageText, NewMessage, ReplyMeta, Role};
-use ifs_store::DialogueStore;
+use ifs_store::{Counter, Counters, DialogueStore};
 use serde::{Deserialize, Serialize};
 
 /// Largest `max_tokens` a client may ask for.
 pub const MAX_TOKENS_LIMIT: u32 = 4096;
+
+/// Largest request body of this route. A message may hold [`MESSAGE_MAX`] characters however
+/// JSON escapes them, and the longest escape is 12 bytes (`\ud83e\udd80`, a surrogate pair):
+/// 16,000 × 12 = 192,000 bytes, plus room for the other fields.
+pub const BODY_LIMIT: usize = 256 * 1024;
+
+/// The window of the per-user turn limit.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// How the dialogue talks to the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +41,9 @@ pub struct DialogueSettings {
     /// The `model` field of requests to the agent.
     pub model: String,
     /// How long to wait for the agent's reply.
-    pub agent_timeout: std::time::Duration,
+    pub agent_timeout: Duration,
+    /// Turns one user may send per minute.
+    pub turns_per_minute: u32,
 }
 
 impl From<&ifs_api::config::DialogueConfig> for DialogueSettings {
@@ -41,6 +53,7 @@ impl From<&ifs_api::config::DialogueConfig> for DialogueSettings {
             memory_messages: config.memory_messages as usize,
             model: config.agent_model.clone(),
             agent_timeout: config.agent_timeout(),
+            turns_per_minute: config.dialogue_rate_limit,
         }
     }
 }
@@ -50,6 +63,7 @@ impl From<&ifs_api::config::DialogueConfig> for DialogueSettings {
 pub struct DialogueState {
     pub auth: Authenticator,
     pub dialogues: Arc<dyn DialogueStore>,
+    pub counters: Arc<dyn Counters>,
     pub agent: Arc<dyn Agent>,
     pub settings: Arc<DialogueSettings>,
     pub clock: Arc<dyn Clock>,
@@ -57,7 +71,9 @@ pub struct DialogueState {
 
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: DialogueState) -> Router {
-    Router::new().route("/api/v1/dialogue", post(dialogue)).with_state(state)
+    Router::new()
+        .route("/api/v1/dialogue", post(dialogue).layer(DefaultBodyLimit::max(BODY_LIMIT)))
+        .with_state(state)
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,12 +158,12 @@ fn agent_failed(error: &AgentError, kept: &Message) -> ApiError {
             "agent_unavailable",
             "the agent could not answer; your message was kept",
         ),
-        AgentError::Busy => ApiError::new(
+        AgentError::Busy { retry_after } => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "agent_busy",
             "the agent is busy; your message was kept, try again shortly",
         )
-        .retry_after(2),
+        .retry_after(*retry_after),
         // The agent's own verdict (e.g. context_overflow) is about this request: pass it on.
         AgentError::Rejected { code, message } => {
             ApiError::new(StatusCode::BAD_REQUEST, code, format!("{message}; your message was kept"))
@@ -171,11 +187,22 @@ async fn dialogue(
 ) -> Result<impl IntoResponse, ApiError> {
     let turn = Turn::try_from(request)?;
     let owner = principal.user_id;
+    let now = state.clock.now();
+    let turns = state.counters.hit(Counter::DialogueTurns(owner), now, RATE_WINDOW).await?;
+    if turns.hits > state.settings.turns_per_minute {
+        let wait = (turns.resets_at - now).num_milliseconds().saturating_add(999) / 1000;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!("at most {} messages a minute; try again shortly", state.settings.turns_per_minute),
+        )
+        .retry_after(u64::try_from(wait).unwrap_or(1)));
+    }
     let new = NewMessage {
         id: MessageId::generate(),
         role: Role::User,
         content: turn.text,
-        created_at: state.clock.now(),
+        created_at: now,
         meta: None,
     };
     let (mut message, status) = match turn.dialogue {
@@ -267,7 +294,7 @@ mod tests {
                     },
                     finish_reason: Some("stop".into()),
                 }],
-                usage: Some(ifs_domain::Usage { prompt_tokens: 10, completion_tokens: 4, total_tokens: 14 }),
+                usage: Some(ifs_domain::Usage::of(10, 4)),
                 ifs: None,
             })
         }
@@ -278,15 +305,21 @@ mod tests {
     }
 
     fn app(world: &World, agent: Arc<ScriptedAgent>, memory: usize) -> Router {
+        app_limited(world, agent, memory, 120)
+    }
+
+    fn app_limited(world: &World, agent: Arc<ScriptedAgent>, memory: usize, turns_per_minute: u32) -> Router {
         router(DialogueState {
             auth: world.authenticator(),
             dialogues: world.backends.dialogues.clone(),
+            counters: world.backends.counters.clone(),
             agent,
             settings: Arc::new(DialogueSettings {
                 system_prompt: "Be kind.".into(),
                 memory_messages: memory,
                 model: "m".into(),
-                agent_timeout: std::time::Duration::from_secs(5),
+                agent_timeout: Duration::from_secs(5),
+                turns_per_minute,
             }),
             clock: world.clock.clone(),
         })
@@ -384,7 +417,7 @@ mod tests {
                 StatusCode::GATEWAY_TIMEOUT,
                 "agent_timeout",
             ),
-            (|| AgentError::Busy, StatusCode::SERVICE_UNAVAILABLE, "agent_busy"),
+            (|| AgentError::Busy { retry_after: 2 }, StatusCode::SERVICE_UNAVAILABLE, "agent_busy"),
             (
                 || AgentError::Rejected { code: "context_overflow", message: "too long".into() },
                 StatusCode::BAD_REQUEST,
@@ -430,6 +463,7 @@ mod tests {
         for (body, field) in [
             (json!({"message": ""}), "message"),
             (json!({"message": " \n "}), "message"),
+            (json!({"message": "\u{200b}\u{200b}\u{2060}\u{feff}"}), "message"),
             (json!({"message": "x".repeat(MESSAGE_MAX + 1)}), "message"),
             (json!({"message": 5}), "message"),
             (json!({}), "message"),
@@ -464,6 +498,74 @@ mod tests {
                 call(app.clone(), json_request("POST", "/api/v1/dialogue", Some(&bob), &body)).await;
             assert_eq!((status, json["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
         }
+    }
+
+    #[tokio::test]
+    async fn a_user_past_the_turn_limit_gets_429_until_the_minute_is_over_even_while_the_agent_fails() {
+        let world = World::new();
+        let (ada_id, ada) = world.signed_in("ada").await;
+        let (_, bob) = world.signed_in("bob").await;
+        let agent = Arc::new(ScriptedAgent {
+            fail_with: Some(|| AgentError::Unavailable("down".into())),
+            ..ScriptedAgent::default()
+        });
+        let app = app_limited(&world, agent, 20, 3);
+        let turn =
+            |token: &str| json_request("POST", "/api/v1/dialogue", Some(token), &json!({"message": "hi"}));
+        for _ in 0..3 {
+            world.clock.advance(chrono::Duration::seconds(5));
+            assert_eq!(call(app.clone(), turn(&ada)).await.0, StatusCode::BAD_GATEWAY);
+        }
+
+        world.clock.advance(chrono::Duration::seconds(20));
+        let response = crate::tests::raw(app.clone(), turn(&ada)).await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        // The window opened with the first turn at +5 s and it is now +35 s.
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "30");
+        let stored =
+            world.backends.dialogues.dialogues(ada_id, Limit::new_clamped(100, 100), None).await.unwrap();
+        assert_eq!(stored.items.len(), 3, "a refused turn stores nothing");
+        assert_eq!(call(app.clone(), turn(&bob)).await.0, StatusCode::BAD_GATEWAY, "others are not limited");
+
+        world.clock.advance(chrono::Duration::seconds(30));
+        assert_eq!(call(app, turn(&ada)).await.0, StatusCode::BAD_GATEWAY, "a new minute, a new allowance");
+    }
+
+    #[tokio::test]
+    async fn a_message_of_the_longest_allowed_length_is_accepted_however_json_escapes_it() {
+        let world = World::new();
+        let (_, token) = world.signed_in("ada").await;
+        let app = app(&world, Arc::new(ScriptedAgent::default()), 20);
+        let escaped = |unit: &str, n: usize| format!(r#"{{"message":"{}"}}"#, unit.repeat(n));
+        let send = |body: String| {
+            axum::http::Request::post("/api/v1/dialogue")
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {token}"))
+                .body(axum::body::Body::from(body))
+                .unwrap()
+        };
+        // é as Python writes it by default (6 bytes a character), and 🦀 as a surrogate pair (12).
+        for (unit, character) in [("\\u00e9", "é"), ("\\ud83e\\udd80", "🦀")] {
+            let (status, json) = call(app.clone(), send(escaped(unit, MESSAGE_MAX))).await;
+            assert_eq!(status, StatusCode::CREATED, "{unit}: {json}");
+            assert_eq!(json["message"]["content"].as_str().unwrap(), character.repeat(MESSAGE_MAX));
+
+            let (status, json) = call(app.clone(), send(escaped(unit, MESSAGE_MAX + 1))).await;
+            assert_eq!(
+                (status, json["error"]["code"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("invalid_request"))
+            );
+        }
+        let (status, json) = call(app, send(escaped("x", BODY_LIMIT))).await;
+        assert_eq!(
+            (status, json["error"]["code"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+        );
+    }
+
+    async fn raw(app: Router, request: axum::extract::Request) -> axum::response::Response {
+        use tower::ServiceExt as _;
+        ifs_api::http::edge(app).oneshot(request).await.unwrap()
     }
 
     #[test]

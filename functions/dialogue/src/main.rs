@@ -28,6 +28,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let state = DialogueState {
         auth,
         dialogues: backends.dialogues,
+        counters: backends.counters,
         agent: Arc::new(HttpAgent::new(url, config.dialogue.agent_timeout())?),
         settings: Arc::new(DialogueSettings::from(&config.dialogue)),
         clock: Arc::new(ifs_domain::SystemClock),

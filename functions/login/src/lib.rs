@@ -1,6 +1,7 @@
 //! `POST /api/v1/login`: exchanges an email and password for an access token bound to a new
 //! session. Accepts JSON `{email, password}` and the OAuth2 password form (`username`,
-//! `password`). Repeated failures for one email are throttled.
+//! `password`). Attempts for one email are counted before the password is checked, so that no
+//! more than a handful of guesses per window are ever evaluated, however many arrive at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,19 +13,20 @@ use axum::{Form, Router};
 use ifs_api::{ApiError, Json};
 use ifs_auth::{PasswordHasher, TokenIssuer};
 use ifs_domain::{Clock, Email, Password, SessionId, Timestamp};
-use ifs_store::{Session, SessionStore, UserStore};
+use ifs_store::{Counter, Counters, Session, SessionStore, UserStore};
 use serde::{Deserialize, Serialize};
 
-/// How many failures within how long lock an email out, until the window passes.
+/// How many login attempts for one email are evaluated within how long; beyond that, 429 until
+/// the window passes. A successful login starts the count afresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Throttle {
-    pub max_failures: u32,
+    pub max_attempts: u32,
     pub window: Duration,
 }
 
 impl Default for Throttle {
     fn default() -> Self {
-        Self { max_failures: 5, window: Duration::from_secs(15 * 60) }
+        Self { max_attempts: 5, window: Duration::from_secs(15 * 60) }
     }
 }
 
@@ -33,6 +35,7 @@ impl Default for Throttle {
 pub struct LoginState {
     pub users: Arc<dyn UserStore>,
     pub sessions: Arc<dyn SessionStore>,
+    pub counters: Arc<dyn Counters>,
     pub hasher: PasswordHasher,
     pub issuer: Arc<TokenIssuer>,
     pub clock: Arc<dyn Clock>,
@@ -105,26 +108,26 @@ async fn login(
     let password = Password::offered(credentials.password);
     let now = state.clock.now();
 
-    if let Some(window) = state.sessions.login_failures(&email, now).await?
-        && window.failures >= state.throttle.max_failures
-    {
+    // Counted before the (slow) check: parallel guesses each take a count, and only those within
+    // the limit are evaluated at all.
+    let attempts = state.counters.hit(Counter::LoginAttempts(&email), now, state.throttle.window).await?;
+    if attempts.hits > state.throttle.max_attempts {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_requests",
             "too many failed logins for this email; try again later",
         )
-        .retry_after(seconds_until(window.resets_at, now)));
+        .retry_after(seconds_until(attempts.resets_at, now)));
     }
 
     // Unknown users are verified against a dummy hash: the same work, the same answer.
     let user = state.users.user_by_email(&email).await?;
     let verified = state.hasher.verify(&password, user.as_ref().map(|u| u.password_hash.as_str())).await?;
     let Some(user) = user.filter(|_| verified) else {
-        let window = state.sessions.record_login_failure(&email, now, state.throttle.window).await?;
-        tracing::info!(failures = window.failures, "login refused");
+        tracing::info!(attempts = attempts.hits, "login refused");
         return Err(invalid_credentials());
     };
-    state.sessions.clear_login_failures(&email).await?;
+    state.counters.reset(Counter::LoginAttempts(&email)).await?;
 
     let ttl = state.issuer.ttl();
     let session =
@@ -159,6 +162,7 @@ mod tests {
         router(LoginState {
             users: world.backends.users.clone(),
             sessions: world.backends.sessions.clone(),
+            counters: world.backends.counters.clone(),
             hasher: world.hasher.clone(),
             issuer: Arc::new(world.issuer()),
             clock: world.clock.clone(),

@@ -16,6 +16,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let state = LoginState {
         users: backends.users,
         sessions: backends.sessions,
+        counters: backends.counters,
         hasher: PasswordHasher::new()?,
         issuer: Arc::new(TokenIssuer::new(keys, config.tokens.settings())),
         clock: Arc::new(ifs_domain::SystemClock),

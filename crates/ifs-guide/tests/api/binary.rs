@@ -1,21 +1,11 @@
 //! The `ifs-guide` binary itself: what `make run` starts.
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use axum::http::StatusCode;
 
-use crate::helpers::AgentDouble;
-
-fn ifs_guide() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ifs-guide"));
-    for variable in
-        ["AGENT_URL", "AGENT_MODEL_PATH", "JWT_PRIVATE_KEY", "JWT_PUBLIC_KEY", "BIND_ADDR", "DATA_DIR"]
-    {
-        command.env_remove(variable);
-    }
-    command
-}
+use crate::helpers::{AgentDouble, ifs_guide_command as ifs_guide};
 
 #[tokio::test]
 async fn serve_prints_where_it_listens_and_answers_there() {

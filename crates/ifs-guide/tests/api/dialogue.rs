@@ -1,8 +1,9 @@
 //! Dialogues over HTTP: turns, memory, agent failures, listings, and concurrent continuations.
 
 use axum::http::StatusCode;
+use serde_json::json;
 
-use crate::helpers::{assert_valid_list, spawn_app};
+use crate::helpers::{assert_valid_list, read, spawn_app};
 
 #[tokio::test]
 async fn a_dialogue_starts_continues_and_remembers() {
@@ -54,13 +55,31 @@ async fn agent_failures_keep_the_message_and_say_where() {
     let (_, first) = app.say(&token, "hello", None).await;
     let dialogue = first["dialogue_id"].as_str().unwrap().to_owned();
 
-    for (text, status, code) in [
+    let cases = [
         ("[down] anyone?", StatusCode::BAD_GATEWAY, "agent_unavailable"),
         ("[garbage] anyone?", StatusCode::BAD_GATEWAY, "agent_unavailable"),
+        ("[huge] anyone?", StatusCode::BAD_GATEWAY, "agent_unavailable"),
         ("[slow] anyone?", StatusCode::GATEWAY_TIMEOUT, "agent_timeout"),
-    ] {
-        let (got, body) = app.say(&token, text, Some(&dialogue)).await;
+        // The agent's own verdicts reach the client as the in-process agent gives them.
+        ("[busy] anyone?", StatusCode::SERVICE_UNAVAILABLE, "agent_busy"),
+        ("[overflow] anyone?", StatusCode::BAD_REQUEST, "context_overflow"),
+        ("[llama-overflow] anyone?", StatusCode::BAD_REQUEST, "context_overflow"),
+    ];
+    for (text, status, code) in cases {
+        let response = app
+            .client
+            .post(app.url("/api/v1/dialogue"))
+            .bearer_auth(&token)
+            .json(&json!({"message": text, "dialogue_id": dialogue}))
+            .send()
+            .await
+            .unwrap();
+        let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        let (got, body) = read(response).await;
         assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{body}");
+        if code == "agent_busy" {
+            assert_eq!(retry_after.as_deref(), Some("7"), "the agent's own Retry-After is passed on");
+        }
         assert_eq!(body["error"]["dialogue_id"], first["dialogue_id"]);
         let body_text = body.to_string();
         assert!(!body_text.contains("surprise") && !body_text.contains("not loaded"), "{body_text}");
@@ -75,7 +94,7 @@ async fn agent_failures_keep_the_message_and_say_where() {
     // The dialogue goes on after failures.
     let (status, _) = app.say(&token, "back again", Some(&dialogue)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(app.all_messages(&token, &dialogue).await.len(), 2 + 3 + 2);
+    assert_eq!(app.all_messages(&token, &dialogue).await.len(), 2 + cases.len() + 2);
 }
 
 #[tokio::test]
@@ -186,4 +205,14 @@ async fn someone_elses_dialogue_is_not_found_never_forbidden() {
     let (status, _) = app.get(&format!("/api/v1/messages?dialogue_id={dialogue}"), Some(&bob)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(app.all_messages(&ada, dialogue).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_reply_with_a_broken_usage_is_kept_with_the_counts_that_are_valid() {
+    let app = spawn_app().await;
+    let token = app.user("ada@example.com").await;
+    let (status, body) = app.say(&token, "[partial-usage] hello", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["reply"]["content"], "echo: [partial-usage] hello");
+    assert_eq!(body["reply"]["usage"], json!({"prompt_tokens": 12}));
 }

@@ -38,10 +38,10 @@ async fn every_response_carries_a_request_id() {
 }
 
 #[tokio::test]
-async fn bodies_over_64_kib_are_413() {
+async fn bodies_over_the_route_limit_are_413() {
     let app = spawn_app().await;
     let token = app.user("ada@example.com").await;
-    let huge = json!({"message": "x".repeat(70 * 1024)});
+    let huge = json!({"message": "x".repeat(300 * 1024)});
     let (status, body) = app.post("/api/v1/dialogue", Some(&token), &huge).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),

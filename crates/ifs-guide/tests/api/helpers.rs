@@ -19,8 +19,11 @@ use tokio::task::JoinHandle;
 /// How long the app waits for the agent in these tests.
 pub const AGENT_TIMEOUT_SECONDS: u64 = 2;
 
-/// An OpenAI-compatible server that echoes, and misbehaves on request: a last message containing
-/// `[down]` gets a 503, `[garbage]` a body that is not JSON, `[slow]` no answer in time.
+/// An OpenAI-compatible server that echoes, and misbehaves on request by the last message:
+/// `[down]` gets a bare 500, `[busy]` our 503 `agent_busy` with `Retry-After: 7`, `[overflow]`
+/// our 400 `context_overflow`, `[llama-overflow]` llama-server's form of it, `[garbage]` a body
+/// that is not JSON, `[huge]` a 2 MiB answer, `[partial-usage]` a reply whose usage is half
+/// broken, `[slow]` no answer in time.
 #[derive(Debug, Clone)]
 pub struct AgentDouble {
     pub url: String,
@@ -34,8 +37,23 @@ async fn complete(
     seen.lock().unwrap().push(request.clone());
     let messages = request["messages"].as_array().cloned().unwrap_or_default();
     let last = messages.last().and_then(|m| m["content"].as_str()).unwrap_or_default().to_owned();
+    let error =
+        |status: StatusCode, error: Value| (status, axum::Json(json!({ "error": error }))).into_response();
     if last.contains("[down]") {
-        return (StatusCode::SERVICE_UNAVAILABLE, "model not loaded").into_response();
+        return (StatusCode::INTERNAL_SERVER_ERROR, "model not loaded").into_response();
+    }
+    if last.contains("[busy]") {
+        let busy = json!({"code": "agent_busy", "message": "every slot is taken"});
+        return ([("retry-after", "7")], error(StatusCode::SERVICE_UNAVAILABLE, busy)).into_response();
+    }
+    if last.contains("[overflow]") {
+        let overflow =
+            json!({"code": "context_overflow", "message": "the newest message alone needs 9000 tokens"});
+        return error(StatusCode::BAD_REQUEST, overflow);
+    }
+    if last.contains("[llama-overflow]") {
+        let overflow = json!({"code": 400, "message": "request exceeds the available context size", "type": "exceed_context_size_error"});
+        return error(StatusCode::BAD_REQUEST, overflow);
     }
     if last.contains("[garbage]") {
         return (StatusCode::OK, "<html>surprise</html>").into_response();
@@ -43,13 +61,20 @@ async fn complete(
     if last.contains("[slow]") {
         tokio::time::sleep(Duration::from_secs(AGENT_TIMEOUT_SECONDS + 3)).await;
     }
+    let content =
+        if last.contains("[huge]") { "surprise ".repeat(256 * 1024) } else { format!("echo: {last}") };
+    let usage = if last.contains("[partial-usage]") {
+        json!({"prompt_tokens": 12, "completion_tokens": null, "total_tokens": -1})
+    } else {
+        json!({"prompt_tokens": messages.len() * 10, "completion_tokens": 3, "total_tokens": messages.len() * 10 + 3})
+    };
     axum::Json(json!({
         "id": "chatcmpl-double",
         "object": "chat.completion",
         "created": 1_700_000_000,
         "model": "double",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("echo: {last}")}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": messages.len() * 10, "completion_tokens": 3, "total_tokens": messages.len() * 10 + 3}
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": usage
     }))
     .into_response()
 }
@@ -90,13 +115,18 @@ pub struct TestApp {
 
 /// The app on a fresh data directory.
 pub async fn spawn_app() -> TestApp {
-    spawn_app_in(Arc::new(tempfile::tempdir().unwrap()), AgentDouble::start().await).await
+    spawn_app_with(&[]).await
+}
+
+/// The app on a fresh data directory, with more `serve` flags.
+pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
+    spawn_app_in(Arc::new(tempfile::tempdir().unwrap()), AgentDouble::start().await, flags).await
 }
 
 /// The app on `data_dir`, which may hold a previous run's data.
-pub async fn spawn_app_in(data_dir: Arc<TempDir>, agent: AgentDouble) -> TestApp {
+pub async fn spawn_app_in(data_dir: Arc<TempDir>, agent: AgentDouble, flags: &[&str]) -> TestApp {
     let timeout = AGENT_TIMEOUT_SECONDS.to_string();
-    let Cli { command: Command::Serve(args) } = Cli::parse_from([
+    let mut args = vec![
         "ifs-guide",
         "serve",
         "--bind-addr",
@@ -111,7 +141,9 @@ pub async fn spawn_app_in(data_dir: Arc<TempDir>, agent: AgentDouble) -> TestApp
         "You are a test guide.",
         "--memory-messages",
         "4",
-    ]);
+    ];
+    args.extend_from_slice(flags);
+    let Cli { command: Command::Serve(args) } = Cli::parse_from(args);
     let app = ifs_guide::build(&args).expect("app builds");
     start(app, data_dir, agent).await
 }
@@ -171,6 +203,11 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
+    }
+
+    /// `host:port`, for raw sockets.
+    pub fn socket_address(&self) -> &str {
+        self.address.trim_start_matches("http://")
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (StatusCode, Value) {
@@ -234,6 +271,18 @@ impl TestApp {
     }
 }
 
+/// Writes `request` as raw bytes on a new connection to `address` (`host:port`) and reads until
+/// the server closes it (at most 5 s): for what an HTTP client library would refuse to send.
+pub async fn send_raw(address: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    // The server may answer and close before it has read everything; that is its right.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
     let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
     let bytes = response.bytes().await.unwrap();
@@ -256,4 +305,87 @@ pub fn assert_valid_list(messages: &[Value]) {
     }
     let ids: std::collections::HashSet<_> = messages.iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), messages.len(), "no duplicates");
+}
+
+/// The `ifs-guide` binary with none of the settings a developer's shell may have exported.
+pub fn ifs_guide_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ifs-guide"));
+    for variable in [
+        "AGENT_URL",
+        "AGENT_MODEL_PATH",
+        "JWT_PRIVATE_KEY",
+        "JWT_PUBLIC_KEY",
+        "BIND_ADDR",
+        "DATA_DIR",
+        "HEADER_TIMEOUT",
+        "BODY_TIMEOUT",
+        "MAX_CONNECTIONS",
+        "SHUTDOWN_TIMEOUT",
+        "DIALOGUE_RATE_LIMIT",
+    ] {
+        command.env_remove(variable);
+    }
+    command
+}
+
+/// The `ifs-guide` binary serving on a free port with the agent double, killed when dropped.
+#[derive(Debug)]
+pub struct Served {
+    pub child: std::process::Child,
+    pub address: String,
+    _data_dir: TempDir,
+}
+
+impl Served {
+    /// Starts the binary with `env` on top of a throwaway `DATA_DIR` and the double.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead as _;
+        let agent = AgentDouble::start().await;
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut command = ifs_guide_command();
+        command
+            .arg("serve")
+            .env("BIND_ADDR", "127.0.0.1:0")
+            .env("DATA_DIR", data_dir.path())
+            .env("AGENT_URL", &agent.url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let banner = lines.next().unwrap().unwrap();
+        let address = banner.strip_prefix("ifs-guide listening on ").expect(&banner).to_owned();
+        // Keep reading so that the banner's writes never block the server.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, address, _data_dir: data_dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A line of `/proc/<pid>/status`, in kB (`VmHWM` is the peak resident set).
+    pub fn status_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).expect(field);
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// How many sockets the process holds open.
+    pub fn open_sockets(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("socket:"))
+            .count()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

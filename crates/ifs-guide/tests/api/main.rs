@@ -4,10 +4,12 @@
 // A panic is how a test reports failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abuse;
 mod auth;
 mod binary;
 mod dialogue;
 mod errors;
 mod helpers;
+mod input;
 mod model;
 mod persistence;

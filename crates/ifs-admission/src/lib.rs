@@ -1,12 +1,13 @@
-//! Admission control: at most `parallel` generations run at once and at most `queue` wait for a
-//! turn; anyone beyond that is turned away at once (503 with `Retry-After`) instead of piling up.
+//! Admission control: at most `parallel` pieces of heavy work (generations, password hashes) run
+//! at once and at most `queue` wait for a turn; anyone beyond that is turned away at once (a 503
+//! with `Retry-After` at the API) instead of piling up memory and latency.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The gate in front of the engine.
+/// The gate in front of some costly work.
 #[derive(Debug)]
 pub struct Admission {
     running: Arc<Semaphore>,
@@ -17,7 +18,7 @@ pub struct Admission {
 
 /// There is no room, running or waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the agent is busy")]
+#[error("busy: every place, running or waiting, is taken")]
 pub struct Busy;
 
 impl Admission {
