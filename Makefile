@@ -4,7 +4,7 @@
 CARGO ?= cargo
 MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: help run agent test lint deps model bench-agent
+.PHONY: help run agent services test lint deps model bench-agent
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -15,8 +15,12 @@ run: deps model ## Build in release and serve everything, model included, on htt
 agent: deps model ## Build in release and serve only the agent on http://127.0.0.1:8081 (OpenAI base URL /v1)
 	$(CARGO) run --release --locked -p ifs-agent-container --bin agent
 
-test: deps model ## Unit, router, store-conformance, Lambda-event, model and API tests
+test: deps model ## Unit, router, store-conformance, Lambda-event, model and API tests (twice: embedded, Redis sessions)
 	$(CARGO) test --workspace --locked
+	TEST_SESSIONS=redis $(CARGO) test --locked -p ifs-guide --test api
+
+services: deps ## Run redis-server on 127.0.0.1:6379 in the foreground, for SESSIONS=redis make run
+	redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no
 
 lint: deps ## rustfmt and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check

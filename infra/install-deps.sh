@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the system packages the build needs, only if something is missing:
-# cmake and a C/C++ toolchain for llama.cpp, clang/libclang for its Rust bindings.
+# Installs the system packages the build and the tests need, only if something is missing:
+# cmake and a C/C++ toolchain for llama.cpp, clang/libclang for its Rust bindings, and
+# redis-server, which the tests start on their own ports (`SESSIONS=redis`).
 set -euo pipefail
 
 missing=()
@@ -8,6 +9,7 @@ command -v cmake >/dev/null || missing+=(cmake)
 command -v clang >/dev/null || missing+=(clang)
 command -v c++ >/dev/null || missing+=(g++)
 ldconfig -p 2>/dev/null | grep -q 'libclang' || missing+=(libclang-dev)
+command -v redis-server >/dev/null || missing+=(redis-server)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use ifs_store::{Counters, DialogueStore, EmbeddedStore, SessionStore, Sweep, UserStore};
+use ifs_store::{Counters, DialogueStore, EmbeddedStore, RedisStore, SessionStore, Sweep, UserStore};
 
-use crate::config::StoreConfig;
+use crate::config::{SessionsBackend, StoreConfig};
 
 /// File name of the embedded store inside `DATA_DIR`.
 pub const EMBEDDED_FILE: &str = "ifs-guide.redb";
@@ -31,19 +31,48 @@ impl std::fmt::Debug for Backends {
 }
 
 impl Backends {
-    /// Opens the embedded store in `DATA_DIR`, creating the directory if needed.
+    /// The backends `config` names: the embedded store in `DATA_DIR` (created if needed) for
+    /// users and dialogues, and for sessions and counters unless `SESSIONS=redis`. On Lambda,
+    /// where a function's disk does not outlive it, embedded sessions must be asked for by name.
     pub fn open(config: &StoreConfig) -> anyhow::Result<Self> {
+        let on_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+        let sessions = match config.sessions {
+            Some(kind) => kind,
+            None if on_lambda => anyhow::bail!(
+                "SESSIONS must be set on Lambda: `redis` (with REDIS_URL), or `embedded`, which a \
+                 function's /tmp does not keep"
+            ),
+            None => SessionsBackend::Embedded,
+        };
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
         let store = Arc::new(EmbeddedStore::open(&config.data_dir.join(EMBEDDED_FILE))?);
-        let description = format!("embedded store {} (users, dialogues, sessions)", store.path().display());
-        Ok(Self {
-            users: store.clone(),
-            dialogues: store.clone(),
-            sessions: store.clone(),
-            counters: store.clone(),
-            sweeper: Some(store),
-            description,
+        let place = store.path().display().to_string();
+        Ok(match sessions {
+            SessionsBackend::Embedded => Self {
+                users: store.clone(),
+                dialogues: store.clone(),
+                sessions: store.clone(),
+                counters: store.clone(),
+                sweeper: Some(store),
+                description: format!("embedded store {place} (users, dialogues, sessions)"),
+            },
+            SessionsBackend::Redis => {
+                let url = config.redis_url.as_ref().context("SESSIONS=redis needs REDIS_URL")?;
+                let redis = Arc::new(RedisStore::new(url)?);
+                let description = format!(
+                    "embedded store {place} (users, dialogues); redis {} (sessions, counters)",
+                    redis.endpoint()
+                );
+                Self {
+                    users: store.clone(),
+                    dialogues: store,
+                    sessions: redis.clone(),
+                    counters: redis,
+                    sweeper: None,
+                    description,
+                }
+            }
         })
     }
 }

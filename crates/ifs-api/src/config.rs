@@ -121,4 +121,27 @@ pub struct StoreConfig {
     /// Directory of the embedded store (and, locally, the generated token keys).
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Where sessions and the login and turn counters live: `embedded` (in DATA_DIR) or `redis`
+    /// (REDIS_URL). Locally the default is `embedded`; on Lambda it must be named.
+    #[arg(long, env = "SESSIONS", value_enum)]
+    pub sessions: Option<SessionsBackend>,
+    /// Redis for SESSIONS=redis: redis://host:port or, with TLS (ElastiCache Serverless),
+    /// rediss://host:port; a password goes in the URL.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = secret)]
+    pub redis_url: Option<SecretString>,
+}
+
+/// The backends for sessions and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SessionsBackend {
+    Embedded,
+    Redis,
+}
+
+impl StoreConfig {
+    /// Everything in the embedded store in `data_dir`.
+    #[must_use]
+    pub fn embedded(data_dir: PathBuf) -> Self {
+        Self { data_dir, sessions: Some(SessionsBackend::Embedded), redis_url: None }
+    }
 }

@@ -52,6 +52,18 @@ impl ApiError {
         error
     }
 
+    /// 503: a backend could not be reached in time; `cause` is logged, the client is told to retry.
+    pub fn unavailable(cause: impl Into<anyhow::Error>) -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the service cannot reach its data right now; try again shortly",
+        )
+        .retry_after(2);
+        error.cause = Some(cause.into());
+        error
+    }
+
     /// Adds `Retry-After` (seconds).
     #[must_use]
     pub fn retry_after(mut self, seconds: u64) -> Self {
@@ -141,6 +153,7 @@ impl From<StoreError> for ApiError {
             StoreError::EmailTaken => {
                 Self::new(StatusCode::CONFLICT, "email_taken", "an account with this email already exists")
             }
+            StoreError::Unavailable(cause) => Self::unavailable(cause),
             StoreError::Unexpected(cause) => Self::internal(cause),
         }
     }
@@ -149,6 +162,7 @@ impl From<StoreError> for ApiError {
 impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> Self {
         match error {
+            AuthError::Unavailable(cause) => Self::unavailable(cause),
             AuthError::Unexpected(cause) => Self::internal(cause),
             refused => Self::unauthorized().caused_by(refused),
         }

@@ -32,8 +32,7 @@ impl World {
     /// A new world whose clock stands at 2026-01-01T00:00:00Z.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let backends =
-            Backends::open(&StoreConfig { data_dir: dir.path().to_owned() }).expect("embedded store");
+        let backends = Backends::open(&StoreConfig::embedded(dir.path().to_owned())).expect("embedded store");
         let start = chrono::DateTime::from_timestamp(1_767_225_600, 0).expect("valid instant");
         Self {
             backends,

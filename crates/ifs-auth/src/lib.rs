@@ -9,7 +9,7 @@ pub mod token;
 use std::sync::Arc;
 
 use ifs_domain::{Clock, SessionId, Timestamp, UserId};
-use ifs_store::SessionStore;
+use ifs_store::{SessionStore, StoreError};
 
 pub use keys::{JwtKeys, PublicKey};
 pub use password::{HashError, HashLimits, PasswordHasher};
@@ -30,6 +30,9 @@ pub enum AuthError {
     InvalidToken(String),
     #[error("the session was revoked or has expired")]
     SessionGone,
+    /// The sessions could not be checked (their store is unreachable); not the caller's fault.
+    #[error("sessions cannot be checked right now: {0:#}")]
+    Unavailable(anyhow::Error),
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -65,7 +68,10 @@ impl Authenticator {
             .sessions
             .session(session_id, now)
             .await
-            .map_err(|e| AuthError::Unexpected(anyhow::Error::new(e).context("looking up a session")))?
+            .map_err(|e| match e {
+                StoreError::Unavailable(cause) => AuthError::Unavailable(cause),
+                other => AuthError::Unexpected(anyhow::Error::new(other).context("looking up a session")),
+            })?
             .ok_or(AuthError::SessionGone)?;
         if session.user_id != user_id {
             return Err(AuthError::InvalidToken("session belongs to another user".into()));

@@ -14,8 +14,12 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
+#[cfg(feature = "conformance")]
+pub mod local_servers;
+pub mod redis;
 
 pub use embedded::EmbeddedStore;
+pub use redis::RedisStore;
 
 /// Why a store operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +30,9 @@ pub enum StoreError {
     /// The thing does not exist, or belongs to someone else: callers cannot tell which.
     #[error("not found")]
     NotFound,
+    /// The backend could not be reached in time; worth retrying shortly. The cause is for logs.
+    #[error("the store is unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
     /// The backend failed; the cause is for logs only.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),

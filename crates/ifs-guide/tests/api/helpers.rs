@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use clap::Parser as _;
 use ifs_guide::{Cli, Command};
+use ifs_store::local_servers::RedisServer;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -109,8 +110,32 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub agent: AgentDouble,
     pub data_dir: Arc<TempDir>,
+    /// The redis-server behind `SESSIONS=redis`, when the suite runs on it.
+    pub redis: Option<Arc<RedisServer>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
+}
+
+/// What an app runs on and what outlives it: the data directory, the agent double, and (when
+/// `TEST_SESSIONS=redis`) a redis-server of its own.
+#[derive(Debug, Clone)]
+pub struct Backing {
+    pub data_dir: Arc<TempDir>,
+    pub agent: AgentDouble,
+    pub redis: Option<Arc<RedisServer>>,
+}
+
+impl Backing {
+    /// Fresh backing: the suite runs on embedded sessions, or with `TEST_SESSIONS=redis` (as
+    /// `make test` runs it a second time) on a redis-server started for this app.
+    pub async fn fresh() -> Self {
+        let redis = match std::env::var("TEST_SESSIONS").as_deref() {
+            Ok("redis") => Some(Arc::new(RedisServer::start())),
+            Ok("embedded") | Err(_) => None,
+            Ok(other) => panic!("TEST_SESSIONS={other}: expected embedded or redis"),
+        };
+        Self { data_dir: Arc::new(tempfile::tempdir().unwrap()), agent: AgentDouble::start().await, redis }
+    }
 }
 
 /// The app on a fresh data directory.
@@ -118,23 +143,24 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
-/// The app on a fresh data directory, with more `serve` flags.
+/// The app on fresh backing, with more `serve` flags.
 pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
-    spawn_app_in(Arc::new(tempfile::tempdir().unwrap()), AgentDouble::start().await, flags).await
+    spawn_app_in(Backing::fresh().await, flags).await
 }
 
-/// The app on `data_dir`, which may hold a previous run's data.
-pub async fn spawn_app_in(data_dir: Arc<TempDir>, agent: AgentDouble, flags: &[&str]) -> TestApp {
+/// The app on `backing`, which may hold a previous run's data.
+pub async fn spawn_app_in(backing: Backing, flags: &[&str]) -> TestApp {
     let timeout = AGENT_TIMEOUT_SECONDS.to_string();
+    let redis_url = backing.redis.as_ref().map(|redis| redis.url());
     let mut args = vec![
         "ifs-guide",
         "serve",
         "--bind-addr",
         "127.0.0.1:0",
         "--data-dir",
-        data_dir.path().to_str().unwrap(),
+        backing.data_dir.path().to_str().unwrap(),
         "--agent-url",
-        &agent.url,
+        &backing.agent.url,
         "--agent-timeout",
         &timeout,
         "--system-prompt",
@@ -142,10 +168,15 @@ pub async fn spawn_app_in(data_dir: Arc<TempDir>, agent: AgentDouble, flags: &[&
         "--memory-messages",
         "4",
     ];
+    if let Some(url) = &redis_url
+        && !flags.contains(&"--sessions")
+    {
+        args.extend(["--sessions", "redis", "--redis-url", url]);
+    }
     args.extend_from_slice(flags);
     let Cli { command: Command::Serve(args) } = Cli::parse_from(args);
     let app = ifs_guide::build(&args).expect("app builds");
-    start(app, data_dir, agent).await
+    start(app, backing).await
 }
 
 /// The app on a fresh data directory with the in-process model (no `AGENT_URL`); every prompt
@@ -171,10 +202,11 @@ pub async fn spawn_app_with_model(prompts: Arc<Mutex<Vec<String>>>) -> TestApp {
     let observer = Arc::new(move |prompt: &str| prompts.lock().unwrap().push(prompt.to_owned()));
     let app = ifs_guide::build_observed(&args, Some(observer)).expect("app builds");
     // No agent double: an address that refuses connections, should anything try it.
-    start(app, data_dir, AgentDouble { url: "http://127.0.0.1:9/".into(), requests: Arc::default() }).await
+    let agent = AgentDouble { url: "http://127.0.0.1:9/".into(), requests: Arc::default() };
+    start(app, Backing { data_dir, agent, redis: None }).await
 }
 
-async fn start(app: ifs_guide::App, data_dir: Arc<TempDir>, agent: AgentDouble) -> TestApp {
+async fn start(app: ifs_guide::App, backing: Backing) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = oneshot::channel::<()>();
@@ -186,19 +218,20 @@ async fn start(app: ifs_guide::App, data_dir: Arc<TempDir>, agent: AgentDouble) 
         .unwrap();
     });
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
-    TestApp { address, client, agent, data_dir, shutdown: Some(tx), server: Some(server) }
+    let Backing { data_dir, agent, redis } = backing;
+    TestApp { address, client, agent, data_dir, redis, shutdown: Some(tx), server: Some(server) }
 }
 
 impl TestApp {
-    /// Stops the server and waits until it has released the store.
-    pub async fn stop(mut self) -> (Arc<TempDir>, AgentDouble) {
+    /// Stops the server and waits until it has released the store; what it ran on stays.
+    pub async fn stop(mut self) -> Backing {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         if let Some(server) = self.server.take() {
             tokio::time::timeout(Duration::from_secs(10), server).await.expect("server stops").unwrap();
         }
-        (self.data_dir.clone(), self.agent.clone())
+        Backing { data_dir: self.data_dir.clone(), agent: self.agent.clone(), redis: self.redis.clone() }
     }
 
     pub fn url(&self, path: &str) -> String {

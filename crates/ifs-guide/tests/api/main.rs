@@ -13,3 +13,4 @@ mod helpers;
 mod input;
 mod model;
 mod persistence;
+mod sessions_redis;

@@ -12,8 +12,8 @@ async fn users_sessions_and_dialogues_survive_a_restart() {
     let dialogue = first["dialogue_id"].as_str().unwrap().to_owned();
     app.say(&token, "and this", Some(&dialogue)).await;
 
-    let (data_dir, agent) = app.stop().await;
-    let app = spawn_app_in(data_dir, agent, &[]).await;
+    let backing = app.stop().await;
+    let app = spawn_app_in(backing, &[]).await;
 
     // The same key and session store: the old token still works.
     let (status, me) = app.get("/api/v1/me", Some(&token)).await;

@@ -1,0 +1,166 @@
+//! The Redis adapter (ElastiCache in AWS): sessions and fixed-window counters. Sessions are keys
+//! that expire with their token; a counter is a hash whose window arithmetic runs in one Lua
+//! script, so parallel hits are atomic. Redis expires both by itself: nothing to sweep. An
+//! unreachable Redis is [`StoreError::Unavailable`] within a bounded time, and the connection
+//! manager reconnects by itself when Redis is back. Key layouts are private to this module.
+
+use std::future::Future;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{AsyncCommands as _, RedisError, Script};
+use anyhow::Context as _;
+use async_trait::async_trait;
+use ifs_domain::{SessionId, Timestamp};
+use secrecy::{ExposeSecret as _, SecretString};
+
+use crate::{Counter, Counters, Session, SessionStore, StoreError, StoreResult, Window};
+
+/// Every key this adapter writes starts with this, so that a shared Redis stays readable.
+const PREFIX: &str = "ifs-guide";
+/// How long establishing a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one command may take on a connection.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one operation may take in all, reconnecting included: a request never hangs on Redis.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Counts one hit in a fixed window, atomically. `KEYS[1]` the counter; `ARGV` now (ms), the
+/// window's end if a new one opens (ms), its length (ms). The window's end is kept in the hash
+/// rather than read from the TTL so that it is exact, and so that it follows the caller's clock.
+const HIT: &str = r"
+local resets = redis.call('HGET', KEYS[1], 'resets_at')
+if resets and tonumber(resets) > tonumber(ARGV[1]) then
+  return {redis.call('HINCRBY', KEYS[1], 'hits', 1), tonumber(resets)}
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'hits', 1, 'resets_at', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1, tonumber(ARGV[2])}
+";
+
+/// Sessions and counters in Redis.
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    endpoint: String,
+    hit: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("endpoint", &self.endpoint).finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A store on `url` (`redis://…` or, with TLS as ElastiCache Serverless requires,
+    /// `rediss://…`). Connects lazily: start-up does not wait for Redis, and a Redis that is
+    /// down at start-up is only unavailable until it comes up.
+    pub fn new(url: &SecretString) -> anyhow::Result<Self> {
+        let client = ::redis::Client::open(url.expose_secret())
+            .context("REDIS_URL is not a redis:// or rediss:// URL")?;
+        let info = client.get_connection_info();
+        let endpoint = format!("{}", info.addr());
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .context("setting up the Redis connection")?;
+        Ok(Self { connection, endpoint, hit: Script::new(HIT) })
+    }
+
+    /// `host:port` of the server, for the start-up banner (never the password).
+    #[must_use]
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Runs one operation within [`OPERATION_TIMEOUT`], telling an unreachable Redis apart from
+    /// one that answered something we did not expect.
+    async fn run<T>(
+        &self,
+        what: &str,
+        operation: impl Future<Output = Result<T, RedisError>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(OPERATION_TIMEOUT, operation).await {
+            Err(_) => Err(StoreError::Unavailable(anyhow::anyhow!("Redis did not answer {what} in time"))),
+            Ok(Err(error)) if is_unreachable(&error) => {
+                Err(StoreError::Unavailable(anyhow::Error::new(error).context(format!("Redis: {what}"))))
+            }
+            Ok(Err(error)) => Err(anyhow::Error::new(error).context(format!("Redis: {what}")).into()),
+            Ok(Ok(value)) => Ok(value),
+        }
+    }
+}
+
+fn is_unreachable(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_unrecoverable_error()
+}
+
+fn session_key(id: SessionId) -> String {
+    format!("{PREFIX}:session:{id}")
+}
+
+fn counter_key(counter: Counter<'_>) -> String {
+    format!("{PREFIX}:counter:{}", counter.key())
+}
+
+fn millis(at: Timestamp) -> i64 {
+    at.timestamp_millis()
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn create_session(&self, session: &Session) -> StoreResult<()> {
+        // The key lives as long as the token: its lifetime, from the session's creation.
+        let lifetime = (session.expires_at - session.created_at).num_milliseconds();
+        let lifetime =
+            u64::try_from(lifetime).ok().filter(|ms| *ms > 0).context("a session that never lives")?;
+        let value = serde_json::to_string(session).context("encoding a session")?;
+        let mut connection = self.connection.clone();
+        self.run(
+            "storing a session",
+            connection.pset_ex::<_, _, ()>(session_key(session.id), value, lifetime),
+        )
+        .await
+    }
+
+    async fn session(&self, id: SessionId, now: Timestamp) -> StoreResult<Option<Session>> {
+        let mut connection = self.connection.clone();
+        let value: Option<String> = self.run("reading a session", connection.get(session_key(id))).await?;
+        let Some(value) = value else { return Ok(None) };
+        let session: Session = serde_json::from_str(&value).context("decoding a stored session")?;
+        Ok((session.expires_at > now).then_some(session))
+    }
+
+    async fn revoke_session(&self, id: SessionId) -> StoreResult<()> {
+        let mut connection = self.connection.clone();
+        self.run("revoking a session", connection.del::<_, ()>(session_key(id))).await
+    }
+}
+
+#[async_trait]
+impl Counters for RedisStore {
+    async fn hit(&self, counter: Counter<'_>, now: Timestamp, window: Duration) -> StoreResult<Window> {
+        let length = i64::try_from(window.as_millis()).context("window length")?;
+        let mut connection = self.connection.clone();
+        let mut invocation = self.hit.key(counter_key(counter));
+        invocation.arg(millis(now)).arg(millis(now) + length).arg(length);
+        let (hits, resets_at): (u32, i64) =
+            self.run("counting a hit", invocation.invoke_async(&mut connection)).await?;
+        let resets_at = chrono::DateTime::from_timestamp_millis(resets_at).context("a window's end")?;
+        Ok(Window { hits, resets_at })
+    }
+
+    async fn reset(&self, counter: Counter<'_>) -> StoreResult<()> {
+        let mut connection = self.connection.clone();
+        self.run("resetting a counter", connection.del::<_, ()>(counter_key(counter))).await
+    }
+}
