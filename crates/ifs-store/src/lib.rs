@@ -13,11 +13,13 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod dynamodb;
 pub mod embedded;
 #[cfg(feature = "conformance")]
 pub mod local_servers;
 pub mod redis;
 
+pub use dynamodb::DynamoStore;
 pub use embedded::EmbeddedStore;
 pub use redis::RedisStore;
 

@@ -1,0 +1,698 @@
+//! The DynamoDB adapter: users and dialogues in one table (`TABLE_NAME`), one item per message,
+//! the head message carrying the dialogue's summary and the keys of one sparse index that lists
+//! an owner's dialogues by last activity. Every operation costs a constant number of calls,
+//! whatever a dialogue's length (`docs/data-model.md` has the layout and the counts). Key
+//! layouts are private to this module.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef;
+use aws_sdk_dynamodb::config::{ConfigBag, Credentials, Intercept, Region};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+    Projection, ProjectionType, Put, ScalarAttributeType, TransactWriteItem, Update,
+};
+use ifs_domain::{
+    DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor, MessageId, NewMessage,
+    Page, ReplyMeta, Role, Timestamp, UserId,
+};
+
+use crate::{DialogueStore, StoreError, StoreResult, UserRecord, UserStore};
+
+/// The index of heads by owner and last activity, newest first.
+const BY_ACTIVITY: &str = "by_owner_activity";
+/// Attempts at an append that keeps losing races to other appends on the same dialogue.
+const APPEND_ATTEMPTS: u32 = 64;
+/// Longest wait between two attempts.
+const BACKOFF_CAP: Duration = Duration::from_millis(50);
+
+type Item = HashMap<String, AttributeValue>;
+
+fn user_pk(id: UserId) -> String {
+    format!("USER#{id}")
+}
+
+fn email_pk(email: &Email) -> String {
+    format!("EMAIL#{email}")
+}
+
+fn dialogue_pk(id: DialogueId) -> String {
+    format!("DLG#{id}")
+}
+
+/// Zero-padded so that the sort key orders as the number does: a `Query` returns list order.
+fn message_sk(seq: u64) -> String {
+    format!("MSG#{seq:020}")
+}
+
+fn owner_pk(owner: UserId) -> String {
+    format!("OWNER#{owner}")
+}
+
+fn activity_sk(updated_at_ms: i64, id: DialogueId) -> String {
+    format!("{:020}#{id}", updated_at_ms.max(0))
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn key(pk: String, sk: impl Into<String>) -> Item {
+    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
+fn text<'a>(item: &'a Item, name: &str) -> anyhow::Result<&'a str> {
+    match item.get(name) {
+        Some(AttributeValue::S(value)) => Ok(value),
+        _ => anyhow::bail!("item attribute {name} is missing or not a string"),
+    }
+}
+
+fn optional_text<'a>(item: &'a Item, name: &str) -> anyhow::Result<Option<&'a str>> {
+    item.get(name).map(|_| text(item, name)).transpose()
+}
+
+fn number<T: std::str::FromStr>(item: &Item, name: &str) -> anyhow::Result<T> {
+    match item.get(name) {
+        Some(AttributeValue::N(value)) => {
+            value.parse().ok().with_context(|| format!("attribute {name}: {value}"))
+        }
+        _ => anyhow::bail!("item attribute {name} is missing or not a number"),
+    }
+}
+
+fn instant(item: &Item, name: &str) -> anyhow::Result<Timestamp> {
+    chrono::DateTime::from_timestamp_millis(number(item, name)?).with_context(|| format!("attribute {name}"))
+}
+
+fn id<T>(item: &Item, name: &str, parse: fn(&str) -> Result<T, ifs_domain::IdError>) -> anyhow::Result<T> {
+    parse(text(item, name)?).map_err(|_| anyhow::anyhow!("attribute {name} is not an id"))
+}
+
+fn user_item(pk: String, sk: &str, user: &UserRecord) -> Item {
+    let mut item = key(pk, sk);
+    item.insert("id".into(), s(user.id.to_string()));
+    item.insert("email".into(), s(user.email.as_str()));
+    item.insert("password_hash".into(), s(&user.password_hash));
+    item.insert("created_at".into(), n(user.created_at.timestamp_millis()));
+    item
+}
+
+fn user_from(item: &Item) -> anyhow::Result<UserRecord> {
+    Ok(UserRecord {
+        id: id(item, "id", UserId::parse)?,
+        email: Email::parse(text(item, "email")?).context("a stored email")?,
+        password_hash: text(item, "password_hash")?.to_owned(),
+        created_at: instant(item, "created_at")?,
+    })
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::User => "user",
+        Role::Assistant => "assistant",
+    }
+}
+
+/// A message's item; every message carries its owner, so that reading any page of a dialogue
+/// also answers whether the caller may see it.
+fn message_item(owner: UserId, message: &Message) -> anyhow::Result<Item> {
+    let mut item = key(dialogue_pk(message.dialogue_id), message_sk(message.seq));
+    item.insert("owner".into(), s(owner.to_string()));
+    item.insert("id".into(), s(message.id.to_string()));
+    item.insert("seq".into(), n(message.seq));
+    item.insert("role".into(), s(role_name(message.role)));
+    item.insert("content".into(), s(&message.content));
+    item.insert("created_at".into(), n(message.created_at.timestamp_millis()));
+    if let Some(prev) = message.prev_id {
+        item.insert("prev_id".into(), s(prev.to_string()));
+    }
+    if let Some(next) = message.next_id {
+        item.insert("next_id".into(), s(next.to_string()));
+    }
+    if let Some(meta) = &message.meta {
+        item.insert("meta".into(), s(serde_json::to_string(meta).context("encoding reply metadata")?));
+    }
+    Ok(item)
+}
+
+/// The head's item: its message, the summary, and the sparse index's keys.
+fn head_item(summary: &DialogueSummary, head: &Message) -> anyhow::Result<Item> {
+    let mut item = message_item(summary.owner, head)?;
+    item.insert("title".into(), s(&summary.title));
+    item.insert("updated_at".into(), n(summary.updated_at.timestamp_millis()));
+    item.insert("message_count".into(), n(summary.message_count));
+    item.insert("tail_id".into(), s(summary.tail_id.to_string()));
+    item.insert("gsi1pk".into(), s(owner_pk(summary.owner)));
+    item.insert("gsi1sk".into(), s(activity_sk(summary.updated_at.timestamp_millis(), summary.id)));
+    Ok(item)
+}
+
+fn message_from(item: &Item) -> anyhow::Result<Message> {
+    let parse_message_id = |name: &str| -> anyhow::Result<Option<MessageId>> {
+        optional_text(item, name)?
+            .map(|raw| MessageId::parse(raw).map_err(|_| anyhow::anyhow!("attribute {name} is not an id")))
+            .transpose()
+    };
+    let role = match text(item, "role")? {
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        other => anyhow::bail!("unknown role {other}"),
+    };
+    let meta: Option<ReplyMeta> = optional_text(item, "meta")?
+        .map(serde_json::from_str)
+        .transpose()
+        .context("decoding reply metadata")?;
+    let message_id = id(item, "id", MessageId::parse)?;
+    let dialogue_id = text(item, "pk")?
+        .strip_prefix("DLG#")
+        .and_then(|raw| DialogueId::parse(raw).ok())
+        .context("a message's partition key")?;
+    Ok(Message {
+        id: message_id,
+        dialogue_id,
+        seq: number(item, "seq")?,
+        role,
+        content: text(item, "content")?.to_owned(),
+        created_at: instant(item, "created_at")?,
+        prev_id: parse_message_id("prev_id")?,
+        next_id: parse_message_id("next_id")?,
+        meta,
+    })
+}
+
+fn summary_from(item: &Item) -> anyhow::Result<DialogueSummary> {
+    let head = message_from(item)?;
+    Ok(DialogueSummary {
+        id: head.dialogue_id,
+        owner: id(item, "owner", UserId::parse)?,
+        title: text(item, "title")?.to_owned(),
+        created_at: head.created_at,
+        updated_at: instant(item, "updated_at")?,
+        message_count: number(item, "message_count")?,
+        tail_id: id(item, "tail_id", MessageId::parse)?,
+    })
+}
+
+fn owned_by(item: &Item, owner: UserId) -> bool {
+    text(item, "owner").is_ok_and(|stored| stored == owner.to_string())
+}
+
+/// Maps an SDK failure: what cannot be reached or is throttled is worth retrying shortly
+/// ([`StoreError::Unavailable`]); the rest is unexpected.
+fn failure<E, R>(what: &str, error: &SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let cause = anyhow::anyhow!("DynamoDB: {what}: {}", DisplayErrorContext(error));
+    let transient = match error {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(service) => matches!(
+            service.err().code(),
+            Some(
+                "ThrottlingException"
+                    | "ProvisionedThroughputExceededException"
+                    | "RequestLimitExceeded"
+                    | "InternalServerError"
+                    | "ServiceUnavailable"
+            )
+        ),
+        _ => false,
+    };
+    if transient { StoreError::Unavailable(cause) } else { StoreError::Unexpected(cause) }
+}
+
+/// Counts every call this store makes, for tests that hold it to a constant number.
+#[derive(Debug)]
+struct CountCalls(Arc<AtomicU64>);
+
+impl Intercept for CountCalls {
+    fn name(&self) -> &'static str {
+        "CountCalls"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Users and dialogues in one DynamoDB table.
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    calls: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for DynamoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoStore").field("table", &self.table).finish_non_exhaustive()
+    }
+}
+
+impl DynamoStore {
+    /// A store on `table`, through `endpoint` when given (DynamoDB Local), otherwise through the
+    /// default AWS credential and region chain. With an endpoint and no AWS credentials in the
+    /// environment, fixed local ones are used: DynamoDB Local accepts any.
+    pub async fn connect(table: &str, endpoint: Option<&str>) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(2))
+                    .operation_attempt_timeout(Duration::from_secs(3))
+                    .operation_timeout(Duration::from_secs(8))
+                    .build(),
+            )
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3));
+        if let Some(endpoint) = endpoint {
+            loader = loader.endpoint_url(endpoint);
+            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+                loader =
+                    loader.credentials_provider(Credentials::new("local", "local", None, None, "ifs-guide"));
+            }
+            if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+                loader = loader.region(Region::new("us-east-1"));
+            }
+        }
+        let shared = loader.load().await;
+        let calls = Arc::new(AtomicU64::new(0));
+        let config = aws_sdk_dynamodb::config::Builder::from(&shared)
+            .interceptor(CountCalls(Arc::clone(&calls)))
+            .build();
+        Self { client: Client::from_conf(config), table: table.to_owned(), calls }
+    }
+
+    /// The table's name.
+    #[must_use]
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// How many DynamoDB calls this store (and its clones) has made.
+    #[must_use]
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Whether the table exists.
+    pub async fn table_exists(&self) -> StoreResult<bool> {
+        match self.client.describe_table().table_name(&self.table).send().await {
+            Ok(_) => Ok(true),
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => {
+                Ok(false)
+            }
+            Err(error) => Err(failure("describing the table", &error)),
+        }
+    }
+
+    /// Creates the table and its index, on-demand billing, and waits until it is active.
+    /// Idempotent: an existing table is left as it is. Answers whether it created one.
+    pub async fn create_table(&self) -> StoreResult<bool> {
+        let attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .context("an attribute definition")
+        };
+        let key_part = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder().attribute_name(name).key_type(kind).build().context("a key schema")
+        };
+        let index = GlobalSecondaryIndex::builder()
+            .index_name(BY_ACTIVITY)
+            .key_schema(key_part("gsi1pk", KeyType::Hash)?)
+            .key_schema(key_part("gsi1sk", KeyType::Range)?)
+            .projection(Projection::builder().projection_type(ProjectionType::All).build())
+            .build()
+            .context("the index definition")?;
+        let created = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attribute("pk")?)
+            .attribute_definitions(attribute("sk")?)
+            .attribute_definitions(attribute("gsi1pk")?)
+            .attribute_definitions(attribute("gsi1sk")?)
+            .key_schema(key_part("pk", KeyType::Hash)?)
+            .key_schema(key_part("sk", KeyType::Range)?)
+            .global_secondary_indexes(index)
+            .send()
+            .await;
+        let created = match created {
+            Ok(_) => true,
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_resource_in_use_exception()) => false,
+            Err(error) => return Err(failure("creating the table", &error)),
+        };
+        for _ in 0..120 {
+            let described = self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await
+                .map_err(|e| failure("describing the table", &e))?;
+            let table = described.table();
+            let active = table.and_then(|t| t.table_status()).is_some_and(|s| s.as_str() == "ACTIVE");
+            let indexes_active = table
+                .map(|t| t.global_secondary_indexes())
+                .unwrap_or_default()
+                .iter()
+                .all(|i| i.index_status().is_none_or(|s| s.as_str() == "ACTIVE"));
+            if active && indexes_active {
+                return Ok(created);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(anyhow::anyhow!("table {} did not become active within a minute", self.table).into())
+    }
+
+    async fn get(&self, key: Item, what: &str) -> StoreResult<Option<Item>> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| failure(what, &e))?;
+        Ok(output.item)
+    }
+
+    /// The head of `dialogue` as its summary, if `owner` owns it.
+    async fn owned_summary(&self, owner: UserId, dialogue: DialogueId) -> StoreResult<DialogueSummary> {
+        let head = self.get(key(dialogue_pk(dialogue), message_sk(1)), "reading a dialogue's head").await?;
+        match head {
+            Some(item) if owned_by(&item, owner) => Ok(summary_from(&item)?),
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    /// One attempt at an append: `Ok(None)` when another append won the race.
+    async fn try_append(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        message: &NewMessage,
+        attempt: u32,
+    ) -> StoreResult<Option<Message>> {
+        let mut summary = self.owned_summary(owner, dialogue).await?;
+        let read_count = summary.message_count;
+        let appended = message.clone().follow(dialogue, summary.tail_id, read_count);
+        summary.record_append(&appended);
+
+        let new_message = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(message_item(owner, &appended)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .context("the put of the new message")?;
+        let mut head = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(dialogue_pk(dialogue), message_sk(1))))
+            .update_expression(
+                "SET message_count = :count, tail_id = :tail, updated_at = :updated, gsi1sk = :activity",
+            )
+            .condition_expression("message_count = :read")
+            .expression_attribute_values(":count", n(summary.message_count))
+            .expression_attribute_values(":tail", s(appended.id.to_string()))
+            .expression_attribute_values(":updated", n(summary.updated_at.timestamp_millis()))
+            .expression_attribute_values(
+                ":activity",
+                s(activity_sk(summary.updated_at.timestamp_millis(), dialogue)),
+            )
+            .expression_attribute_values(":read", n(read_count));
+        let mut actions = vec![TransactWriteItem::builder().put(new_message).build()];
+        if read_count == 1 {
+            // The head is also the tail: one item takes one action in a transaction.
+            head = head
+                .update_expression(
+                    "SET message_count = :count, tail_id = :tail, updated_at = :updated, gsi1sk = :activity, \
+                     next_id = :tail",
+                )
+                .condition_expression("message_count = :read AND attribute_not_exists(next_id)");
+        } else {
+            let tail = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(dialogue_pk(dialogue), message_sk(read_count))))
+                .update_expression("SET next_id = :next")
+                .condition_expression("attribute_exists(pk) AND attribute_not_exists(next_id)")
+                .expression_attribute_values(":next", s(appended.id.to_string()))
+                .build()
+                .context("the update of the tail")?;
+            actions.push(TransactWriteItem::builder().update(tail).build());
+        }
+        actions.push(
+            TransactWriteItem::builder().update(head.build().context("the update of the head")?).build(),
+        );
+
+        // The token makes an SDK retry of this very attempt idempotent; a new attempt (after a
+        // lost race) writes other items, so it gets a token of its own.
+        let token = format!("{}-{attempt}", uuid_simple(appended.id));
+        let written = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .client_request_token(token)
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(Some(appended)),
+            Err(error) => {
+                let lost_race = cancellation_codes(&error)
+                    .iter()
+                    .any(|code| matches!(*code, "ConditionalCheckFailed" | "TransactionConflict"));
+                if lost_race { Ok(None) } else { Err(failure("appending a message", &error)) }
+            }
+        }
+    }
+}
+
+/// Why each action of a cancelled transaction was refused, in the order of the actions (`None`
+/// for one that was fine); empty when the transaction failed otherwise.
+fn cancellation_codes<R>(error: &SdkError<TransactWriteItemsError, R>) -> Vec<&str> {
+    match error.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
+            cancelled.cancellation_reasons().iter().map(|reason| reason.code().unwrap_or("None")).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// An id's 32 hex digits, so that a suffix still fits a 36-character request token.
+fn uuid_simple(id: MessageId) -> String {
+    id.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A wait before attempt `attempt`, jittered by the message's own random bits so that racing
+/// appenders spread out.
+fn backoff(id: MessageId, attempt: u32) -> Duration {
+    let cap = BACKOFF_CAP.as_millis() as u64;
+    let ceiling = (2_u64.saturating_pow(attempt.min(10))).min(cap).max(2);
+    let noise = u64::from(id.as_bytes()[15]) * 131 + u64::from(attempt) * 7919;
+    Duration::from_millis(noise % ceiling)
+}
+
+#[async_trait]
+impl UserStore for DynamoStore {
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<()> {
+        // The email item is the uniqueness constraint, and keeps a copy of the user so that a
+        // login is one read.
+        let put = |item: Item| {
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map(|put| TransactWriteItem::builder().put(put).build())
+                .context("a put")
+        };
+        let written = self
+            .client
+            .transact_write_items()
+            .transact_items(put(user_item(email_pk(&user.email), "EMAIL", user))?)
+            .transact_items(put(user_item(user_pk(user.id), "USER", user))?)
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                // The first action is the email's put.
+                if cancellation_codes(&error).first() == Some(&"ConditionalCheckFailed") {
+                    Err(StoreError::EmailTaken)
+                } else {
+                    Err(failure("creating a user", &error))
+                }
+            }
+        }
+    }
+
+    async fn user_by_email(&self, email: &Email) -> StoreResult<Option<UserRecord>> {
+        let item = self.get(key(email_pk(email), "EMAIL"), "reading a user by email").await?;
+        Ok(item.as_ref().map(user_from).transpose()?)
+    }
+
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
+        let item = self.get(key(user_pk(id), "USER"), "reading a user").await?;
+        Ok(item.as_ref().map(user_from).transpose()?)
+    }
+}
+
+#[async_trait]
+impl DialogueStore for DynamoStore {
+    async fn start_dialogue(&self, owner: UserId, first: NewMessage) -> StoreResult<Message> {
+        let head = first.into_head();
+        let summary = DialogueSummary::of_head(owner, &head);
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(head_item(&summary, &head)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(|e| failure("starting a dialogue", &e))?;
+        Ok(head)
+    }
+
+    async fn append_message(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        message: NewMessage,
+    ) -> StoreResult<Message> {
+        for attempt in 0..APPEND_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(message.id, attempt)).await;
+            }
+            if let Some(appended) = self.try_append(owner, dialogue, &message, attempt).await? {
+                return Ok(appended);
+            }
+        }
+        Err(StoreError::Unavailable(anyhow::anyhow!(
+            "appending to {dialogue} lost {APPEND_ATTEMPTS} races in a row"
+        )))
+    }
+
+    async fn messages_before(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        before_seq: u64,
+        count: usize,
+    ) -> StoreResult<Vec<Message>> {
+        if count == 0 || before_seq <= 1 {
+            self.owned_summary(owner, dialogue).await?;
+            return Ok(Vec::new());
+        }
+        // Newest first from just before `before_seq`, then turned around: one query.
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk < :before")
+            .expression_attribute_values(":pk", s(dialogue_pk(dialogue)))
+            .expression_attribute_values(":before", s(message_sk(before_seq)))
+            .scan_index_forward(false)
+            .limit(i32::try_from(count).unwrap_or(i32::MAX))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| failure("reading memory", &e))?;
+        let items = output.items();
+        if !items.first().is_some_and(|first| owned_by(first, owner)) {
+            return Err(StoreError::NotFound);
+        }
+        let mut messages = items.iter().map(message_from).collect::<anyhow::Result<Vec<_>>>()?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    async fn messages(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        limit: Limit,
+        after: Option<MessageCursor>,
+    ) -> StoreResult<Page<Message, MessageCursor>> {
+        // One more than the page, to know whether another page follows.
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk > :after")
+            .expression_attribute_values(":pk", s(dialogue_pk(dialogue)))
+            .expression_attribute_values(":after", s(message_sk(after.map_or(0, |c| c.after_seq))))
+            .limit(i32::try_from(limit.get() + 1).unwrap_or(i32::MAX))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| failure("reading messages", &e))?;
+        let items = output.items();
+        match items.first() {
+            Some(first) if owned_by(first, owner) => {}
+            Some(_) => return Err(StoreError::NotFound),
+            // Past the end of a dialogue, or no dialogue at all: only the head can tell.
+            None if after.is_some() => {
+                self.owned_summary(owner, dialogue).await?;
+                return Ok(Page { items: Vec::new(), next: None });
+            }
+            None => return Err(StoreError::NotFound),
+        }
+        let more = items.len() > limit.get();
+        let items =
+            items.iter().take(limit.get()).map(message_from).collect::<anyhow::Result<Vec<Message>>>()?;
+        let next = more.then(|| items.last().map(|m| MessageCursor { after_seq: m.seq })).flatten();
+        Ok(Page { items, next })
+    }
+
+    async fn dialogues(
+        &self,
+        owner: UserId,
+        limit: Limit,
+        after: Option<DialogueCursor>,
+    ) -> StoreResult<Page<DialogueSummary, DialogueCursor>> {
+        let start = after.map(|cursor| {
+            let mut start = key(dialogue_pk(cursor.id), message_sk(1));
+            start.insert("gsi1pk".into(), s(owner_pk(owner)));
+            start.insert("gsi1sk".into(), s(activity_sk(cursor.updated_at_ms, cursor.id)));
+            start
+        });
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_ACTIVITY)
+            .key_condition_expression("gsi1pk = :owner")
+            .expression_attribute_values(":owner", s(owner_pk(owner)))
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit.get() + 1).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| failure("listing dialogues", &e))?;
+        let items = output.items();
+        let more = items.len() > limit.get();
+        let items = items.iter().take(limit.get()).map(summary_from).collect::<anyhow::Result<Vec<_>>>()?;
+        let next = more.then(|| items.last().map(|d| DialogueCursor::after(d.updated_at, d.id))).flatten();
+        Ok(Page { items, next })
+    }
+}
