@@ -15,12 +15,12 @@ run: deps model ## Build in release and serve everything, model included, on htt
 agent: deps model ## Build in release and serve only the agent on http://127.0.0.1:8081 (OpenAI base URL /v1)
 	$(CARGO) run --release --locked -p ifs-agent-container --bin agent
 
-test: deps model dynamodb-local ## Unit, router, store-conformance, Lambda-event, model and API tests (twice: embedded, Redis sessions)
+test: deps model dynamodb-local ## Unit, router, store-conformance, Lambda-event, model and API tests (API twice: embedded, AWS-like)
 	$(CARGO) test --workspace --locked
-	TEST_SESSIONS=redis $(CARGO) test --locked -p ifs-guide --test api
+	TEST_BACKENDS=aws $(CARGO) test --locked -p ifs-guide --test api
 
-services: deps ## Run redis-server on 127.0.0.1:6379 in the foreground, for SESSIONS=redis make run
-	redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no
+services: deps ## Run redis-server (:6379) and DynamoDB Local (:8000) in the foreground, data in data/
+	@infra/services.sh
 
 lint: deps ## rustfmt and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check

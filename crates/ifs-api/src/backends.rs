@@ -1,11 +1,14 @@
 //! Builds the store adapters a process uses from its configuration.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use ifs_store::{Counters, DialogueStore, EmbeddedStore, RedisStore, SessionStore, Sweep, UserStore};
+use ifs_store::{
+    Counters, DialogueStore, DynamoStore, EmbeddedStore, RedisStore, SessionStore, Sweep, UserStore,
+};
 
-use crate::config::{SessionsBackend, StoreConfig};
+use crate::config::{DynamoConfig, SessionsBackend, StoreBackend, StoreConfig};
 
 /// File name of the embedded store inside `DATA_DIR`.
 pub const EMBEDDED_FILE: &str = "ifs-guide.redb";
@@ -30,49 +33,107 @@ impl std::fmt::Debug for Backends {
     }
 }
 
+/// What to do about a missing DynamoDB table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableCheck {
+    /// Nothing: the deployment made it (Lambda; no extra call at each cold start).
+    Trust,
+    /// Create it when missing if `DYNAMODB_ENDPOINT` is set (DynamoDB Local), otherwise fail
+    /// naming it (`ifs-guide serve`).
+    CreateLocally,
+}
+
 impl Backends {
-    /// The backends `config` names: the embedded store in `DATA_DIR` (created if needed) for
-    /// users and dialogues, and for sessions and counters unless `SESSIONS=redis`. On Lambda,
-    /// where a function's disk does not outlive it, embedded sessions must be asked for by name.
-    pub fn open(config: &StoreConfig) -> anyhow::Result<Self> {
-        let on_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
-        let sessions = match config.sessions {
-            Some(kind) => kind,
-            None if on_lambda => anyhow::bail!(
-                "SESSIONS must be set on Lambda: `redis` (with REDIS_URL), or `embedded`, which a \
-                 function's /tmp does not keep"
-            ),
-            None => SessionsBackend::Embedded,
-        };
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
-        let store = Arc::new(EmbeddedStore::open(&config.data_dir.join(EMBEDDED_FILE))?);
-        let place = store.path().display().to_string();
-        Ok(match sessions {
-            SessionsBackend::Embedded => Self {
-                users: store.clone(),
-                dialogues: store.clone(),
-                sessions: store.clone(),
-                counters: store.clone(),
-                sweeper: Some(store),
-                description: format!("embedded store {place} (users, dialogues, sessions)"),
-            },
-            SessionsBackend::Redis => {
-                let url = config.redis_url.as_ref().context("SESSIONS=redis needs REDIS_URL")?;
-                let redis = Arc::new(RedisStore::new(url)?);
-                let description = format!(
-                    "embedded store {place} (users, dialogues); redis {} (sessions, counters)",
-                    redis.endpoint()
-                );
-                Self {
-                    users: store.clone(),
-                    dialogues: store,
-                    sessions: redis.clone(),
-                    counters: redis,
-                    sweeper: None,
-                    description,
-                }
-            }
+    /// Everything in the embedded store in `data_dir`, created if needed.
+    pub fn embedded(data_dir: &Path) -> anyhow::Result<Self> {
+        let store = open_embedded(data_dir)?;
+        let description = format!("embedded store {} (users, dialogues, sessions)", store.path().display());
+        Ok(Self {
+            users: store.clone(),
+            dialogues: store.clone(),
+            sessions: store.clone(),
+            counters: store.clone(),
+            sweeper: Some(store),
+            description,
         })
     }
+
+    /// The backends `config` names: `STORE` for users and dialogues, `SESSIONS` for sessions and
+    /// counters, each `embedded` unless named otherwise. On Lambda, where a function's disk does
+    /// not outlive it, the embedded store must be asked for by name.
+    pub async fn open(config: &StoreConfig, check: TableCheck) -> anyhow::Result<Self> {
+        let on_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+        let refuse = |variable: &str, durable: &str| {
+            anyhow::anyhow!(
+                "{variable} must be set on Lambda: `{durable}`, or `embedded`, which a function's /tmp does not keep"
+            )
+        };
+        let store = match config.store {
+            Some(kind) => kind,
+            None if on_lambda => return Err(refuse("STORE", "dynamodb")),
+            None => StoreBackend::Embedded,
+        };
+        let sessions = match config.sessions {
+            Some(kind) => kind,
+            None if on_lambda => return Err(refuse("SESSIONS", "redis")),
+            None => SessionsBackend::Embedded,
+        };
+        if (store, sessions) == (StoreBackend::Embedded, SessionsBackend::Embedded) {
+            return Self::embedded(&config.data_dir);
+        }
+        let embedded = if store == StoreBackend::Embedded || sessions == SessionsBackend::Embedded {
+            Some(open_embedded(&config.data_dir)?)
+        } else {
+            None
+        };
+        let mut described = Vec::new();
+        let (users, dialogues): (Arc<dyn UserStore>, Arc<dyn DialogueStore>) = match (store, &embedded) {
+            (StoreBackend::Embedded, Some(local)) => {
+                described.push(format!("embedded store {} (users, dialogues)", local.path().display()));
+                (local.clone(), local.clone())
+            }
+            _ => {
+                let dynamo = Arc::new(open_dynamo(&config.dynamodb, check).await?);
+                let place = config.dynamodb.endpoint().unwrap_or_else(|| "AWS".to_owned());
+                described.push(format!("dynamodb table {} at {place} (users, dialogues)", dynamo.table()));
+                (dynamo.clone(), dynamo)
+            }
+        };
+        let mut sweeper: Option<Arc<dyn Sweep>> = None;
+        let (sessions, counters): (Arc<dyn SessionStore>, Arc<dyn Counters>) = match (sessions, embedded) {
+            (SessionsBackend::Embedded, Some(local)) => {
+                described.push(format!("embedded store {} (sessions, counters)", local.path().display()));
+                sweeper = Some(local.clone());
+                (local.clone(), local)
+            }
+            _ => {
+                let url = config.redis_url.as_ref().context("SESSIONS=redis needs REDIS_URL")?;
+                let redis = Arc::new(RedisStore::new(url)?);
+                described.push(format!("redis {} (sessions, counters)", redis.endpoint()));
+                (redis.clone(), redis)
+            }
+        };
+        Ok(Self { users, dialogues, sessions, counters, sweeper, description: described.join("; ") })
+    }
+}
+
+fn open_embedded(data_dir: &Path) -> anyhow::Result<Arc<EmbeddedStore>> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating DATA_DIR {}", data_dir.display()))?;
+    Ok(Arc::new(EmbeddedStore::open(&data_dir.join(EMBEDDED_FILE))?))
+}
+
+/// The DynamoDB store on `config`'s table, checked as `check` says.
+pub async fn open_dynamo(config: &DynamoConfig, check: TableCheck) -> anyhow::Result<DynamoStore> {
+    let endpoint = config.endpoint();
+    let store = DynamoStore::connect(&config.table_name, endpoint.as_deref()).await;
+    if check == TableCheck::CreateLocally && !store.table_exists().await.map_err(anyhow::Error::new)? {
+        anyhow::ensure!(
+            endpoint.is_some(),
+            "the DynamoDB table {} (TABLE_NAME) does not exist: deploy the stack, or create it with \
+             `ifs-guide create-table`",
+            config.table_name
+        );
+        store.create_table().await.map_err(anyhow::Error::new)?;
+    }
+    Ok(store)
 }

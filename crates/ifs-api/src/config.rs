@@ -121,6 +121,10 @@ pub struct StoreConfig {
     /// Directory of the embedded store (and, locally, the generated token keys).
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Where users and dialogues live: `embedded` (in DATA_DIR) or `dynamodb` (TABLE_NAME).
+    /// Locally the default is `embedded`; on Lambda it must be named.
+    #[arg(long, env = "STORE", value_enum)]
+    pub store: Option<StoreBackend>,
     /// Where sessions and the login and turn counters live: `embedded` (in DATA_DIR) or `redis`
     /// (REDIS_URL). Locally the default is `embedded`; on Lambda it must be named.
     #[arg(long, env = "SESSIONS", value_enum)]
@@ -129,6 +133,35 @@ pub struct StoreConfig {
     /// rediss://host:port; a password goes in the URL.
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = secret)]
     pub redis_url: Option<SecretString>,
+    #[command(flatten)]
+    pub dynamodb: DynamoConfig,
+}
+
+/// The DynamoDB table.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DynamoConfig {
+    /// The table of users and dialogues (STORE=dynamodb).
+    #[arg(long, env = "TABLE_NAME", default_value = "ifs-guide")]
+    pub table_name: String,
+    /// A DynamoDB endpoint to use instead of AWS's, e.g. DynamoDB Local at
+    /// http://127.0.0.1:8000; unset, the default AWS credential and region chain applies.
+    #[arg(long, env = "DYNAMODB_ENDPOINT")]
+    pub dynamodb_endpoint: Option<Url>,
+}
+
+impl DynamoConfig {
+    /// The endpoint without the trailing slash that `Url` adds.
+    #[must_use]
+    pub fn endpoint(&self) -> Option<String> {
+        self.dynamodb_endpoint.as_ref().map(|url| url.as_str().trim_end_matches('/').to_owned())
+    }
+}
+
+/// The backends for users and dialogues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreBackend {
+    Embedded,
+    Dynamodb,
 }
 
 /// The backends for sessions and counters.
@@ -136,12 +169,4 @@ pub struct StoreConfig {
 pub enum SessionsBackend {
     Embedded,
     Redis,
-}
-
-impl StoreConfig {
-    /// Everything in the embedded store in `data_dir`.
-    #[must_use]
-    pub fn embedded(data_dir: PathBuf) -> Self {
-        Self { data_dir, sessions: Some(SessionsBackend::Embedded), redis_url: None }
-    }
 }

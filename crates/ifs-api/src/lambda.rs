@@ -12,7 +12,7 @@ use lambda_http::RequestExt as _;
 use lambda_http::request::RequestContext;
 use tower::util::MapRequest;
 
-use crate::backends::Backends;
+use crate::backends::{Backends, TableCheck};
 use crate::config::{StoreConfig, TokenConfig};
 
 /// Logs as JSON on Lambda (one object per line, for CloudWatch queries) and as text elsewhere;
@@ -44,8 +44,8 @@ pub struct ProtectedConfig {
 
 impl ProtectedConfig {
     /// The backends, and the authenticator that verifies with the public key only.
-    pub fn open(&self) -> anyhow::Result<(Backends, Authenticator)> {
-        let backends = Backends::open(&self.store)?;
+    pub async fn open(&self) -> anyhow::Result<(Backends, Authenticator)> {
+        let backends = Backends::open(&self.store, TableCheck::Trust).await?;
         let verifier = TokenVerifier::new(self.tokens.public_key(None)?, &self.tokens.settings());
         let auth = Authenticator::new(verifier, backends.sessions.clone(), Arc::new(SystemClock));
         Ok((backends, auth))

@@ -15,7 +15,6 @@ use ifs_store::{Session, UserRecord};
 use tower::ServiceExt as _;
 
 use crate::backends::Backends;
-use crate::config::StoreConfig;
 
 /// Everything a function's state is built from, backed by a temporary directory.
 #[derive(Debug)]
@@ -32,7 +31,7 @@ impl World {
     /// A new world whose clock stands at 2026-01-01T00:00:00Z.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let backends = Backends::open(&StoreConfig::embedded(dir.path().to_owned())).expect("embedded store");
+        let backends = Backends::embedded(dir.path()).expect("embedded store");
         let start = chrono::DateTime::from_timestamp(1_767_225_600, 0).expect("valid instant");
         Self {
             backends,

@@ -12,8 +12,8 @@ use axum::Router;
 use ifs_agent::service::PromptObserver;
 use ifs_agent::{AgentConfig, LocalAgent};
 use ifs_api::agent::{Agent, HttpAgent};
-use ifs_api::backends::Backends;
-use ifs_api::config::{DialogueConfig, StoreConfig, TokenConfig};
+use ifs_api::backends::{Backends, TableCheck};
+use ifs_api::config::{DialogueConfig, DynamoConfig, StoreConfig, TokenConfig};
 use ifs_api::server::ServerConfig;
 use ifs_auth::{Authenticator, PasswordHasher, TokenIssuer, TokenVerifier};
 use ifs_domain::{Clock, SystemClock};
@@ -30,8 +30,11 @@ pub struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Serve every endpoint (auth, dialogues, agent) in this process on the embedded store.
-    Serve(ServeArgs),
+    /// Serve every endpoint (auth, dialogues, agent) in this process, on the embedded store
+    /// unless STORE / SESSIONS name others.
+    Serve(Box<ServeArgs>),
+    /// Create the DynamoDB table and its index (TABLE_NAME, DYNAMODB_ENDPOINT) if missing.
+    CreateTable(DynamoConfig),
 }
 
 /// Everything `serve` reads; each flag can also be set through the environment variable named.
@@ -77,12 +80,12 @@ impl std::fmt::Debug for App {
 
 /// Opens the store, loads or creates keys, sets up the agent (in-process unless `AGENT_URL` is
 /// set), and merges every function's router.
-pub fn build(args: &ServeArgs) -> anyhow::Result<App> {
-    build_observed(args, None)
+pub async fn build(args: &ServeArgs) -> anyhow::Result<App> {
+    build_observed(args, None).await
 }
 
 /// [`build`], with `observer` receiving every prompt the in-process model is given.
-pub fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) -> anyhow::Result<App> {
+pub async fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) -> anyhow::Result<App> {
     let (agent, agent_routes): (Arc<dyn Agent>, Option<Router>) = match &args.dialogue.agent_url {
         Some(url) => (Arc::new(HttpAgent::new(url.clone(), args.dialogue.agent_timeout())?), None),
         None => {
@@ -94,7 +97,7 @@ pub fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) -> any
             (Arc::new(LocalAgent(Arc::clone(&service))), Some(ifs_agent::router(service)))
         }
     };
-    let backends = Backends::open(&args.store)?;
+    let backends = Backends::open(&args.store, TableCheck::CreateLocally).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let data_dir = args.store.data_dir.as_path();
     let keys = args.tokens.signing_keys(Some(data_dir))?;
@@ -157,6 +160,18 @@ pub fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) -> any
         backends: described,
         server: args.server.clone(),
         sweeper: backends.sweeper,
+    })
+}
+
+/// Creates the DynamoDB table if it is missing; says which it was.
+pub async fn create_table(config: &DynamoConfig) -> anyhow::Result<String> {
+    let store = ifs_api::backends::open_dynamo(config, TableCheck::Trust).await?;
+    let created = store.create_table().await?;
+    let place = config.endpoint().unwrap_or_else(|| "AWS".to_owned());
+    Ok(if created {
+        format!("created table {} at {place}", store.table())
+    } else {
+        format!("table {} at {place} exists already", store.table())
     })
 }
 

@@ -1,4 +1,5 @@
-//! `ifs-guide serve`: the whole service on a laptop, in one process.
+//! `ifs-guide serve`: the whole service on a laptop, in one process; `ifs-guide create-table`:
+//! the DynamoDB table it needs with `STORE=dynamodb`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,7 +12,7 @@ const BLOCKING_GRACE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     ifs_api::lambda::init_tracing();
-    let Cli { command: Command::Serve(args) } = Cli::parse();
+    let command = Cli::parse().command;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -19,15 +20,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run(args));
+    let code = runtime.block_on(async {
+        match command {
+            Command::Serve(args) => serve(*args).await,
+            Command::CreateTable(table) => match ifs_guide::create_table(&table).await {
+                Ok(done) => {
+                    println!("{done}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("ifs-guide: {error:#}");
+                    ExitCode::FAILURE
+                }
+            },
+        }
+    });
     // Dropping a runtime waits for every blocking task; a generation in progress could hold the
     // exit for as long as it takes, past SHUTDOWN_TIMEOUT.
     runtime.shutdown_timeout(BLOCKING_GRACE);
     code
 }
 
-async fn run(args: ifs_guide::ServeArgs) -> ExitCode {
-    let app = match ifs_guide::build(&args) {
+async fn serve(args: ifs_guide::ServeArgs) -> ExitCode {
+    let app = match ifs_guide::build(&args).await {
         Ok(app) => app,
         Err(error) => {
             eprintln!("ifs-guide: {error:#}");

@@ -19,7 +19,7 @@ struct Config {
 async fn main() -> Result<(), lambda_http::Error> {
     lambda::init_tracing();
     let config: Config = lambda::config("dialogue");
-    let (backends, auth) = config.protected.open()?;
+    let (backends, auth) = config.protected.open().await?;
     let url = config
         .dialogue
         .agent_url

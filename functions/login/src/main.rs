@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ifs_api::backends::Backends;
+use ifs_api::backends::{Backends, TableCheck};
 use ifs_api::lambda::{self, ProtectedConfig};
 use ifs_auth::{PasswordHasher, TokenIssuer};
 use ifs_login::{LoginState, Throttle};
@@ -11,7 +11,7 @@ use ifs_login::{LoginState, Throttle};
 async fn main() -> Result<(), lambda_http::Error> {
     lambda::init_tracing();
     let config: ProtectedConfig = lambda::config("login");
-    let backends = Backends::open(&config.store)?;
+    let backends = Backends::open(&config.store, TableCheck::Trust).await?;
     let keys = config.tokens.signing_keys(None)?;
     let state = LoginState {
         users: backends.users,

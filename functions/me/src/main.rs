@@ -6,6 +6,6 @@ use ifs_api::lambda::{self, ProtectedConfig};
 async fn main() -> Result<(), lambda_http::Error> {
     lambda::init_tracing();
     let config: ProtectedConfig = lambda::config("me");
-    let (backends, auth) = config.open()?;
+    let (backends, auth) = config.open().await?;
     lambda::run(ifs_me::router(ifs_me::MeState { auth, users: backends.users })).await
 }

@@ -9,7 +9,15 @@ use std::process::Command;
 fn me_on_lambda(env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_ifs-me"));
-    for variable in ["SESSIONS", "REDIS_URL", "JWT_PUBLIC_KEY", "JWT_PRIVATE_KEY"] {
+    for variable in [
+        "STORE",
+        "SESSIONS",
+        "REDIS_URL",
+        "TABLE_NAME",
+        "DYNAMODB_ENDPOINT",
+        "JWT_PUBLIC_KEY",
+        "JWT_PRIVATE_KEY",
+    ] {
         command.env_remove(variable);
     }
     command.env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9").env("DATA_DIR", dir.path());
@@ -22,15 +30,18 @@ fn me_on_lambda(env: &[(&str, &str)]) -> String {
 }
 
 #[test]
-fn on_lambda_the_sessions_backend_must_be_named_because_tmp_is_not_durable() {
+fn on_lambda_both_backends_must_be_named_because_tmp_is_not_durable() {
     let stderr = me_on_lambda(&[]);
+    assert!(stderr.contains("STORE must be set on Lambda"), "{stderr}");
+    let stderr = me_on_lambda(&[("STORE", "dynamodb")]);
     assert!(stderr.contains("SESSIONS must be set on Lambda"), "{stderr}");
 }
 
 #[test]
 fn redis_sessions_without_an_address_are_refused_naming_redis_url() {
-    let stderr = me_on_lambda(&[("SESSIONS", "redis")]);
+    let stderr = me_on_lambda(&[("STORE", "embedded"), ("SESSIONS", "redis")]);
     assert!(stderr.contains("REDIS_URL"), "{stderr}");
-    let stderr = me_on_lambda(&[("SESSIONS", "redis"), ("REDIS_URL", "http://not-redis")]);
+    let stderr =
+        me_on_lambda(&[("STORE", "embedded"), ("SESSIONS", "redis"), ("REDIS_URL", "http://not-redis")]);
     assert!(stderr.contains("REDIS_URL is not a redis://"), "{stderr}");
 }

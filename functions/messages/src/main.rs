@@ -6,7 +6,7 @@ use ifs_api::lambda::{self, ProtectedConfig};
 async fn main() -> Result<(), lambda_http::Error> {
     lambda::init_tracing();
     let config: ProtectedConfig = lambda::config("messages");
-    let (backends, auth) = config.open()?;
+    let (backends, auth) = config.open().await?;
     lambda::run(ifs_messages::router(ifs_messages::MessagesState { auth, dialogues: backends.dialogues }))
         .await
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ifs_api::backends::Backends;
+use ifs_api::backends::{Backends, TableCheck};
 use ifs_api::config::StoreConfig;
 use ifs_api::lambda;
 use ifs_signup::SignupState;
@@ -17,7 +17,7 @@ struct Config {
 async fn main() -> Result<(), lambda_http::Error> {
     lambda::init_tracing();
     let config: Config = lambda::config("signup");
-    let backends = Backends::open(&config.store)?;
+    let backends = Backends::open(&config.store, TableCheck::Trust).await?;
     let hasher = ifs_auth::PasswordHasher::new()?;
     let state = SignupState { users: backends.users, hasher, clock: Arc::new(ifs_domain::SystemClock) };
     lambda::run(ifs_signup::router(state)).await

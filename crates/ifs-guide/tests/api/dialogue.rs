@@ -22,7 +22,7 @@ async fn a_dialogue_starts_continues_and_remembers() {
     assert_eq!(second["message"]["prev_id"], first["reply"]["id"]);
 
     assert_eq!(
-        app.agent.last_messages(),
+        app.backing.agent.last_messages(),
         [
             ("system".to_owned(), "You are a test guide.".to_owned()),
             ("user".to_owned(), "I feel torn about my job".to_owned()),
@@ -44,7 +44,7 @@ async fn memory_is_capped_at_the_most_recent_messages() {
     for n in 2..=4 {
         app.say(&token, &format!("turn {n}"), Some(&dialogue)).await;
     }
-    let sent: Vec<String> = app.agent.last_messages().into_iter().map(|(_, c)| c).collect();
+    let sent: Vec<String> = app.backing.agent.last_messages().into_iter().map(|(_, c)| c).collect();
     assert_eq!(sent, ["You are a test guide.", "turn 2", "echo: turn 2", "turn 3", "echo: turn 3", "turn 4"]);
 }
 

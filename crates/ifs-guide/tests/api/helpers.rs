@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use clap::Parser as _;
 use ifs_guide::{Cli, Command};
-use ifs_store::local_servers::RedisServer;
+use ifs_store::local_servers::{DynamoDbLocal, RedisServer, unique_table};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -108,33 +108,39 @@ impl AgentDouble {
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
-    pub agent: AgentDouble,
-    pub data_dir: Arc<TempDir>,
-    /// The redis-server behind `SESSIONS=redis`, when the suite runs on it.
-    pub redis: Option<Arc<RedisServer>>,
+    /// What it runs on; `backing.agent` is the agent double.
+    pub backing: Backing,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
 
 /// What an app runs on and what outlives it: the data directory, the agent double, and (when
-/// `TEST_SESSIONS=redis`) a redis-server of its own.
+/// `TEST_BACKENDS=aws`) a redis-server and a DynamoDB table of its own.
 #[derive(Debug, Clone)]
 pub struct Backing {
     pub data_dir: Arc<TempDir>,
     pub agent: AgentDouble,
     pub redis: Option<Arc<RedisServer>>,
+    /// DynamoDB Local's endpoint and the table, under `TEST_BACKENDS=aws`.
+    pub dynamodb: Option<(String, String)>,
 }
 
 impl Backing {
-    /// Fresh backing: the suite runs on embedded sessions, or with `TEST_SESSIONS=redis` (as
-    /// `make test` runs it a second time) on a redis-server started for this app.
+    /// Fresh backing: the suite runs on the embedded store, or with `TEST_BACKENDS=aws` (as
+    /// `make test` runs it a second time) as on AWS — users and dialogues in DynamoDB Local, a
+    /// table per app, and sessions in a redis-server per app.
     pub async fn fresh() -> Self {
-        let redis = match std::env::var("TEST_SESSIONS").as_deref() {
-            Ok("redis") => Some(Arc::new(RedisServer::start())),
-            Ok("embedded") | Err(_) => None,
-            Ok(other) => panic!("TEST_SESSIONS={other}: expected embedded or redis"),
+        let aws = match std::env::var("TEST_BACKENDS").as_deref() {
+            Ok("aws") => true,
+            Ok("embedded") | Err(_) => false,
+            Ok(other) => panic!("TEST_BACKENDS={other}: expected embedded or aws"),
         };
-        Self { data_dir: Arc::new(tempfile::tempdir().unwrap()), agent: AgentDouble::start().await, redis }
+        Self {
+            data_dir: Arc::new(tempfile::tempdir().unwrap()),
+            agent: AgentDouble::start().await,
+            redis: aws.then(|| Arc::new(RedisServer::start())),
+            dynamodb: aws.then(|| (DynamoDbLocal::shared().endpoint(), unique_table())),
+        }
     }
 }
 
@@ -152,6 +158,7 @@ pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
 pub async fn spawn_app_in(backing: Backing, flags: &[&str]) -> TestApp {
     let timeout = AGENT_TIMEOUT_SECONDS.to_string();
     let redis_url = backing.redis.as_ref().map(|redis| redis.url());
+    let dynamodb = backing.dynamodb.clone();
     let mut args = vec![
         "ifs-guide",
         "serve",
@@ -173,9 +180,14 @@ pub async fn spawn_app_in(backing: Backing, flags: &[&str]) -> TestApp {
     {
         args.extend(["--sessions", "redis", "--redis-url", url]);
     }
+    if let Some((endpoint, table)) = &dynamodb
+        && !flags.contains(&"--store")
+    {
+        args.extend(["--store", "dynamodb", "--dynamodb-endpoint", endpoint, "--table-name", table]);
+    }
     args.extend_from_slice(flags);
-    let Cli { command: Command::Serve(args) } = Cli::parse_from(args);
-    let app = ifs_guide::build(&args).expect("app builds");
+    let Command::Serve(args) = Cli::parse_from(args).command else { unreachable!("serve was asked for") };
+    let app = ifs_guide::build(&args).await.expect("app builds");
     start(app, backing).await
 }
 
@@ -186,7 +198,7 @@ pub async fn spawn_app_with_model(prompts: Arc<Mutex<Vec<String>>>) -> TestApp {
     let model =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(model.is_file(), "no model at {}: run `make model`", model.display());
-    let Cli { command: Command::Serve(args) } = Cli::parse_from([
+    let Command::Serve(args) = Cli::parse_from([
         "ifs-guide",
         "serve",
         "--data-dir",
@@ -197,13 +209,17 @@ pub async fn spawn_app_with_model(prompts: Arc<Mutex<Vec<String>>>) -> TestApp {
         "You are a kind guide.",
         "--agent-max-tokens",
         "24",
-    ]);
+    ])
+    .command
+    else {
+        unreachable!("serve was asked for")
+    };
     assert!(args.dialogue.agent_url.is_none(), "AGENT_URL must be unset for this test");
     let observer = Arc::new(move |prompt: &str| prompts.lock().unwrap().push(prompt.to_owned()));
-    let app = ifs_guide::build_observed(&args, Some(observer)).expect("app builds");
+    let app = ifs_guide::build_observed(&args, Some(observer)).await.expect("app builds");
     // No agent double: an address that refuses connections, should anything try it.
     let agent = AgentDouble { url: "http://127.0.0.1:9/".into(), requests: Arc::default() };
-    start(app, Backing { data_dir, agent, redis: None }).await
+    start(app, Backing { data_dir, agent, redis: None, dynamodb: None }).await
 }
 
 async fn start(app: ifs_guide::App, backing: Backing) -> TestApp {
@@ -218,8 +234,7 @@ async fn start(app: ifs_guide::App, backing: Backing) -> TestApp {
         .unwrap();
     });
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
-    let Backing { data_dir, agent, redis } = backing;
-    TestApp { address, client, agent, data_dir, redis, shutdown: Some(tx), server: Some(server) }
+    TestApp { address, client, backing, shutdown: Some(tx), server: Some(server) }
 }
 
 impl TestApp {
@@ -231,7 +246,7 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             tokio::time::timeout(Duration::from_secs(10), server).await.expect("server stops").unwrap();
         }
-        Backing { data_dir: self.data_dir.clone(), agent: self.agent.clone(), redis: self.redis.clone() }
+        self.backing.clone()
     }
 
     pub fn url(&self, path: &str) -> String {

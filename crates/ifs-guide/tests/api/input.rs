@@ -29,7 +29,7 @@ async fn invisible_messages_are_refused_and_titles_lose_their_hidden_characters(
     let token = app.user("ada@example.com").await;
     let (status, body) = app.say(&token, "\u{200b}\u{200c}\u{2060}\u{feff}", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(app.agent.requests.lock().unwrap().is_empty(), "nothing invisible reaches the agent");
+    assert!(app.backing.agent.requests.lock().unwrap().is_empty(), "nothing invisible reaches the agent");
 
     let (status, _) = app.say(&token, "my notes\u{202e}txt.exe", None).await;
     assert_eq!(status, StatusCode::CREATED);

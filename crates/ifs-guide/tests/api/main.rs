@@ -12,5 +12,5 @@ mod errors;
 mod helpers;
 mod input;
 mod model;
+mod outages;
 mod persistence;
-mod sessions_redis;

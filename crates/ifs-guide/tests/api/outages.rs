@@ -1,5 +1,5 @@
-//! Sessions on a real redis-server, and what the API does while Redis is away. (The whole suite
-//! also runs on Redis: `TEST_SESSIONS=redis`, as `make test` does.)
+//! What the API does while a backend is away: Redis (sessions), DynamoDB Local (dialogues). The
+//! whole suite also runs on both: `TEST_BACKENDS=aws`, as `make test` does.
 
 use std::time::{Duration, Instant};
 
@@ -51,4 +51,37 @@ async fn while_redis_is_down_the_api_answers_503_and_recovers_when_it_is_back() 
     }
     let token = token.expect("logging in works again once Redis is back");
     assert_eq!(app.get("/api/v1/me", Some(&token)).await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_dynamodb_is_down_dialogues_answer_503_and_recover_when_it_is_back() {
+    use ifs_store::local_servers::{DynamoDbLocal, unique_table};
+    let mut dynamodb = DynamoDbLocal::start();
+    let (endpoint, table) = (dynamodb.endpoint(), unique_table());
+    let app =
+        spawn_app_with(&["--store", "dynamodb", "--dynamodb-endpoint", &endpoint, "--table-name", &table])
+            .await;
+    let token = app.user("ada@example.com").await;
+    assert_eq!(app.say(&token, "before", None).await.0, StatusCode::CREATED);
+
+    dynamodb.stop();
+    for (status, body) in
+        [app.say(&token, "while down", None).await, app.get("/api/v1/dialogues", Some(&token)).await]
+    {
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
+            "{body}"
+        );
+    }
+
+    // This DynamoDB Local kept nothing in memory: the table comes back empty, and the service
+    // with it, without a restart.
+    dynamodb.restart();
+    let config = ifs_api::config::DynamoConfig {
+        table_name: table,
+        dynamodb_endpoint: Some(endpoint.parse().unwrap()),
+    };
+    ifs_guide::create_table(&config).await.unwrap();
+    assert_eq!(app.say(&token, "after", None).await.0, StatusCode::CREATED);
 }
