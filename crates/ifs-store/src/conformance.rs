@@ -87,7 +87,8 @@ fn user(name: &str) -> UserRecord {
     }
 }
 
-fn said(role: Role, text: &str, when: Timestamp) -> NewMessage {
+/// A new message by `role`, written at `when`.
+pub fn said(role: Role, text: &str, when: Timestamp) -> NewMessage {
     NewMessage {
         id: MessageId::generate(),
         role,

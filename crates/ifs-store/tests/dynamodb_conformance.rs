@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ifs_domain::{Limit, MessageId, MessageText, NewMessage, Role, UserId};
+use ifs_domain::{Limit, NewMessage, Role, UserId};
 use ifs_store::conformance::Stores;
 use ifs_store::local_servers::{DynamoDbLocal, RedisServer, unique_table};
 use ifs_store::{DialogueStore as _, DynamoStore, RedisStore, StoreError};
@@ -36,13 +36,7 @@ async fn aws_like() -> Stores {
 ifs_store::conformance_suite!(aws_like);
 
 fn said(text: &str) -> NewMessage {
-    NewMessage {
-        id: MessageId::generate(),
-        role: Role::User,
-        content: MessageText::parse(text.into()).unwrap(),
-        created_at: chrono::Utc::now(),
-        meta: None,
-    }
+    ifs_store::conformance::said(Role::User, text, chrono::Utc::now())
 }
 
 /// Calls made by each operation the API uses, for a dialogue of `length` messages.
