@@ -88,6 +88,10 @@ impl JwtKeys {
                 format!("{} is not a usable key; delete it to get a new one", private_path.display())
             });
         }
+        // DATA_DIR may not exist yet: with every backend remote, nothing else creates it.
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // DATA_DIR may not exist yet: with every backend remote, nothing else creates it.
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let signing = SigningKey::from_bytes(&seed);
@@ -130,6 +134,14 @@ mod tests {
             let mode = std::fs::metadata(dir.path().join(PRIVATE_FILE)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn keys_are_kept_in_a_directory_that_did_not_exist_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("data").join("keys");
+        let first = JwtKeys::load_or_create_in(&nested).unwrap();
+        assert_eq!(JwtKeys::load_or_create_in(&nested).unwrap().public_pem(), first.public_pem());
     }
 
     #[test]
