@@ -88,6 +88,14 @@ pub struct Window {
     pub resets_at: Timestamp,
 }
 
+impl Window {
+    /// Whole seconds from `now` until the window closes, rounded up: what `Retry-After` says.
+    #[must_use]
+    pub fn seconds_left(&self, now: Timestamp) -> u64 {
+        u64::try_from((self.resets_at - now).num_milliseconds().saturating_add(999) / 1000).unwrap_or(1)
+    }
+}
+
 /// What one sweep of expired records removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {

@@ -190,13 +190,12 @@ async fn dialogue(
     let now = state.clock.now();
     let turns = state.counters.hit(Counter::DialogueTurns(owner), now, RATE_WINDOW).await?;
     if turns.hits > state.settings.turns_per_minute {
-        let wait = (turns.resets_at - now).num_milliseconds().saturating_add(999) / 1000;
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_requests",
             format!("at most {} messages a minute; try again shortly", state.settings.turns_per_minute),
         )
-        .retry_after(u64::try_from(wait).unwrap_or(1)));
+        .retry_after(turns.seconds_left(now)));
     }
     let new = NewMessage {
         id: MessageId::generate(),

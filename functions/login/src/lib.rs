@@ -12,7 +12,7 @@ use axum::routing::post;
 use axum::{Form, Router};
 use ifs_api::{ApiError, Json};
 use ifs_auth::{PasswordHasher, TokenIssuer};
-use ifs_domain::{Clock, Email, Password, SessionId, Timestamp};
+use ifs_domain::{Clock, Email, Password, SessionId};
 use ifs_store::{Counter, Counters, Session, SessionStore, UserStore};
 use serde::{Deserialize, Serialize};
 
@@ -96,10 +96,6 @@ fn invalid_credentials() -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "the email or password is wrong")
 }
 
-fn seconds_until(then: Timestamp, now: Timestamp) -> u64 {
-    u64::try_from((then - now).num_milliseconds().saturating_add(999) / 1000).unwrap_or(1)
-}
-
 async fn login(
     State(state): State<LoginState>,
     credentials: Credentials,
@@ -117,7 +113,7 @@ async fn login(
             "too_many_requests",
             "too many failed logins for this email; try again later",
         )
-        .retry_after(seconds_until(attempts.resets_at, now)));
+        .retry_after(attempts.seconds_left(now)));
     }
 
     // Unknown users are verified against a dummy hash: the same work, the same answer.
