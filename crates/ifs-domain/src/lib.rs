@@ -1,6 +1,7 @@
 //! Pure domain of ifs-guide: identifiers, credentials, message text and the rules of the
 //! doubly linked list that a dialogue is. Nothing here does I/O; adapters and handlers build on it.
 
+pub mod audit;
 pub mod clock;
 pub mod credentials;
 pub mod dialogue;
@@ -8,6 +9,7 @@ pub mod id;
 pub mod page;
 pub mod text;
 
+pub use audit::{AuditReport, Finding, StoredDialogue, StoredLink, audit};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use credentials::{Email, EmailError, Password, PasswordError};
 pub use dialogue::{

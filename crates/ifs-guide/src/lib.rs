@@ -13,11 +13,12 @@ use ifs_agent::service::PromptObserver;
 use ifs_agent::{AgentConfig, LocalAgent};
 use ifs_api::agent::{Agent, HttpAgent};
 use ifs_api::backends::{Backends, TableCheck};
-use ifs_api::config::{DialogueConfig, DynamoConfig, StoreConfig, TokenConfig};
+use ifs_api::config::{DialogueConfig, DynamoConfig, StoreBackend, StoreConfig, TokenConfig};
 use ifs_api::server::ServerConfig;
 use ifs_auth::{Authenticator, PasswordHasher, TokenIssuer, TokenVerifier};
+use ifs_domain::AuditReport;
 use ifs_domain::{Clock, SystemClock};
-use ifs_store::{Sweep, Swept};
+use ifs_store::{Audit, Sweep, Swept};
 use tokio::net::TcpListener;
 
 /// `ifs-guide`: run ifs-guide locally.
@@ -35,6 +36,22 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Create the DynamoDB table and its index (TABLE_NAME, DYNAMODB_ENDPOINT) if missing.
     CreateTable(DynamoConfig),
+    /// Walk every dialogue in the store and report each broken link, gap, fork, orphan or
+    /// summary that disagrees with its list; exit 1 if there is one, 2 if the store cannot be read.
+    Check(CheckArgs),
+}
+
+/// Which store `check` reads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    /// The store of users and dialogues: `embedded` (in DATA_DIR) or `dynamodb` (TABLE_NAME).
+    #[arg(long, env = "STORE", value_enum, default_value = "embedded")]
+    pub store: StoreBackend,
+    /// Directory of the embedded store.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: std::path::PathBuf,
+    #[command(flatten)]
+    pub dynamodb: DynamoConfig,
 }
 
 /// Everything `serve` reads; each flag can also be set through the environment variable named.
@@ -173,6 +190,33 @@ pub async fn create_table(config: &DynamoConfig) -> anyhow::Result<String> {
     } else {
         format!("table {} at {place} exists already", store.table())
     })
+}
+
+/// Audits every dialogue of the store `args` names; answers what it read and the report. The
+/// store must exist: `check` never creates one.
+pub async fn check(args: &CheckArgs) -> anyhow::Result<(String, AuditReport)> {
+    let (store, described): (Arc<dyn Audit>, String) = match args.store {
+        StoreBackend::Embedded => {
+            let path = args.data_dir.join(ifs_api::backends::EMBEDDED_FILE);
+            anyhow::ensure!(path.is_file(), "no embedded store at {} (DATA_DIR)", path.display());
+            let store = ifs_store::EmbeddedStore::open(&path).with_context(|| {
+                "redb lets one process open a store: stop `ifs-guide serve` on it first".to_owned()
+            })?;
+            (Arc::new(store), format!("embedded store {}", path.display()))
+        }
+        StoreBackend::Dynamodb => {
+            let store = ifs_api::backends::open_dynamo(&args.dynamodb, TableCheck::Trust).await?;
+            anyhow::ensure!(
+                store.table_exists().await?,
+                "the DynamoDB table {} (TABLE_NAME) does not exist",
+                store.table()
+            );
+            let place = args.dynamodb.endpoint().unwrap_or_else(|| "AWS".to_owned());
+            let described = format!("dynamodb table {} at {place}", store.table());
+            (Arc::new(store), described)
+        }
+    };
+    Ok((described, store.audit().await?))
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish

@@ -1,5 +1,5 @@
 //! `ifs-guide serve`: the whole service on a laptop, in one process; `ifs-guide create-table`:
-//! the DynamoDB table it needs with `STORE=dynamodb`.
+//! the DynamoDB table it needs with `STORE=dynamodb`; `ifs-guide check`: every dialogue audited.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -33,6 +33,7 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             },
+            Command::Check(args) => check(&args).await,
         }
     });
     // Dropping a runtime waits for every blocking task; a generation in progress could hold the
@@ -69,4 +70,36 @@ async fn serve(args: ifs_guide::ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints each finding, one line per finding, then a summary line. Exit 0: every dialogue is a
+/// valid list; 1: findings; 2: the store could not be read.
+async fn check(args: &ifs_guide::CheckArgs) -> ExitCode {
+    let (store, report) = match ifs_guide::check(args).await {
+        Ok(checked) => checked,
+        Err(error) => {
+            eprintln!("ifs-guide: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    for (dialogue, findings) in &report.findings {
+        for finding in findings {
+            println!("dialogue {dialogue}: {finding}");
+        }
+    }
+    let (dialogues, messages) = (report.dialogues, report.messages);
+    let checked =
+        format!("checked {}, {} in {store}", count(dialogues, "dialogue"), count(messages, "message"));
+    if report.findings.is_empty() {
+        println!("{checked}: no findings");
+        ExitCode::SUCCESS
+    } else {
+        let findings = count(report.finding_count() as u64, "finding");
+        println!("{checked}: {findings} in {}", count(report.findings.len() as u64, "dialogue"));
+        ExitCode::FAILURE
+    }
+}
+
+fn count(n: u64, thing: &str) -> String {
+    if n == 1 { format!("1 {thing}") } else { format!("{n} {thing}s") }
 }

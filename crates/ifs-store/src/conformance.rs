@@ -17,7 +17,7 @@ use ifs_domain::{
 };
 
 use crate::{
-    Counter, Counters, DialogueStore, Session, SessionStore, StoreError, UserRecord, UserStore, Window,
+    Audit, Counter, Counters, DialogueStore, Session, SessionStore, StoreError, UserRecord, UserStore, Window,
 };
 
 /// Fresh, empty stores for one case. `guard` keeps whatever backs them (a temporary directory, a
@@ -27,6 +27,8 @@ pub struct Stores {
     pub dialogues: Arc<dyn DialogueStore>,
     pub sessions: Arc<dyn SessionStore>,
     pub counters: Arc<dyn Counters>,
+    /// Audits the store that holds `dialogues`.
+    pub audit: Arc<dyn Audit>,
     pub guard: Box<dyn Any + Send + Sync>,
 }
 
@@ -112,6 +114,14 @@ async fn dialogue_of(stores: &Stores, owner: UserId, n: u64, start: i64) -> Dial
             .unwrap();
     }
     head.dialogue_id
+}
+
+/// Audits the whole store, expecting it to hold exactly `dialogues` dialogues of `messages`
+/// messages in all, every one a valid list with a true summary.
+async fn assert_audit_clean(stores: &Stores, dialogues: u64, messages: u64) {
+    let report = stores.audit.audit().await.unwrap();
+    assert_eq!(report.findings, Default::default(), "the audit found problems");
+    assert_eq!((report.dialogues, report.messages), (dialogues, messages));
 }
 
 async fn whole(stores: &Stores, owner: UserId, dialogue: DialogueId) -> Vec<Message> {
@@ -272,6 +282,7 @@ pub async fn appends_keep_the_list_valid_and_the_summary_current(stores: Stores)
     assert_eq!((summary.message_count, summary.tail_id), (6, messages[5].id));
     assert_eq!((summary.created_at, summary.updated_at), (at(0), at(6)));
     assert_eq!(summary.title, "message 1");
+    assert_audit_clean(&stores, 1, 6).await;
 }
 
 pub async fn concurrent_appends_all_land_in_one_list(stores: Stores) {
@@ -296,6 +307,7 @@ pub async fn concurrent_appends_all_land_in_one_list(stores: Stores) {
     assert_eq!(check_chain(&messages), Ok(()));
     let landed: HashSet<_> = messages[1..].iter().map(|m| m.id).collect();
     assert_eq!(landed, expected);
+    assert_audit_clean(&stores, 1, 31).await;
 }
 
 pub async fn someone_elses_or_an_unknown_dialogue_is_not_found(stores: Stores) {
@@ -379,6 +391,8 @@ pub async fn dialogues_are_listed_newest_activity_first_in_pages(stores: Stores)
     assert_eq!(ids, [second]);
     assert_eq!(two.next, None);
     assert_eq!(one.items[0].message_count, 2);
+    // The moved dialogue is listed once, under its new activity.
+    assert_audit_clean(&stores, 3, 4).await;
 }
 
 pub async fn dialogues_are_private_to_their_owner(stores: Stores) {

@@ -4,7 +4,7 @@
 //! whatever a dialogue's length (`docs/data-model.md` has the layout and the counts). Key
 //! layouts are private to this module.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,11 +21,11 @@ use aws_sdk_dynamodb::types::{
     Projection, ProjectionType, Put, ScalarAttributeType, TransactWriteItem, Update,
 };
 use ifs_domain::{
-    DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor, MessageId, NewMessage,
-    Page, ReplyMeta, Role, Timestamp, UserId,
+    AuditReport, DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor,
+    MessageId, NewMessage, Page, ReplyMeta, Role, StoredDialogue, StoredLink, Timestamp, UserId,
 };
 
-use crate::{DialogueStore, StoreError, StoreResult, UserRecord, UserStore};
+use crate::{Audit, DialogueStore, StoreError, StoreResult, UserRecord, UserStore};
 
 /// The index of heads by owner and last activity, newest first.
 const BY_ACTIVITY: &str = "by_owner_activity";
@@ -176,13 +176,9 @@ fn message_from(item: &Item) -> anyhow::Result<Message> {
         .transpose()
         .context("decoding reply metadata")?;
     let message_id = id(item, "id", MessageId::parse)?;
-    let dialogue_id = text(item, "pk")?
-        .strip_prefix("DLG#")
-        .and_then(|raw| DialogueId::parse(raw).ok())
-        .context("a message's partition key")?;
     Ok(Message {
         id: message_id,
-        dialogue_id,
+        dialogue_id: dialogue_of(item)?,
         seq: number(item, "seq")?,
         role,
         content: text(item, "content")?.to_owned(),
@@ -193,13 +189,20 @@ fn message_from(item: &Item) -> anyhow::Result<Message> {
     })
 }
 
+/// The dialogue a message item is filed under.
+fn dialogue_of(item: &Item) -> anyhow::Result<DialogueId> {
+    text(item, "pk")?
+        .strip_prefix("DLG#")
+        .and_then(|raw| DialogueId::parse(raw).ok())
+        .context("a message's partition key")
+}
+
 fn summary_from(item: &Item) -> anyhow::Result<DialogueSummary> {
-    let head = message_from(item)?;
     Ok(DialogueSummary {
-        id: head.dialogue_id,
+        id: dialogue_of(item)?,
         owner: id(item, "owner", UserId::parse)?,
         title: text(item, "title")?.to_owned(),
-        created_at: head.created_at,
+        created_at: instant(item, "created_at")?,
         updated_at: instant(item, "updated_at")?,
         message_count: number(item, "message_count")?,
         tail_id: id(item, "tail_id", MessageId::parse)?,
@@ -304,6 +307,12 @@ impl DynamoStore {
     #[must_use]
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// The SDK client underneath, for tools and tests that need calls the ports do not make.
+    #[must_use]
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// How many DynamoDB calls this store (and its clones) has made.
@@ -694,5 +703,184 @@ impl DialogueStore for DynamoStore {
         let items = items.iter().take(limit.get()).map(summary_from).collect::<anyhow::Result<Vec<_>>>()?;
         let next = more.then(|| items.last().map(|d| DialogueCursor::after(d.updated_at, d.id))).flatten();
         Ok(Page { items, next })
+    }
+}
+
+/// What the audit reads of an item: the links and the summary, never the content.
+const AUDITED: &str = "#pk, #sk, #id, #seq, #prev, #next, #created, #owner, #title, #updated, #count, #tail, \
+                       #gpk, #gsk";
+
+fn audited_names() -> HashMap<String, String> {
+    [
+        ("#pk", "pk"),
+        ("#sk", "sk"),
+        ("#id", "id"),
+        ("#seq", "seq"),
+        ("#prev", "prev_id"),
+        ("#next", "next_id"),
+        ("#created", "created_at"),
+        ("#owner", "owner"),
+        ("#title", "title"),
+        ("#updated", "updated_at"),
+        ("#count", "message_count"),
+        ("#tail", "tail_id"),
+        ("#gpk", "gsi1pk"),
+        ("#gsk", "gsi1sk"),
+    ]
+    .into_iter()
+    .map(|(alias, name)| (alias.to_owned(), name.to_owned()))
+    .collect()
+}
+
+/// The position a message item is filed under, from its sort key.
+fn position_of(item: &Item) -> Option<u64> {
+    text(item, "sk").ok()?.strip_prefix("MSG#")?.parse().ok()
+}
+
+/// Adds one item to the dialogue being read; what cannot be read becomes a finding.
+fn gather(stored: &mut StoredDialogue, item: &Item) {
+    let position = position_of(item).unwrap_or(0);
+    let link = || -> anyhow::Result<StoredLink> {
+        let message_id = |name: &str| -> anyhow::Result<Option<MessageId>> {
+            optional_text(item, name)?
+                .map(|raw| {
+                    MessageId::parse(raw).map_err(|_| anyhow::anyhow!("attribute {name} is not an id"))
+                })
+                .transpose()
+        };
+        anyhow::ensure!(position > 0, "the sort key is not a message's");
+        Ok(StoredLink {
+            position,
+            seq: number(item, "seq")?,
+            id: id(item, "id", MessageId::parse)?,
+            dialogue_id: dialogue_of(item)?,
+            prev_id: message_id("prev_id")?,
+            next_id: message_id("next_id")?,
+            created_at: instant(item, "created_at")?,
+            owner: optional_text(item, "owner")?.map(UserId::parse).transpose().ok().flatten(),
+        })
+    };
+    match link() {
+        Ok(link) => stored.messages.push(link),
+        Err(error) => stored.unreadable.push((position, format!("{error:#}"))),
+    }
+    if position == 1 && item.contains_key("title") {
+        match summary_from(item).and_then(|summary| Ok((summary, listing_of(item, stored.id)?))) {
+            Ok((summary, listed)) => {
+                stored.summary = Some(summary);
+                stored.listed = listed;
+            }
+            Err(error) => stored.unreadable.push((1, format!("the summary: {error:#}"))),
+        }
+    }
+}
+
+/// The sparse index entry a head carries: (owner, activity ms), if it has one.
+fn listing_of(item: &Item, dialogue: DialogueId) -> anyhow::Result<Vec<(UserId, i64)>> {
+    let (Some(owner), Some(activity)) = (optional_text(item, "gsi1pk")?, optional_text(item, "gsi1sk")?)
+    else {
+        return Ok(Vec::new());
+    };
+    let owner = owner.strip_prefix("OWNER#").and_then(|raw| UserId::parse(raw).ok()).context("gsi1pk")?;
+    let (ms, listed) = activity.split_once('#').context("gsi1sk")?;
+    anyhow::ensure!(listed == dialogue.to_string(), "gsi1sk names dialogue {listed}");
+    Ok(vec![(owner, ms.parse().context("gsi1sk")?)])
+}
+
+impl DynamoStore {
+    /// Every item of one dialogue, read again by a consistent query.
+    async fn reread(&self, dialogue: DialogueId) -> StoreResult<StoredDialogue> {
+        let mut stored = StoredDialogue::new(dialogue);
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_values(":pk", s(dialogue_pk(dialogue)))
+                .projection_expression(AUDITED)
+                .set_expression_attribute_names(Some(audited_names()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| failure("reading a dialogue to check", &e))?;
+            for item in page.items() {
+                gather(&mut stored, item);
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                return Ok(stored);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Audit for DynamoStore {
+    /// One scan of the message items, grouped by dialogue as they come (DynamoDB returns an
+    /// item collection in one run). A scan is not a snapshot: a dialogue caught mid-append looks
+    /// broken, so every dialogue with a finding, and any that did not come in one run, is read
+    /// again by a consistent query after the scan and judged on that.
+    async fn audit(&self) -> StoreResult<AuditReport> {
+        let mut report = AuditReport::default();
+        let mut seen: HashMap<DialogueId, u64> = HashMap::new();
+        let mut again: BTreeSet<DialogueId> = BTreeSet::new();
+        let mut current: Option<StoredDialogue> = None;
+        // A dialogue is judged at most once from the scan; one that needs a second look is
+        // taken out of the report and judged on its re-read alone.
+        let mut close = |done: StoredDialogue, report: &mut AuditReport| {
+            if again.contains(&done.id) {
+                return;
+            }
+            if let Some(messages) = seen.get(&done.id) {
+                report.forget(done.id, *messages);
+                again.insert(done.id);
+                return;
+            }
+            let messages = done.messages.len() as u64;
+            seen.insert(done.id, messages);
+            if report.record(&done) {
+                report.forget(done.id, messages);
+                again.insert(done.id);
+            }
+        };
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(#pk, :dialogues)")
+                .expression_attribute_values(":dialogues", s("DLG#"))
+                .projection_expression(AUDITED)
+                .set_expression_attribute_names(Some(audited_names()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| failure("scanning dialogues to check", &e))?;
+            for item in page.items() {
+                let dialogue = dialogue_of(item)?;
+                if current.as_ref().is_none_or(|c| c.id != dialogue)
+                    && let Some(done) = current.replace(StoredDialogue::new(dialogue))
+                {
+                    close(done, &mut report);
+                }
+                gather(current.as_mut().context("a dialogue being read")?, item);
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        if let Some(done) = current {
+            close(done, &mut report);
+        }
+        for dialogue in again {
+            report.record(&self.reread(dialogue).await?);
+        }
+        Ok(report)
     }
 }

@@ -2,6 +2,7 @@
 //! installed. Transactions are ACID and serialised for writers, which makes appends race-free.
 //! Key layouts are private to this module.
 
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,14 +11,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use ifs_domain::{
-    DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor, NewMessage, Page,
-    SessionId, Timestamp, UserId,
+    AuditReport, DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor,
+    NewMessage, Page, SessionId, StoredDialogue, StoredLink, Timestamp, UserId,
 };
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
-    Counter, Counters, DialogueStore, Session, SessionStore, StoreError, StoreResult, Sweep, Swept,
+    Audit, Counter, Counters, DialogueStore, Session, SessionStore, StoreError, StoreResult, Sweep, Swept,
     UserRecord, UserStore, Window,
 };
 
@@ -529,4 +530,80 @@ impl Sweep for EmbeddedStore {
         })
         .await
     }
+}
+
+#[async_trait]
+impl Audit for EmbeddedStore {
+    /// One read transaction: a consistent snapshot even while the server writes.
+    async fn audit(&self) -> StoreResult<AuditReport> {
+        self.read(|txn| {
+            let mut listed = listing_entries(txn)?;
+            let messages = txn.open_table(MESSAGES).context("opening messages")?;
+            let mut report = AuditReport::default();
+            let mut current: Option<StoredDialogue> = None;
+            for entry in messages.iter().context("scanning messages")? {
+                let (key, value) = entry.context("scanning messages")?;
+                let key = key.value();
+                let (Some(dialogue), Some(position)) = (
+                    key.get(..16).and_then(|b| b.try_into().ok()).map(DialogueId::from_bytes),
+                    key.get(16..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes),
+                ) else {
+                    return Err(anyhow::anyhow!("a message key of {} bytes", key.len()).into());
+                };
+                // Keys order a dialogue's messages together, so a new id closes the previous one.
+                if current.as_ref().is_none_or(|c| c.id != dialogue) {
+                    if let Some(done) = current.take() {
+                        report.record(&done);
+                    }
+                    let mut fresh = StoredDialogue::new(dialogue);
+                    fresh.listed = listed.remove(&dialogue).unwrap_or_default();
+                    current = Some(fresh);
+                }
+                let stored = current.as_mut().context("a dialogue being read")?;
+                match decode::<StoredMessage>(value.value()) {
+                    Ok(StoredMessage { message, summary }) => {
+                        if position == 1 {
+                            stored.summary = summary;
+                        }
+                        stored.messages.push(StoredLink {
+                            position,
+                            seq: message.seq,
+                            id: message.id,
+                            dialogue_id: message.dialogue_id,
+                            prev_id: message.prev_id,
+                            next_id: message.next_id,
+                            created_at: message.created_at,
+                            owner: None,
+                        });
+                    }
+                    Err(error) => stored.unreadable.push((position, format!("{error:#}"))),
+                }
+            }
+            if let Some(done) = current {
+                report.record(&done);
+            }
+            // Listing entries whose dialogue has no messages at all.
+            for (dialogue, entries) in listed {
+                report.record(&StoredDialogue { listed: entries, ..StoredDialogue::new(dialogue) });
+            }
+            Ok(report)
+        })
+        .await
+    }
+}
+
+/// Every entry of the owners' listing index, by the dialogue it lists: (owner, activity ms).
+fn listing_entries(txn: &ReadTransaction) -> StoreResult<HashMap<DialogueId, Vec<(UserId, i64)>>> {
+    let index = txn.open_table(DIALOGUES_BY_OWNER).context("opening dialogues_by_owner")?;
+    let mut entries: HashMap<DialogueId, Vec<(UserId, i64)>> = HashMap::new();
+    for entry in index.iter().context("scanning dialogues_by_owner")? {
+        let (key, _) = entry.context("scanning dialogues_by_owner")?;
+        let key: [u8; 40] = key.value().try_into().context("a dialogues_by_owner key")?;
+        let owner = UserId::from_bytes(key[..16].try_into().context("owner bytes")?);
+        let newest_first = u64::from_be_bytes(key[16..24].try_into().context("activity bytes")?);
+        let dialogue = DialogueId::from_bytes(key[24..].try_into().context("dialogue bytes")?);
+        let activity = i64::try_from(u64::MAX - newest_first).unwrap_or(i64::MAX);
+        entries.entry(dialogue).or_default().push((owner, activity));
+    }
+    Ok(entries)
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ifs_domain::{
-    DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor, NewMessage, Page,
-    SessionId, Timestamp, UserId,
+    AuditReport, DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor,
+    NewMessage, Page, SessionId, Timestamp, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -184,4 +184,12 @@ pub trait Counters: Send + Sync + std::fmt::Debug + 'static {
 pub trait Sweep: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes up to `batch` expired sessions and `batch` expired windows as of `now`.
     async fn sweep_expired(&self, now: Timestamp, batch: usize) -> StoreResult<Swept>;
+}
+
+/// Stores that can read back every dialogue as stored, for `ifs-guide check`.
+#[async_trait]
+pub trait Audit: Send + Sync + std::fmt::Debug + 'static {
+    /// Reads every dialogue and judges it by [`ifs_domain::audit`]. Records that cannot be read
+    /// are findings, not errors; an error means the store itself could not be read.
+    async fn audit(&self) -> StoreResult<AuditReport>;
 }

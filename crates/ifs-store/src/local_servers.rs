@@ -144,24 +144,40 @@ fn dynamodb_local_dir() -> PathBuf {
     dir
 }
 
-fn start_dynamodb_local(port: u16) -> Watched {
+/// DynamoDB Local on `port`, in memory or keeping its tables in `disk`.
+fn start_dynamodb_local(port: u16, disk: Option<&Path>) -> Watched {
+    let storage = match disk {
+        // One database file whatever the credentials and region, so a restart finds it.
+        Some(dir) => format!("-sharedDb -dbPath '{}'", dir.display()),
+        None => "-inMemory".to_owned(),
+    };
     let command =
-        format!("java -Djava.library.path=DynamoDBLocal_lib -jar DynamoDBLocal.jar -inMemory -port {port}");
+        format!("java -Djava.library.path=DynamoDBLocal_lib -jar DynamoDBLocal.jar {storage} -port {port}");
     Watched::spawn(&command, &dynamodb_local_dir(), port, "DynamoDB Local needs java 17 or newer")
 }
 
-/// DynamoDB Local, in memory, on a port of its own, stopped when dropped.
+/// DynamoDB Local on a port of its own, stopped when dropped.
 #[derive(Debug)]
 pub struct DynamoDbLocal {
     process: Option<Watched>,
     port: u16,
+    disk: Option<PathBuf>,
 }
 
 impl DynamoDbLocal {
-    /// Starts one and waits until it accepts connections.
+    /// Starts one in memory and waits until it accepts connections.
     #[must_use]
     pub fn start() -> Self {
-        let mut server = Self { process: None, port: free_port() };
+        let mut server = Self { process: None, port: free_port(), disk: None };
+        server.restart();
+        server
+    }
+
+    /// Starts one that keeps its tables in `dir`, so that they survive [`stop`](Self::stop)
+    /// and [`restart`](Self::restart) as they would survive an outage of the real service.
+    #[must_use]
+    pub fn start_on_disk(dir: &Path) -> Self {
+        let mut server = Self { process: None, port: free_port(), disk: Some(dir.to_owned()) };
         server.restart();
         server
     }
@@ -186,10 +202,11 @@ impl DynamoDbLocal {
         }
     }
 
-    /// Starts it again on the same port, empty, and waits until it accepts connections.
+    /// Starts it again on the same port — empty unless it keeps its tables on disk — and waits
+    /// until it accepts connections.
     pub fn restart(&mut self) {
         self.stop();
-        self.process = Some(start_dynamodb_local(self.port));
+        self.process = Some(start_dynamodb_local(self.port, self.disk.as_deref()));
     }
 }
 

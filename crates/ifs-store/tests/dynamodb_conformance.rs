@@ -26,7 +26,8 @@ async fn aws_like() -> Stores {
     let redis = Arc::new(RedisStore::new(&redis_server.url().into()).expect("redis store"));
     Stores {
         users: dynamo.clone(),
-        dialogues: dynamo,
+        dialogues: dynamo.clone(),
+        audit: dynamo,
         sessions: redis.clone(),
         counters: redis,
         guard: Box::new(redis_server),
@@ -90,22 +91,131 @@ async fn creating_the_table_again_is_harmless() {
     assert!(!missing.table_exists().await.unwrap());
 }
 
+/// DynamoDB going away in the middle of appends: each fails fast as unavailable or lands whole,
+/// and when it is back (with its data, as the real service keeps it) the table audits clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_dynamodb_is_down_operations_are_unavailable_within_seconds() {
-    let mut server = DynamoDbLocal::start();
+    use ifs_store::Audit as _;
+
+    let disk = tempfile::tempdir().unwrap();
+    let mut server = DynamoDbLocal::start_on_disk(disk.path());
     let store = DynamoStore::connect(&unique_table(), Some(&server.endpoint())).await;
     store.create_table().await.unwrap();
     let owner = UserId::generate();
-    store.start_dialogue(owner, said("before")).await.unwrap();
+    let dialogue = store.start_dialogue(owner, said("before")).await.unwrap().dialogue_id;
 
+    // Four writers append until DynamoDB is gone under them, so some appends are cut off.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut landed = 0_u64;
+                loop {
+                    let text = format!("writer {w}, turn {landed}");
+                    match store.append_message(owner, dialogue, said(&text)).await {
+                        Ok(_) => landed += 1,
+                        Err(StoreError::Unavailable(_)) => return landed,
+                        Err(other) => panic!("an append failed otherwise: {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     server.stop();
     let started = std::time::Instant::now();
     let down = store.start_dialogue(owner, said("while down")).await;
     assert!(matches!(down, Err(StoreError::Unavailable(_))), "{down:?}");
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    let mut landed = 0;
+    for writer in writers {
+        landed += writer.await.unwrap();
+    }
+    assert!(landed > 0, "the writers were cut off before they wrote anything");
 
-    // It comes back empty (in memory), and the same client works again.
+    // Back with its data; the same client works again, and nothing is half-written. An append
+    // whose answer was lost may have landed, so the list holds at least the ones that said so.
     server.restart();
-    assert!(store.create_table().await.unwrap());
-    store.start_dialogue(owner, said("after")).await.unwrap();
+    assert!(!store.create_table().await.unwrap(), "the table survived");
+    let report = store.audit().await.unwrap();
+    assert_eq!(report.findings, Default::default());
+    assert_eq!(report.dialogues, 1);
+    assert!(report.messages > landed, "{} messages, {landed} appends said they landed", report.messages);
+    store.append_message(owner, dialogue, said("after")).await.unwrap();
+    assert_eq!(store.audit().await.unwrap().findings, Default::default());
+}
+
+/// A table broken on purpose, behind the adapter's back: the audit names the broken dialogues,
+/// and only those, even after reading each of them again.
+#[tokio::test]
+async fn the_audit_reports_a_list_broken_behind_the_stores_back() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use ifs_domain::{DialogueId, Finding};
+    use ifs_store::Audit as _;
+
+    let store = table().await;
+    let owner = UserId::generate();
+    let dialogue = async |texts: &[&str]| {
+        let id = store.start_dialogue(owner, said(texts[0])).await.unwrap().dialogue_id;
+        for text in &texts[1..] {
+            store.append_message(owner, id, said(text)).await.unwrap();
+        }
+        id
+    };
+    let broken = dialogue(&["one", "two", "three", "four"]).await;
+    let stale = dialogue(&["listed", "wrongly"]).await;
+    let intact = dialogue(&["fine", "yes"]).await;
+    assert_eq!(store.audit().await.unwrap().findings, Default::default());
+
+    let s = |text: String| AttributeValue::S(text);
+    let key = |dialogue: DialogueId, seq: u64| {
+        std::collections::HashMap::from([
+            ("pk".to_owned(), s(format!("DLG#{dialogue}"))),
+            ("sk".to_owned(), s(format!("MSG#{seq:020}"))),
+        ])
+    };
+    let client = store.client();
+    // Lose the second message of one dialogue …
+    client.delete_item().table_name(store.table()).set_key(Some(key(broken, 2))).send().await.unwrap();
+    // … file a message under a dialogue that has no head …
+    let headless = DialogueId::generate();
+    let mut orphan = key(headless, 3);
+    orphan.extend([
+        ("id".to_owned(), s(ifs_domain::MessageId::generate().to_string())),
+        ("seq".to_owned(), AttributeValue::N("3".into())),
+        ("role".to_owned(), s("user".into())),
+        ("content".to_owned(), s("where is everyone?".into())),
+        ("created_at".to_owned(), AttributeValue::N("1750000000000".into())),
+        ("owner".to_owned(), s(owner.to_string())),
+    ]);
+    client.put_item().table_name(store.table()).set_item(Some(orphan)).send().await.unwrap();
+    // … and list another under an activity it never had.
+    client
+        .update_item()
+        .table_name(store.table())
+        .set_key(Some(key(stale, 1)))
+        .update_expression("SET gsi1sk = :sk")
+        .expression_attribute_values(":sk", s(format!("{:020}#{stale}", 5)))
+        .send()
+        .await
+        .unwrap();
+
+    let report = store.audit().await.unwrap();
+    assert_eq!((report.dialogues, report.messages), (4, 8));
+    let mut expected = vec![broken, stale, headless];
+    expected.sort_unstable();
+    assert_eq!(report.findings.keys().copied().collect::<Vec<_>>(), expected);
+    assert!(!report.findings.contains_key(&intact));
+    let found = &report.findings[&broken];
+    assert!(found.contains(&Finding::Gap { after: 1, next: 3 }), "{found:?}");
+    assert!(
+        found.iter().any(|f| matches!(f, Finding::SummaryMismatch { field: "message_count", .. })),
+        "{found:?}"
+    );
+    assert!(
+        matches!(&report.findings[&stale][..], [Finding::Listing { entries, .. }] if entries == &[(owner, 5)]),
+        "{:?}",
+        report.findings[&stale]
+    );
+    assert_eq!(report.findings[&headless], [Finding::NoHead { positions: vec![3] }]);
 }

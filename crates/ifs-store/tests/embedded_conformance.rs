@@ -12,7 +12,8 @@ async fn embedded() -> Stores {
         users: store.clone(),
         dialogues: store.clone(),
         sessions: store.clone(),
-        counters: store,
+        counters: store.clone(),
+        audit: store,
         guard: Box::new(dir),
     }
 }
@@ -84,4 +85,67 @@ async fn the_sweep_deletes_what_expired_and_nothing_else() {
     // Revoking keeps the index in step: nothing is left for a later sweep to find.
     store.revoke_session(live.id).await.unwrap();
     assert_eq!(store.sweep_expired(minutes(60), 100).await.unwrap(), Swept { sessions: 0, windows: 1 });
+}
+
+/// A store broken on purpose, behind the adapter's back: the audit names the broken dialogues,
+/// and only those.
+#[tokio::test]
+async fn the_audit_reports_a_list_broken_behind_the_stores_back() {
+    use ifs_domain::{DialogueId, Finding, Role, UserId};
+    use ifs_store::conformance::said;
+    use ifs_store::{Audit as _, DialogueStore as _};
+    use redb::{ReadableDatabase as _, ReadableTable as _};
+
+    const MESSAGES: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("messages");
+    let key = |dialogue: DialogueId, seq: u64| [dialogue.as_bytes().as_slice(), &seq.to_be_bytes()].concat();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let owner = UserId::generate();
+    let (broken, intact) = {
+        let store = EmbeddedStore::open(&path).unwrap();
+        let now = chrono::Utc::now();
+        let broken = store.start_dialogue(owner, said(Role::User, "one", now)).await.unwrap().dialogue_id;
+        for text in ["two", "three", "four"] {
+            store.append_message(owner, broken, said(Role::User, text, now)).await.unwrap();
+        }
+        let intact = store.start_dialogue(owner, said(Role::User, "fine", now)).await.unwrap().dialogue_id;
+        store.append_message(owner, intact, said(Role::Assistant, "yes", now)).await.unwrap();
+        assert_eq!(store.audit().await.unwrap().findings, Default::default());
+        (broken, intact)
+    };
+
+    // Lose the second message, and file a copy of the third under a dialogue with no head.
+    let headless = DialogueId::generate();
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut messages = txn.open_table(MESSAGES).unwrap();
+            messages.remove(key(broken, 2).as_slice()).unwrap().unwrap();
+            let third = messages.get(key(broken, 3).as_slice()).unwrap().unwrap().value().to_vec();
+            messages.insert(key(headless, 3).as_slice(), third.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        let read = db.begin_read().unwrap();
+        assert!(read.open_table(MESSAGES).unwrap().get(key(intact, 2).as_slice()).unwrap().is_some());
+    }
+
+    let report = EmbeddedStore::open(&path).unwrap().audit().await.unwrap();
+    assert_eq!((report.dialogues, report.messages), (3, 6));
+    assert_eq!(report.findings.keys().copied().collect::<Vec<_>>(), {
+        let mut expected = vec![broken, headless];
+        expected.sort_unstable();
+        expected
+    });
+    let found = &report.findings[&broken];
+    assert!(found.contains(&Finding::Gap { after: 1, next: 3 }), "{found:?}");
+    assert!(found.contains(&Finding::BrokenLink { position: 1, next: 3 }), "{found:?}");
+    assert!(
+        found.iter().any(|f| matches!(f, Finding::SummaryMismatch { field: "message_count", .. })),
+        "{found:?}"
+    );
+    let found = &report.findings[&headless];
+    assert!(found.contains(&Finding::NoHead { positions: vec![3] }), "{found:?}");
+    assert!(found.contains(&Finding::ForeignMessage { position: 3, dialogue: broken }), "{found:?}");
 }

@@ -16,7 +16,8 @@ async fn redis() -> Stores {
     let redis = Arc::new(RedisStore::new(&server.url().into()).expect("redis store"));
     Stores {
         users: embedded.clone(),
-        dialogues: embedded,
+        dialogues: embedded.clone(),
+        audit: embedded,
         sessions: redis.clone(),
         counters: redis,
         guard: Box::new((dir, server)),

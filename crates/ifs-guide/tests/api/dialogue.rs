@@ -123,6 +123,7 @@ async fn thirty_concurrent_continuations_make_one_valid_list_of_62() {
     expected.sort_unstable();
     assert_eq!(users, expected);
     assert_eq!(messages.iter().filter(|m| m["role"] == "assistant").count(), 31);
+    app.stop().await.assert_check_clean(1, 62);
 }
 
 #[tokio::test]

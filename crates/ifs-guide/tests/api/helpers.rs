@@ -144,6 +144,33 @@ impl Backing {
     }
 }
 
+impl Backing {
+    /// Runs `ifs-guide check` on the store this backing holds (stop the app first: the embedded
+    /// store opens in one process at a time); answers the exit code and what it printed.
+    pub fn check(&self) -> (i32, String) {
+        let mut command = ifs_guide_command();
+        command.arg("check").arg("--data-dir").arg(self.data_dir.path());
+        if let Some((endpoint, table)) = &self.dynamodb {
+            command.args(["--store", "dynamodb", "--dynamodb-endpoint", endpoint, "--table-name", table]);
+        }
+        let output = command.output().expect("ifs-guide check runs");
+        let printed =
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.code().unwrap_or(-1), printed)
+    }
+
+    /// `ifs-guide check` finds `dialogues` dialogues of `messages` messages, all of them valid.
+    pub fn assert_check_clean(&self, dialogues: u64, messages: u64) {
+        let (code, printed) = self.check();
+        assert_eq!(code, 0, "{printed}");
+        let expected = format!(
+            "checked {dialogues} dialogue{}, {messages} messages in ",
+            if dialogues == 1 { "" } else { "s" }
+        );
+        assert!(printed.starts_with(&expected) && printed.trim_end().ends_with(": no findings"), "{printed}");
+    }
+}
+
 /// The app on a fresh data directory.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
@@ -370,6 +397,11 @@ pub fn ifs_guide_command() -> std::process::Command {
         "MAX_CONNECTIONS",
         "SHUTDOWN_TIMEOUT",
         "DIALOGUE_RATE_LIMIT",
+        "STORE",
+        "SESSIONS",
+        "REDIS_URL",
+        "TABLE_NAME",
+        "DYNAMODB_ENDPOINT",
     ] {
         command.env_remove(variable);
     }

@@ -53,35 +53,63 @@ async fn while_redis_is_down_the_api_answers_503_and_recovers_when_it_is_back() 
     assert_eq!(app.get("/api/v1/me", Some(&token)).await.0, StatusCode::OK);
 }
 
+/// DynamoDB goes away while turns are being written, and comes back with its data as the real
+/// service would: the cut-off turns answer 503, the rest of the API 503 too, and afterwards the
+/// service carries on without a restart and `ifs-guide check` finds nothing half-written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_dynamodb_is_down_dialogues_answer_503_and_recover_when_it_is_back() {
     use ifs_store::local_servers::{DynamoDbLocal, unique_table};
-    let mut dynamodb = DynamoDbLocal::start();
+    let disk = tempfile::tempdir().unwrap();
+    let mut dynamodb = DynamoDbLocal::start_on_disk(disk.path());
     let (endpoint, table) = (dynamodb.endpoint(), unique_table());
-    let app =
-        spawn_app_with(&["--store", "dynamodb", "--dynamodb-endpoint", &endpoint, "--table-name", &table])
-            .await;
+    let store = ["--store", "dynamodb", "--dynamodb-endpoint", &endpoint, "--table-name", &table];
+    let app = spawn_app_with(&[&store[..], &["--dialogue-rate-limit", "100000"]].concat()).await;
     let token = app.user("ada@example.com").await;
-    assert_eq!(app.say(&token, "before", None).await.0, StatusCode::CREATED);
+    let (status, first) = app.say(&token, "before", None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let dialogue = first["dialogue_id"].as_str().unwrap().to_owned();
 
-    dynamodb.stop();
-    for (status, body) in
-        [app.say(&token, "while down", None).await, app.get("/api/v1/dialogues", Some(&token)).await]
-    {
+    let unavailable = |(status, body): (StatusCode, serde_json::Value)| {
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")),
             "{body}"
         );
-    }
-
-    // This DynamoDB Local kept nothing in memory: the table comes back empty, and the service
-    // with it, without a restart.
-    dynamodb.restart();
-    let config = ifs_api::config::DynamoConfig {
-        table_name: table,
-        dynamodb_endpoint: Some(endpoint.parse().unwrap()),
     };
-    ifs_guide::create_table(&config).await.unwrap();
-    assert_eq!(app.say(&token, "after", None).await.0, StatusCode::CREATED);
+    // Four clients continue the dialogue until DynamoDB is gone under them.
+    let writers = (0..4).map(|w| {
+        let (app, token, dialogue) = (&app, &token, &dialogue);
+        async move {
+            let mut answered = 0;
+            loop {
+                let answer = app.say(token, &format!("writer {w}, turn {answered}"), Some(dialogue)).await;
+                if answer.0 != StatusCode::OK {
+                    unavailable(answer);
+                    return answered;
+                }
+                answered += 1;
+            }
+        }
+    });
+    let stopping = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::task::block_in_place(|| dynamodb.stop());
+    };
+    let (answered, ()) = tokio::join!(futures::future::join_all(writers), stopping);
+    let answered: usize = answered.into_iter().sum();
+    assert!(answered > 0, "the writers were cut off before they wrote anything");
+    unavailable(app.say(&token, "while down", None).await);
+    unavailable(app.get("/api/v1/dialogues", Some(&token)).await);
+
+    dynamodb.restart();
+    assert_eq!(app.say(&token, "after", Some(&dialogue)).await.0, StatusCode::OK);
+    let messages = app.all_messages(&token, &dialogue).await;
+    crate::helpers::assert_valid_list(&messages);
+    // A cut-off turn may have kept its user message (and, had only the answer been lost, its
+    // reply): never less than what was answered.
+    assert!(messages.len() >= 2 + 2 * answered + 2, "{} messages, {answered} turns answered", messages.len());
+
+    let mut backing = app.stop().await;
+    backing.dynamodb = Some((endpoint, table));
+    backing.assert_check_clean(1, messages.len() as u64);
 }
