@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and the tests need, only if something is missing:
 # cmake and a C/C++ toolchain for llama.cpp, clang/libclang for its Rust bindings, and
-# redis-server, which the tests start on their own ports (`SESSIONS=redis`).
+# redis-server, which the tests start on their own ports (`SESSIONS=redis`), and openssl, which
+# makes the certificates of the TLS one.
 set -euo pipefail
 
 missing=()
@@ -10,6 +11,7 @@ command -v clang >/dev/null || missing+=(clang)
 command -v c++ >/dev/null || missing+=(g++)
 ldconfig -p 2>/dev/null | grep -q 'libclang' || missing+=(libclang-dev)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v openssl >/dev/null || missing+=(openssl)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

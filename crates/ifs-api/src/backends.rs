@@ -108,8 +108,15 @@ impl Backends {
             }
             _ => {
                 let url = config.redis_url.as_ref().context("SESSIONS=redis needs REDIS_URL")?;
-                let redis = Arc::new(RedisStore::new(url)?);
-                described.push(format!("redis {} (sessions, counters)", redis.endpoint()));
+                let redis = Arc::new(match &config.redis_ca_file {
+                    Some(path) => {
+                        let ca = std::fs::read(path)
+                            .with_context(|| format!("reading REDIS_CA_FILE {}", path.display()))?;
+                        RedisStore::with_ca(url, ca)?
+                    }
+                    None => RedisStore::new(url)?,
+                });
+                described.push(format!("{} (sessions, counters)", redis.endpoint()));
                 (redis.clone(), redis)
             }
         };

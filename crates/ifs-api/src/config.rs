@@ -133,6 +133,10 @@ pub struct StoreConfig {
     /// rediss://host:port; a password goes in the URL.
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = secret)]
     pub redis_url: Option<SecretString>,
+    /// PEM file of the certificate authority that signed a rediss:// server's certificate, when
+    /// the public roots do not vouch for it (ElastiCache's certificates need none).
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     #[command(flatten)]
     pub dynamodb: DynamoConfig,
 }

@@ -76,21 +76,59 @@ impl Watched {
 pub struct RedisServer {
     process: Option<Watched>,
     port: u16,
+    /// For a server that speaks only TLS: where its certificates are.
+    tls: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
     /// Starts one on a free port and waits until it answers `PING`.
     #[must_use]
     pub fn start() -> Self {
-        let mut server = Self { process: None, port: free_port() };
+        let mut server = Self { process: None, port: free_port(), tls: None };
         server.restart();
         server
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// Starts one that speaks only TLS, as ElastiCache Serverless does, with a certificate for
+    /// 127.0.0.1 from a certificate authority of its own ([`ca_file`](Self::ca_file)), made
+    /// with the `openssl` command.
+    #[must_use]
+    pub fn start_tls() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "set -e
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+              -subj /CN=ifs-guide-test-ca -keyout ca.key -out ca.pem
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+              -subj /CN=127.0.0.1 -keyout server.key -out server.csr
+            printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > server.ext
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+              -extfile server.ext -out server.pem";
+        let made = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            made.is_ok_and(|status| status.success()),
+            "cannot make test certificates: is openssl installed? `make test` installs it"
+        );
+        let mut server = Self { process: None, port: free_port(), tls: Some(dir) };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:<port>`, or `rediss://…` for a TLS server.
     #[must_use]
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The PEM file of the authority that signed a TLS server's certificate.
+    #[must_use]
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|dir| dir.path().join("ca.pem"))
     }
 
     /// Stops the server, as a crash would.
@@ -103,9 +141,22 @@ impl RedisServer {
     /// Starts it again on the same port, empty, and waits until it answers.
     pub fn restart(&mut self) {
         self.stop();
-        let command = format!("redis-server --port {} --bind 127.0.0.1 --save '' --appendonly no", self.port);
+        let ports = match &self.tls {
+            Some(dir) => format!(
+                "--port 0 --tls-port {} --tls-cert-file '{dir}/server.pem' --tls-key-file '{dir}/server.key' \
+                 --tls-auth-clients no",
+                self.port,
+                dir = dir.path().display()
+            ),
+            None => format!("--port {}", self.port),
+        };
+        let command = format!("redis-server {ports} --bind 127.0.0.1 --save '' --appendonly no");
         let hint = "is redis-server installed? `make test` installs it (apt-get install redis-server)";
         self.process = Some(Watched::spawn(&command, &std::env::temp_dir(), self.port, hint));
+        if self.tls.is_some() {
+            // Accepting connections is as far as a plain-text probe can see.
+            return;
+        }
         let started = Instant::now();
         while !self.answers_ping() {
             assert!(started.elapsed() < START_TIMEOUT, "redis-server on port {} does not answer", self.port);

@@ -60,8 +60,25 @@ impl RedisStore {
     pub fn new(url: &SecretString) -> anyhow::Result<Self> {
         let client = ::redis::Client::open(url.expose_secret())
             .context("REDIS_URL is not a redis:// or rediss:// URL")?;
+        Self::on(client)
+    }
+
+    /// A store on a `rediss://` `url` whose certificate is signed by the authority in `ca_pem`
+    /// (PEM) rather than one the public roots vouch for: a self-hosted Redis with a private CA.
+    pub fn with_ca(url: &SecretString, ca_pem: Vec<u8>) -> anyhow::Result<Self> {
+        let certificates = ::redis::TlsCertificates { client_tls: None, root_cert: Some(ca_pem) };
+        let client = ::redis::Client::build_with_tls(url.expose_secret(), certificates)
+            .context("REDIS_CA_FILE needs a rediss:// REDIS_URL and a PEM certificate")?;
+        Self::on(client)
+    }
+
+    fn on(client: ::redis::Client) -> anyhow::Result<Self> {
         let info = client.get_connection_info();
-        let endpoint = format!("{}", info.addr());
+        let scheme = match info.addr() {
+            ::redis::ConnectionAddr::TcpTls { .. } => "rediss",
+            _ => "redis",
+        };
+        let endpoint = format!("{scheme}://{}", info.addr());
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -72,7 +89,7 @@ impl RedisStore {
         Ok(Self { connection, endpoint, hit: Script::new(HIT) })
     }
 
-    /// `host:port` of the server, for the start-up banner (never the password).
+    /// `redis://host:port` or `rediss://host:port`, for the start-up banner (never the password).
     #[must_use]
     pub fn endpoint(&self) -> &str {
         &self.endpoint

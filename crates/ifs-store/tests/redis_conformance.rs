@@ -75,3 +75,28 @@ async fn a_session_key_expires_in_redis_with_its_token() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(store.session(short.id, now).await.unwrap(), None);
 }
+
+/// ElastiCache Serverless speaks only TLS: `rediss://` works, and the server's certificate is
+/// verified — an authority nobody named is refused, and so is plain text to a TLS port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_is_tls_with_the_certificate_verified() {
+    let server = RedisServer::start_tls();
+    let url = server.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+    let ca = std::fs::read(server.ca_file().unwrap()).unwrap();
+
+    let trusted = RedisStore::with_ca(&url.clone().into(), ca).unwrap();
+    let kept = session();
+    trusted.create_session(&kept).await.unwrap();
+    assert_eq!(trusted.session(kept.id, chrono::Utc::now()).await.unwrap(), Some(kept.clone()));
+
+    // The public roots do not vouch for this server's authority.
+    let untrusted = RedisStore::new(&url.clone().into()).unwrap();
+    let refused = untrusted.session(kept.id, chrono::Utc::now()).await;
+    assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{refused:?}");
+    assert!(format!("{refused:?}").contains("UnknownIssuer"), "refused for another reason: {refused:?}");
+
+    let plain = RedisStore::new(&url.replacen("rediss://", "redis://", 1).into()).unwrap();
+    let refused = plain.session(kept.id, chrono::Utc::now()).await;
+    assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{refused:?}");
+}

@@ -113,3 +113,28 @@ async fn while_dynamodb_is_down_dialogues_answer_503_and_recover_when_it_is_back
     backing.dynamodb = Some((endpoint, table));
     backing.assert_check_clean(1, messages.len() as u64);
 }
+
+/// Sessions on a Redis that speaks only TLS (as ElastiCache Serverless does), its certificate
+/// from a private authority named by REDIS_CA_FILE: the whole auth round trip works over it.
+#[tokio::test]
+async fn sessions_work_over_tls_with_a_private_authority() {
+    let redis = RedisServer::start_tls();
+    let ca = redis.ca_file().unwrap();
+    let url = redis.url();
+    let app = spawn_app_with(&[
+        "--sessions",
+        "redis",
+        "--redis-url",
+        &url,
+        "--redis-ca-file",
+        ca.to_str().unwrap(),
+    ])
+    .await;
+    let token = app.user("ada@example.com").await;
+    assert_eq!(app.get("/api/v1/me", Some(&token)).await.0, StatusCode::OK);
+    assert_eq!(
+        app.post("/api/v1/logout", Some(&token), &serde_json::json!({})).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(app.get("/api/v1/me", Some(&token)).await.0, StatusCode::UNAUTHORIZED);
+}
