@@ -24,7 +24,10 @@ fn the_official_openai_python_client_talks_to_the_standalone_agent() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let banner = BufReader::new(agent.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    let mut lines = BufReader::new(agent.stdout.take().unwrap()).lines();
+    let banner = lines.next().unwrap().unwrap();
+    // Keep reading: with the pipe closed, the agent's next banner line would fail and end it.
+    std::thread::spawn(move || lines.for_each(drop));
     let base_url = banner.split("OpenAI base URL ").nth(1).expect(&banner).trim_end_matches(')').to_owned();
 
     let output = Command::new(python)
