@@ -4,7 +4,16 @@
 CARGO ?= cargo
 MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 
-.PHONY: help run agent services test lint deps model dynamodb-local bench-agent
+VENV := .cache/venv/bin
+# The deployment tools must not phone home or ask for a region the checks do not need.
+SAM := SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(VENV)/sam
+ZIP_FUNCTIONS := SignupFunction LoginFunction MeFunction LogoutFunction DialogueFunction DialoguesFunction MessagesFunction
+
+# Every binary the local Lambda path runs, built once (debug, as the tests build them).
+LAMBDA_PACKAGES := -p ifs-signup -p ifs-login -p ifs-me -p ifs-logout -p ifs-dialogue -p ifs-dialogues -p ifs-messages -p ifs-agent-container -p ifs-guide
+TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+
+.PHONY: help run agent services test lint deps model dynamodb-local bench-agent check-deploy lambda-build sam-build lambda-local test-lambda bench-cold-start
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -15,9 +24,40 @@ run: deps model ## Build in release and serve everything, model included, on htt
 agent: deps model ## Build in release and serve only the agent on http://127.0.0.1:8081 (OpenAI base URL /v1)
 	$(CARGO) run --release --locked -p ifs-agent-container --bin agent
 
-test: deps model dynamodb-local ## Unit, router, store-conformance, Lambda-event, model and API tests (API twice: embedded, AWS-like)
+test: deps model dynamodb-local check-deploy ## Every test: unit, router, store conformance, Lambda events, model, API (embedded and AWS-like), template lint, end to end through cargo lambda watch
 	$(CARGO) test --workspace --locked
 	TEST_BACKENDS=aws $(CARGO) test --locked -p ifs-guide --test api
+	$(MAKE) --no-print-directory test-lambda
+
+check-deploy: ## Lint template.yaml (cfn-lint, sam validate --lint) and the agent's Dockerfile (hadolint)
+	@infra/python-tools.sh >/dev/null
+	$(VENV)/cfn-lint template.yaml
+	$(SAM) validate --lint --template template.yaml
+	$(VENV)/hadolint agent-container/Dockerfile
+
+lambda-build: deps ## Build the seven zip functions for Lambda (cargo lambda, x86-64-v3); print sizes, check the CPU target
+	@infra/python-tools.sh >/dev/null
+	infra/lambda-build.sh
+
+sam-build: deps ## sam build the seven zip functions (the agent image needs Docker: sam build AgentFunction)
+	@infra/python-tools.sh >/dev/null
+	for function in $(ZIP_FUNCTIONS); do \
+	  PATH="$$PWD/$(VENV):$$PATH" RUSTFLAGS="-C target-cpu=x86-64-v3" $(SAM) build --beta-features $$function || exit 1; \
+	done
+	infra/lambda-build.sh --check $(addprefix .aws-sam/build/,$(ZIP_FUNCTIONS))
+
+lambda-local: deps model dynamodb-local ## The whole API through cargo lambda watch on http://127.0.0.1:9000 (LAMBDA_PORT), AWS-like
+	@infra/python-tools.sh >/dev/null
+	$(CARGO) build --locked --bins $(LAMBDA_PACKAGES)
+	$(VENV)/python infra/lambda_local.py "$(TARGET_DIR)/debug"
+
+test-lambda: deps model dynamodb-local ## End to end through cargo lambda watch (signup … logout) against DynamoDB Local and redis-server
+	@infra/python-tools.sh >/dev/null
+	$(CARGO) build --locked --bins $(LAMBDA_PACKAGES)
+	$(VENV)/python infra/lambda_local.py "$(TARGET_DIR)/debug" --test
+
+bench-cold-start: lambda-build ## Cold start of each Lambda binary (exec to its first event request), 20 runs each
+	$(VENV)/python infra/cold_start.py 20 $(foreach f,ifs-signup ifs-login ifs-me ifs-logout ifs-dialogue ifs-dialogues ifs-messages,"$(TARGET_DIR)/lambda/$(f)")
 
 services: deps ## Run redis-server (:6379) and DynamoDB Local (:8000) in the foreground, data in data/
 	@infra/services.sh

@@ -5,21 +5,32 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::get;
 use axum::{Json as JsonResponse, Router};
 use ifs_api::openai::{ChatRequest, ChatResponse};
-use ifs_api::{ApiError, Json};
+use ifs_api::{ApiError, Json, Route};
 use serde_json::{Value, json};
 
 use crate::engine::TemplateSource;
 use crate::service::AgentService;
 
+/// Model information, ours.
+pub const INFO: Route = Route::get("/api/v1/agent");
+/// Chat completions at our path.
+pub const COMPLETE: Route = Route::post("/api/v1/agent");
+/// Chat completions at OpenAI's path, for OpenAI clients.
+pub const CHAT_COMPLETIONS: Route = Route::post("/v1/chat/completions");
+/// OpenAI's model list.
+pub const MODELS: Route = Route::get("/v1/models");
+/// Every route of the agent function, for what maps requests to it.
+pub const ROUTES: &[Route] = &[INFO, COMPLETE, CHAT_COMPLETIONS, MODELS];
+
 /// The routes of the agent function.
 pub fn router(service: Arc<AgentService>) -> Router {
     Router::new()
-        .route("/api/v1/agent", get(info).post(complete))
-        .route("/v1/chat/completions", axum::routing::post(complete))
-        .route("/v1/models", get(models))
+        .route(INFO.path, INFO.to(info))
+        .route(COMPLETE.path, COMPLETE.to(complete))
+        .route(CHAT_COMPLETIONS.path, CHAT_COMPLETIONS.to(complete))
+        .route(MODELS.path, MODELS.to(models))
         .with_state(service)
 }
 

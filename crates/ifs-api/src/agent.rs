@@ -105,6 +105,20 @@ fn refusal(status: StatusCode, retry_after: Option<u64>, body: &[u8]) -> AgentEr
     AgentError::Unavailable(format!("answered {status}: {}", snippet(body)))
 }
 
+/// What an OpenAI-compatible answer means, however it travelled (HTTP, a Lambda invocation): the
+/// reply, or why there is none. `body` is at most [`ANSWER_LIMIT`] bytes.
+pub fn answer(status: StatusCode, retry_after: Option<u64>, body: &[u8]) -> Result<ChatResponse, AgentError> {
+    if !status.is_success() {
+        return Err(refusal(status, retry_after, body));
+    }
+    let reply: ChatResponse = serde_json::from_slice(body)
+        .map_err(|e| AgentError::Unavailable(format!("malformed answer ({e}): {}", snippet(body))))?;
+    match reply.choices.first() {
+        Some(choice) if choice.message.content.is_some() => Ok(reply),
+        _ => Err(AgentError::Unavailable(format!("answer has no message content: {}", snippet(body)))),
+    }
+}
+
 fn snippet(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(SNIPPET)]).into_owned()
 }
@@ -153,15 +167,7 @@ impl Agent for HttpAgent {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         let body = read_capped(response, failed).await?;
-        if !status.is_success() {
-            return Err(refusal(status, retry_after, &body));
-        }
-        let reply: ChatResponse = serde_json::from_slice(&body)
-            .map_err(|e| AgentError::Unavailable(format!("malformed answer ({e}): {}", snippet(&body))))?;
-        match reply.choices.first() {
-            Some(choice) if choice.message.content.is_some() => Ok(reply),
-            _ => Err(AgentError::Unavailable(format!("answer has no message content: {}", snippet(&body)))),
-        }
+        answer(status, retry_after, &body)
     }
 
     fn describe(&self) -> String {

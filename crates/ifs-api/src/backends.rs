@@ -62,20 +62,10 @@ impl Backends {
     /// counters, each `embedded` unless named otherwise. On Lambda, where a function's disk does
     /// not outlive it, the embedded store must be asked for by name.
     pub async fn open(config: &StoreConfig, check: TableCheck) -> anyhow::Result<Self> {
-        let on_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
-        let refuse = |variable: &str, durable: &str| {
-            anyhow::anyhow!(
-                "{variable} must be set on Lambda: `{durable}`, or `embedded`, which a function's /tmp does not keep"
-            )
-        };
-        let store = match config.store {
-            Some(kind) => kind,
-            None if on_lambda => return Err(refuse("STORE", "dynamodb")),
-            None => StoreBackend::Embedded,
-        };
+        let store = store_backend(config)?;
         let sessions = match config.sessions {
             Some(kind) => kind,
-            None if on_lambda => return Err(refuse("SESSIONS", "redis")),
+            None if on_lambda() => return Err(unnamed_on_lambda("SESSIONS", "redis")),
             None => SessionsBackend::Embedded,
         };
         if (store, sessions) == (StoreBackend::Embedded, SessionsBackend::Embedded) {
@@ -121,6 +111,34 @@ impl Backends {
             }
         };
         Ok(Self { users, dialogues, sessions, counters, sweeper, description: described.join("; ") })
+    }
+}
+
+/// The users' store alone (`STORE`), for a function that checks no sessions (sign-up): it needs
+/// neither `SESSIONS` nor a way to Redis.
+pub async fn open_users(config: &StoreConfig, check: TableCheck) -> anyhow::Result<Arc<dyn UserStore>> {
+    Ok(match store_backend(config)? {
+        StoreBackend::Embedded => open_embedded(&config.data_dir)?,
+        StoreBackend::Dynamodb => Arc::new(open_dynamo(&config.dynamodb, check).await?),
+    })
+}
+
+fn on_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+}
+
+fn unnamed_on_lambda(variable: &str, durable: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{variable} must be set on Lambda: `{durable}`, or `embedded`, which a function's /tmp does not keep"
+    )
+}
+
+/// `STORE`, which on Lambda must be named.
+fn store_backend(config: &StoreConfig) -> anyhow::Result<StoreBackend> {
+    match config.store {
+        Some(kind) => Ok(kind),
+        None if on_lambda() => Err(unnamed_on_lambda("STORE", "dynamodb")),
+        None => Ok(StoreBackend::Embedded),
     }
 }
 

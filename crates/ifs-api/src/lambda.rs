@@ -68,8 +68,13 @@ pub fn service(routes: Router) -> LambdaService {
     MapRequest::new(crate::http::edge(routes), strip_stage as fn(Request) -> Request)
 }
 
+/// The CPU features this binary was compiled for, as text inside the binary: a Lambda build must
+/// show x86-64-v3's, never the build machine's (`infra/lambda-build.sh` checks every bootstrap).
+pub const TARGET_FEATURES: &str = concat!("ifs-guide-target-features:", env!("IFS_TARGET_FEATURES"), ";");
+
 /// Serves `routes` (state provided) as this Lambda's handler.
 pub async fn run(routes: Router) -> Result<(), lambda_http::Error> {
+    tracing::info!(built_for = TARGET_FEATURES, "starting the Lambda runtime loop");
     lambda_http::run(service(routes)).await
 }
 

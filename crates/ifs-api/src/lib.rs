@@ -10,6 +10,7 @@ pub mod extract;
 pub mod http;
 pub mod lambda;
 pub mod openai;
+pub mod route;
 pub mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -17,3 +18,4 @@ pub mod views;
 
 pub use error::ApiError;
 pub use extract::{AuthUser, Json};
+pub use route::Route;

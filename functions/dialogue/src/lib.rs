@@ -6,14 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod lambda_agent;
+
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
-use axum::routing::post;
 use axum::{Router, response::IntoResponse};
 use ifs_api::agent::{Agent, AgentError};
 use ifs_api::openai::{ChatMessage, ChatRequest, ChatRole};
 use ifs_api::views::MessageView;
-use ifs_api::{ApiError, AuthUser, Json};
+use ifs_api::{ApiError, AuthUser, Json, Route};
 use ifs_auth::Authenticator;
 use ifs_domain::dialogue::MESSAGE_MAX;
 use ifs_domain::{Clock, DialogueId, Message, MessageId, MessageText, NewMessage, ReplyMeta, Role};
@@ -69,10 +70,15 @@ pub struct DialogueState {
     pub clock: Arc<dyn Clock>,
 }
 
+/// The one route of this function.
+pub const DIALOGUE: Route = Route::post("/api/v1/dialogue");
+/// Every route of this function, for what maps requests to it.
+pub const ROUTES: &[Route] = &[DIALOGUE];
+
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: DialogueState) -> Router {
     Router::new()
-        .route("/api/v1/dialogue", post(dialogue).layer(DefaultBodyLimit::max(BODY_LIMIT)))
+        .route(DIALOGUE.path, DIALOGUE.to(dialogue).layer(DefaultBodyLimit::max(BODY_LIMIT)))
         .with_state(state)
 }
 

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use ifs_api::agent::HttpAgent;
+use ifs_api::agent::{Agent, HttpAgent};
 use ifs_api::config::DialogueConfig;
 use ifs_api::lambda::{self, ProtectedConfig};
+use ifs_dialogue::lambda_agent::LambdaAgent;
 use ifs_dialogue::{DialogueSettings, DialogueState};
 
 #[derive(Debug, clap::Parser)]
@@ -13,6 +14,13 @@ struct Config {
     protected: ProtectedConfig,
     #[command(flatten)]
     dialogue: DialogueConfig,
+    /// The agent's Lambda function (name or ARN), invoked directly; the alternative to AGENT_URL.
+    #[arg(long, env = "AGENT_FUNCTION", conflicts_with = "agent_url")]
+    agent_function: Option<String>,
+    /// A Lambda API endpoint to invoke AGENT_FUNCTION through instead of AWS's (a local emulator
+    /// such as `cargo lambda watch`).
+    #[arg(long, env = "AGENT_LAMBDA_ENDPOINT")]
+    agent_lambda_endpoint: Option<String>,
 }
 
 #[tokio::main]
@@ -20,16 +28,23 @@ async fn main() -> Result<(), lambda_http::Error> {
     lambda::init_tracing();
     let config: Config = lambda::config("dialogue");
     let (backends, auth) = config.protected.open().await?;
-    let url = config
-        .dialogue
-        .agent_url
-        .clone()
-        .ok_or("AGENT_URL must be set to the agent's chat-completions URL")?;
+    let timeout = config.dialogue.agent_timeout();
+    let agent: Arc<dyn Agent> = match (&config.agent_function, &config.dialogue.agent_url) {
+        (Some(function), _) => {
+            let endpoint = config.agent_lambda_endpoint.as_deref();
+            Arc::new(LambdaAgent::connect(function, endpoint, timeout).await)
+        }
+        (None, Some(url)) => Arc::new(HttpAgent::new(url.clone(), timeout)?),
+        (None, None) => {
+            return Err("AGENT_FUNCTION (the agent's Lambda function) or AGENT_URL (its chat-completions URL) must be set".into());
+        }
+    };
+    lambda_http::tracing::info!(agent = agent.describe(), "dialogue function configured");
     let state = DialogueState {
         auth,
         dialogues: backends.dialogues,
         counters: backends.counters,
-        agent: Arc::new(HttpAgent::new(url, config.dialogue.agent_timeout())?),
+        agent,
         settings: Arc::new(DialogueSettings::from(&config.dialogue)),
         clock: Arc::new(ifs_domain::SystemClock),
     };

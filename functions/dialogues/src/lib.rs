@@ -4,10 +4,9 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::get;
 use axum::{Json, Router};
 use ifs_api::extract::Query;
-use ifs_api::{ApiError, AuthUser};
+use ifs_api::{ApiError, AuthUser, Route};
 use ifs_auth::Authenticator;
 use ifs_domain::{DialogueCursor, DialogueId, DialogueSummary, Limit, Timestamp};
 use ifs_store::DialogueStore;
@@ -24,9 +23,14 @@ pub struct DialoguesState {
     pub dialogues: Arc<dyn DialogueStore>,
 }
 
+/// The one route of this function.
+pub const DIALOGUES: Route = Route::get("/api/v1/dialogues");
+/// Every route of this function, for what maps requests to it.
+pub const ROUTES: &[Route] = &[DIALOGUES];
+
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: DialoguesState) -> Router {
-    Router::new().route("/api/v1/dialogues", get(dialogues)).with_state(state)
+    Router::new().route(DIALOGUES.path, DIALOGUES.to(dialogues)).with_state(state)
 }
 
 #[derive(Debug, Deserialize)]

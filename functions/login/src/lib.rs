@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod signing_key;
+
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{StatusCode, header};
-use axum::routing::post;
 use axum::{Form, Router};
-use ifs_api::{ApiError, Json};
+use ifs_api::{ApiError, Json, Route};
 use ifs_auth::{PasswordHasher, TokenIssuer};
 use ifs_domain::{Clock, Email, Password, SessionId};
 use ifs_store::{Counter, Counters, Session, SessionStore, UserStore};
@@ -42,9 +43,14 @@ pub struct LoginState {
     pub throttle: Throttle,
 }
 
+/// The one route of this function.
+pub const LOGIN: Route = Route::post("/api/v1/login");
+/// Every route of this function, for what maps requests to it.
+pub const ROUTES: &[Route] = &[LOGIN];
+
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: LoginState) -> Router {
-    Router::new().route("/api/v1/login", post(login)).with_state(state)
+    Router::new().route(LOGIN.path, LOGIN.to(login)).with_state(state)
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,10 +7,23 @@ use ifs_api::lambda::{self, ProtectedConfig};
 use ifs_auth::{PasswordHasher, TokenIssuer};
 use ifs_login::{LoginState, Throttle};
 
+#[derive(Debug, clap::Parser)]
+struct Config {
+    #[command(flatten)]
+    protected: ProtectedConfig,
+    /// SSM Parameter Store SecureString holding the signing key (PKCS#8 PEM), read at cold start;
+    /// the alternative to JWT_PRIVATE_KEY.
+    #[arg(long, env = "JWT_PRIVATE_KEY_PARAMETER", conflicts_with = "jwt_private_key")]
+    jwt_private_key_parameter: Option<String>,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     lambda::init_tracing();
-    let config: ProtectedConfig = lambda::config("login");
+    let Config { protected: mut config, jwt_private_key_parameter } = lambda::config("login");
+    if let Some(name) = &jwt_private_key_parameter {
+        config.tokens.jwt_private_key = Some(ifs_login::signing_key::from_parameter(name, None).await?);
+    }
     let backends = Backends::open(&config.store, TableCheck::Trust).await?;
     let keys = config.tokens.signing_keys(None)?;
     let state = LoginState {

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use ifs_api::{ApiError, AuthUser};
+use ifs_api::{ApiError, AuthUser, Route};
 use ifs_auth::Authenticator;
 use ifs_store::SessionStore;
 
@@ -18,9 +17,14 @@ pub struct LogoutState {
     pub sessions: Arc<dyn SessionStore>,
 }
 
+/// The one route of this function.
+pub const LOGOUT: Route = Route::post("/api/v1/logout");
+/// Every route of this function, for what maps requests to it.
+pub const ROUTES: &[Route] = &[LOGOUT];
+
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: LogoutState) -> Router {
-    Router::new().route("/api/v1/logout", post(logout)).with_state(state)
+    Router::new().route(LOGOUT.path, LOGOUT.to(logout)).with_state(state)
 }
 
 async fn logout(

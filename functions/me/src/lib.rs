@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::get;
 use axum::{Json, Router};
-use ifs_api::{ApiError, AuthUser};
+use ifs_api::{ApiError, AuthUser, Route};
 use ifs_auth::Authenticator;
 use ifs_domain::{Email, Timestamp, UserId};
 use ifs_store::UserStore;
@@ -18,9 +17,14 @@ pub struct MeState {
     pub users: Arc<dyn UserStore>,
 }
 
+/// The one route of this function.
+pub const ME: Route = Route::get("/api/v1/me");
+/// Every route of this function, for what maps requests to it.
+pub const ROUTES: &[Route] = &[ME];
+
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: MeState) -> Router {
-    Router::new().route("/api/v1/me", get(me)).with_state(state)
+    Router::new().route(ME.path, ME.to(me)).with_state(state)
 }
 
 #[derive(Debug, Serialize)]

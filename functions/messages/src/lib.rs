@@ -4,11 +4,10 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::get;
 use axum::{Json, Router};
 use ifs_api::extract::Query;
 use ifs_api::views::MessageView;
-use ifs_api::{ApiError, AuthUser};
+use ifs_api::{ApiError, AuthUser, Route};
 use ifs_auth::Authenticator;
 use ifs_domain::{DialogueId, Limit, MessageCursor};
 use ifs_store::DialogueStore;
@@ -25,9 +24,14 @@ pub struct MessagesState {
     pub dialogues: Arc<dyn DialogueStore>,
 }
 
+/// The one route of this function.
+pub const MESSAGES: Route = Route::get("/api/v1/messages");
+/// Every route of this function, for what maps requests to it.
+pub const ROUTES: &[Route] = &[MESSAGES];
+
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: MessagesState) -> Router {
-    Router::new().route("/api/v1/messages", get(messages)).with_state(state)
+    Router::new().route(MESSAGES.path, MESSAGES.to(messages)).with_state(state)
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,9 +4,8 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
 use axum::{Router, response::IntoResponse};
-use ifs_api::{ApiError, Json};
+use ifs_api::{ApiError, Json, Route};
 use ifs_auth::PasswordHasher;
 use ifs_domain::{Clock, Email, Password, Timestamp, UserId};
 use ifs_store::{UserRecord, UserStore};
@@ -20,9 +19,14 @@ pub struct SignupState {
     pub clock: Arc<dyn Clock>,
 }
 
+/// The one route of this function.
+pub const SIGNUP: Route = Route::post("/api/v1/signup");
+/// Every route of this function, for what maps requests to it.
+pub const ROUTES: &[Route] = &[SIGNUP];
+
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: SignupState) -> Router {
-    Router::new().route("/api/v1/signup", post(signup)).with_state(state)
+    Router::new().route(SIGNUP.path, SIGNUP.to(signup)).with_state(state)
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ifs_api::backends::{Backends, TableCheck};
+use ifs_api::backends::{self, TableCheck};
 use ifs_api::config::StoreConfig;
 use ifs_api::lambda;
 use ifs_signup::SignupState;
@@ -17,8 +17,9 @@ struct Config {
 async fn main() -> Result<(), lambda_http::Error> {
     lambda::init_tracing();
     let config: Config = lambda::config("signup");
-    let backends = Backends::open(&config.store, TableCheck::Trust).await?;
+    // Sign-up checks no sessions: it needs DynamoDB only, and runs outside the VPC.
+    let users = backends::open_users(&config.store, TableCheck::Trust).await?;
     let hasher = ifs_auth::PasswordHasher::new()?;
-    let state = SignupState { users: backends.users, hasher, clock: Arc::new(ifs_domain::SystemClock) };
+    let state = SignupState { users, hasher, clock: Arc::new(ifs_domain::SystemClock) };
     lambda::run(ifs_signup::router(state)).await
 }

@@ -7,6 +7,7 @@
 mod abuse;
 mod auth;
 mod binary;
+mod deployment;
 mod dialogue;
 mod errors;
 mod helpers;

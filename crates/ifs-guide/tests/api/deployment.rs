@@ -1,0 +1,145 @@
+//! Every map from requests to functions agrees with the routes the functions declare beside
+//! their handlers: `template.yaml` (API Gateway → Lambda functions → binaries), the `cargo lambda
+//! watch` router in the workspace's Cargo.toml, and `ifs-guide serve`, which must answer them all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use axum::http::StatusCode;
+use ifs_api::Route;
+use serde_yaml::Value;
+
+use crate::helpers::spawn_app;
+
+/// Binary name → the routes its function declares.
+fn declared() -> BTreeMap<&'static str, &'static [Route]> {
+    BTreeMap::from([
+        ("ifs-signup", ifs_signup::ROUTES),
+        ("ifs-login", ifs_login::ROUTES),
+        ("ifs-me", ifs_me::ROUTES),
+        ("ifs-logout", ifs_logout::ROUTES),
+        ("ifs-dialogue", ifs_dialogue::ROUTES),
+        ("ifs-dialogues", ifs_dialogues::ROUTES),
+        ("ifs-messages", ifs_messages::ROUTES),
+        ("agent", ifs_agent::router::ROUTES),
+    ])
+}
+
+type Endpoints = BTreeSet<(String, String)>;
+
+fn endpoints(routes: &[Route]) -> Endpoints {
+    routes.iter().map(|r| (r.method_name().to_owned(), r.path.to_owned())).collect()
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or_else(|| panic!("expected a string, found {value:?}"))
+}
+
+/// The template's functions: binary → (its API routes, whether each needs an IAM signature).
+fn template_functions() -> BTreeMap<String, BTreeMap<(String, String), bool>> {
+    let template: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("template.yaml")).unwrap()).unwrap();
+    let mut functions = BTreeMap::new();
+    for (name, resource) in template["Resources"].as_mapping().unwrap() {
+        if resource["Type"] != "AWS::Serverless::Function" {
+            continue;
+        }
+        let name = text(name);
+        let properties = &resource["Properties"];
+        let binary = if properties["PackageType"] == "Image" {
+            // The image's entry point is the `agent` binary its Dockerfile builds.
+            let dockerfile = text(&resource["Metadata"]["Dockerfile"]);
+            let source = std::fs::read_to_string(root().join(dockerfile)).unwrap();
+            assert!(source.contains("--bin agent"), "{dockerfile} does not build the agent binary");
+            "agent".to_owned()
+        } else {
+            assert_eq!(resource["Metadata"]["BuildMethod"], "rust-cargolambda", "{name}");
+            let binary = text(&resource["Metadata"]["BuildProperties"]["Binary"]).to_owned();
+            // The package at CodeUri is the one whose binary this is.
+            let manifest = root().join(text(&properties["CodeUri"])).join("Cargo.toml");
+            let manifest: toml::Table = std::fs::read_to_string(&manifest).unwrap().parse().unwrap();
+            assert_eq!(manifest["package"]["name"].as_str(), Some(binary.as_str()), "{name}: CodeUri");
+            binary
+        };
+        let mut routes = BTreeMap::new();
+        for (event, spec) in properties["Events"].as_mapping().into_iter().flatten() {
+            assert_eq!(spec["Type"], "Api", "{name}.{}", text(event));
+            let api = &spec["Properties"];
+            let iam = match &api["Auth"]["Authorizer"] {
+                Value::Null => false,
+                authorizer => text(authorizer) == "AWS_IAM",
+            };
+            let endpoint = (text(&api["Method"]).to_uppercase(), text(&api["Path"]).to_owned());
+            assert!(routes.insert(endpoint.clone(), iam).is_none(), "{name}: {endpoint:?} twice");
+        }
+        assert!(functions.insert(binary.clone(), routes).is_none(), "two functions build {binary}");
+    }
+    functions
+}
+
+#[test]
+fn the_template_routes_each_declared_route_to_its_own_function() {
+    let functions = template_functions();
+    let declared = declared();
+    assert_eq!(
+        functions.keys().map(String::as_str).collect::<Vec<_>>(),
+        declared.keys().copied().collect::<Vec<_>>()
+    );
+    for (binary, routes) in &declared {
+        let deployed: Endpoints = functions[*binary].keys().cloned().collect();
+        assert_eq!(deployed, endpoints(routes), "{binary}");
+        // The agent is no public endpoint: only IAM-signed requests reach it through the API.
+        let public: Vec<_> = functions[*binary].iter().filter(|(_, iam)| !**iam).collect();
+        if *binary == "agent" {
+            assert!(public.is_empty(), "anonymous agent routes: {public:?}");
+        } else {
+            assert_eq!(public.len(), routes.len(), "{binary} should be public");
+        }
+    }
+}
+
+#[test]
+fn cargo_lambda_watch_routes_each_declared_route_to_its_own_binary() {
+    let manifest: toml::Table = std::fs::read_to_string(root().join("Cargo.toml")).unwrap().parse().unwrap();
+    let router = manifest["workspace"]["metadata"]["lambda"]["watch"]["router"].as_table().unwrap();
+    let mut watched: BTreeMap<String, Endpoints> = BTreeMap::new();
+    for (path, methods) in router {
+        for entry in methods.as_array().unwrap() {
+            let function = entry["function"].as_str().unwrap().to_owned();
+            let method = entry["method"].as_str().unwrap().to_owned();
+            watched.entry(function).or_default().insert((method, path.clone()));
+        }
+    }
+    let declared: BTreeMap<String, Endpoints> =
+        declared().into_iter().map(|(binary, routes)| (binary.to_owned(), endpoints(routes))).collect();
+    assert_eq!(watched, declared);
+}
+
+/// `ifs-guide serve` mounts every function: each declared route is there, with its method.
+#[tokio::test]
+async fn serve_answers_every_declared_route() {
+    let app = spawn_app().await;
+    for (binary, routes) in declared() {
+        if binary == "agent" {
+            // The agent's routes are mounted only with the in-process model (tests/api/model.rs).
+            continue;
+        }
+        for route in routes {
+            let request = match route.method_name() {
+                "GET" => app.client.get(app.url(route.path)),
+                _ => app.client.post(app.url(route.path)).json(&serde_json::json!({})),
+            };
+            let status = request.send().await.unwrap().status().as_u16();
+            assert!(
+                ![StatusCode::NOT_FOUND.as_u16(), StatusCode::METHOD_NOT_ALLOWED.as_u16()].contains(&status),
+                "{binary}: {} {} answered {status}",
+                route.method_name(),
+                route.path
+            );
+        }
+    }
+}
