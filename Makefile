@@ -13,7 +13,7 @@ ZIP_FUNCTIONS := SignupFunction LoginFunction MeFunction LogoutFunction Dialogue
 LAMBDA_PACKAGES := -p ifs-signup -p ifs-login -p ifs-me -p ifs-logout -p ifs-dialogue -p ifs-dialogues -p ifs-messages -p ifs-agent-container -p ifs-guide
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 
-.PHONY: help run agent services test lint deps model dynamodb-local bench-agent check-deploy lambda-build sam-build lambda-local test-lambda bench-cold-start
+.PHONY: help run agent services test lint deps model dynamodb-local bench-agent check-deploy lambda-build sam-build sam-build-zips lambda-local test-lambda bench-cold-start
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,12 +39,18 @@ lambda-build: deps ## Build the seven zip functions for Lambda (cargo lambda, x8
 	@infra/python-tools.sh >/dev/null
 	infra/lambda-build.sh
 
-sam-build: deps ## sam build the seven zip functions (the agent image needs Docker: sam build AgentFunction)
+sam-build: deps ## sam build everything for sam deploy (x86-64-v3, checked); the agent's image needs Docker
+	@infra/python-tools.sh >/dev/null
+	PATH="$$PWD/$(VENV):$$PATH" RUSTFLAGS="-C target-cpu=x86-64-v3" $(SAM) build --beta-features
+	infra/lambda-build.sh --check $(addprefix .aws-sam/build/,$(ZIP_FUNCTIONS))
+
+sam-build-zips: deps ## sam build each zip function on its own (no Docker needed), checked like lambda-build
 	@infra/python-tools.sh >/dev/null
 	for function in $(ZIP_FUNCTIONS); do \
-	  PATH="$$PWD/$(VENV):$$PATH" RUSTFLAGS="-C target-cpu=x86-64-v3" $(SAM) build --beta-features $$function || exit 1; \
+	  PATH="$$PWD/$(VENV):$$PATH" RUSTFLAGS="-C target-cpu=x86-64-v3" \
+	    $(SAM) build --beta-features --build-dir .aws-sam/zips/$$function $$function || exit 1; \
+	  infra/lambda-build.sh --check .aws-sam/zips/$$function/$$function || exit 1; \
 	done
-	infra/lambda-build.sh --check $(addprefix .aws-sam/build/,$(ZIP_FUNCTIONS))
 
 lambda-local: deps model dynamodb-local ## The whole API through cargo lambda watch on http://127.0.0.1:9000 (LAMBDA_PORT), AWS-like
 	@infra/python-tools.sh >/dev/null

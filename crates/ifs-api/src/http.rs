@@ -1,6 +1,6 @@
 //! The middleware every deployment puts around the routers — locally around all of them merged,
 //! on Lambda around one: safe request ids, one log line per request, body limits, panic catching,
-//! JSON for every error, and a JSON 404 for unknown routes.
+//! JSON for every error, a JSON 404 for unknown routes, and CORS when `CORS_ALLOW_ORIGIN` asks.
 
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use axum::http::{HeaderName, Request, Response, header};
 use axum::response::IntoResponse;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
@@ -27,11 +28,19 @@ pub const REQUEST_ID_MAX: usize = 64;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Wraps finished routers (state already provided) for serving.
+/// Wraps finished routers (state already provided) for serving, with CORS as
+/// `CORS_ALLOW_ORIGIN` says.
 pub fn edge(routes: Router) -> Router {
+    edge_with(routes, cors_from_env())
+}
+
+/// [`edge`] with the CORS policy given.
+pub fn edge_with(routes: Router, cors: Option<CorsLayer>) -> Router {
     routes
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Outside the routes, so that a preflight is answered before a route could refuse OPTIONS.
+        .layer(tower::util::option_layer(cors))
         .layer(
             // Outermost first. The normaliser sits inside the logging so the log shows the status
             // sent, and outside the panic catcher and body limit so their bare responses get JSON.
@@ -49,6 +58,48 @@ pub fn edge(routes: Router) -> Router {
                 .layer(axum::middleware::map_response(json_errors))
                 .layer(CatchPanicLayer::new()),
         )
+}
+
+/// The CORS policy of `CORS_ALLOW_ORIGIN`: `*`, or origins separated by commas
+/// (`https://app.example.com`); unset or empty, no CORS headers (same-origin and non-browser
+/// clients need none). Origins that are not valid header values are left out, with a warning.
+#[must_use]
+pub fn cors_from_env() -> Option<CorsLayer> {
+    cors(&std::env::var("CORS_ALLOW_ORIGIN").unwrap_or_default())
+}
+
+/// The CORS policy for `origins` as `CORS_ALLOW_ORIGIN` spells them. Browsers may send the
+/// bearer token and JSON, and read the request id and `Retry-After`; no cookies are involved.
+#[must_use]
+pub fn cors(origins: &str) -> Option<CorsLayer> {
+    let origins = origins.trim();
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins == "*" {
+        AllowOrigin::any()
+    } else {
+        let valid: Vec<_> = origins
+            .split(',')
+            .map(str::trim)
+            .filter_map(|origin| {
+                let value = origin.parse().ok();
+                if value.is_none() {
+                    tracing::warn!(origin, "CORS_ALLOW_ORIGIN: not a valid origin, left out");
+                }
+                value
+            })
+            .collect();
+        AllowOrigin::list(valid)
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, X_REQUEST_ID])
+            .expose_headers([X_REQUEST_ID, header::RETRY_AFTER])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 /// Removes a client's `x-request-id` unless it is one short id of safe characters, so that the
@@ -140,6 +191,48 @@ mod tests {
         let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         (status, headers, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[tokio::test]
+    async fn cors_answers_preflights_and_marks_responses_for_the_allowed_origin_only() {
+        assert!(cors("").is_none() && cors("  ").is_none(), "unset means no CORS at all");
+        let routes = || {
+            Router::new().route(
+                "/echo",
+                post(|crate::Json(v): crate::Json<serde_json::Value>| async move { axum::Json(v) }),
+            )
+        };
+        let app = edge_with(routes(), cors("https://app.example.com, not an origin\n"));
+        let preflight = Request::builder()
+            .method("OPTIONS")
+            .uri("/echo")
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-type")
+            .body(Body::empty())
+            .unwrap();
+        let (status, headers, _) = call(app.clone(), preflight).await;
+        assert!(status.is_success(), "{status}");
+        assert_eq!(headers["access-control-allow-origin"], "https://app.example.com");
+        let allowed = headers["access-control-allow-headers"].to_str().unwrap();
+        assert!(allowed.contains("authorization") && allowed.contains("content-type"), "{allowed}");
+
+        let from = |origin: &str| {
+            Request::post("/echo")
+                .header("origin", origin)
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .unwrap()
+        };
+        let (status, headers, _) = call(app.clone(), from("https://app.example.com")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["access-control-allow-origin"], "https://app.example.com");
+        assert!(headers["access-control-expose-headers"].to_str().unwrap().contains("x-request-id"));
+        let (_, headers, _) = call(app, from("https://evil.example.net")).await;
+        assert!(!headers.contains_key("access-control-allow-origin"));
+
+        let (_, headers, _) = call(edge_with(routes(), cors("*")), from("https://any.example.org")).await;
+        assert_eq!(headers["access-control-allow-origin"], "*");
     }
 
     #[tokio::test]
