@@ -55,6 +55,11 @@ fn template_functions() -> BTreeMap<String, BTreeMap<(String, String), bool>> {
             let dockerfile = text(&resource["Metadata"]["Dockerfile"]);
             let source = std::fs::read_to_string(root().join(dockerfile)).unwrap();
             assert!(source.contains("--bin agent"), "{dockerfile} does not build the agent binary");
+            // Never for the build machine's CPU (.cargo/config.toml): Lambda's.
+            assert!(
+                source.contains(r#"ENV RUSTFLAGS="-C target-cpu=x86-64-v3""#),
+                "{dockerfile} does not build for x86-64-v3"
+            );
             "agent".to_owned()
         } else {
             assert_eq!(resource["Metadata"]["BuildMethod"], "rust-cargolambda", "{name}");
