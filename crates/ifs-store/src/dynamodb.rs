@@ -257,6 +257,25 @@ impl Intercept for CountCalls {
     }
 }
 
+/// The AWS SDK configuration every client of ours starts from: through `endpoint` when given (a
+/// local emulator: DynamoDB Local, a Lambda or SSM stand-in), with fixed local credentials and
+/// region unless the environment names its own (emulators accept any); otherwise the default
+/// AWS credential and region chain.
+#[must_use]
+pub fn sdk_loader(endpoint: Option<&str>) -> aws_config::ConfigLoader {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(endpoint) = endpoint {
+        loader = loader.endpoint_url(endpoint);
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            loader = loader.credentials_provider(Credentials::new("local", "local", None, None, "ifs-guide"));
+        }
+        if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+            loader = loader.region(Region::new("us-east-1"));
+        }
+    }
+    loader
+}
+
 /// Users and dialogues in one DynamoDB table.
 #[derive(Clone)]
 pub struct DynamoStore {
@@ -276,7 +295,7 @@ impl DynamoStore {
     /// default AWS credential and region chain. With an endpoint and no AWS credentials in the
     /// environment, fixed local ones are used: DynamoDB Local accepts any.
     pub async fn connect(table: &str, endpoint: Option<&str>) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let loader = sdk_loader(endpoint)
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(2))
@@ -285,16 +304,6 @@ impl DynamoStore {
                     .build(),
             )
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3));
-        if let Some(endpoint) = endpoint {
-            loader = loader.endpoint_url(endpoint);
-            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-                loader =
-                    loader.credentials_provider(Credentials::new("local", "local", None, None, "ifs-guide"));
-            }
-            if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
-                loader = loader.region(Region::new("us-east-1"));
-            }
-        }
         let shared = loader.load().await;
         let calls = Arc::new(AtomicU64::new(0));
         let config = aws_sdk_dynamodb::config::Builder::from(&shared)

@@ -19,7 +19,7 @@ pub mod embedded;
 pub mod local_servers;
 pub mod redis;
 
-pub use dynamodb::DynamoStore;
+pub use dynamodb::{DynamoStore, sdk_loader};
 pub use embedded::EmbeddedStore;
 pub use redis::RedisStore;
 

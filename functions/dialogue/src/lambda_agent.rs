@@ -32,23 +32,12 @@ impl LambdaAgent {
     /// emulator such as `cargo lambda watch`), otherwise through the default AWS chain. `timeout`
     /// bounds each invocation.
     pub async fn connect(function: &str, endpoint: Option<&str>, timeout: Duration) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(
+        let loader = ifs_store::sdk_loader(endpoint).timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(2))
                 .operation_timeout(timeout)
                 .build(),
         );
-        if let Some(endpoint) = endpoint {
-            loader = loader.endpoint_url(endpoint);
-            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-                let local =
-                    aws_sdk_lambda::config::Credentials::new("local", "local", None, None, "ifs-guide");
-                loader = loader.credentials_provider(local);
-            }
-            if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
-                loader = loader.region(aws_sdk_lambda::config::Region::new("us-east-1"));
-            }
-        }
         // A generation is not idempotent work to repeat on a slow answer; the Dialogue Manager
         // reports a failure and keeps the user's message instead.
         let config = loader.retry_config(aws_config::retry::RetryConfig::disabled()).load().await;

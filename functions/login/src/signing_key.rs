@@ -9,17 +9,11 @@ use aws_sdk_ssm::error::DisplayErrorContext;
 use secrecy::SecretString;
 
 /// The decrypted value of the SecureString `name`, through `endpoint` when given (tests), else
-/// through the default AWS chain.
+/// through the default AWS chain ([`ifs_store::sdk_loader`]).
 pub async fn from_parameter(name: &str, endpoint: Option<&str>) -> anyhow::Result<SecretString> {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(
+    let loader = ifs_store::sdk_loader(endpoint).timeout_config(
         aws_config::timeout::TimeoutConfig::builder().operation_timeout(Duration::from_secs(5)).build(),
     );
-    if let Some(endpoint) = endpoint {
-        loader = loader
-            .endpoint_url(endpoint)
-            .credentials_provider(aws_sdk_ssm::config::Credentials::new("local", "local", None, None, "test"))
-            .region(aws_sdk_ssm::config::Region::new("us-east-1"));
-    }
     let client = aws_sdk_ssm::Client::new(&loader.load().await);
     let output = client
         .get_parameter()
