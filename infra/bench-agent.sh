@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks the agent engine side by side with llama.cpp's own llama-bench: same model, same
 # threads, same prompt length (pp) and generation length (tg, at the depth of that prompt),
-# alternating the two tools so both see the same machine state. Prints a Markdown table.
+# alternating the two tools so both see the same machine state. Then time to first token through
+# the streaming endpoint over a 10-turn dialogue, with and without the prompt cache, beside
+# llama-server's (infra/bench_ttft.py). Prints Markdown tables.
 #
 #   infra/bench-agent.sh                 # our build as configured in .cargo/config.toml (native)
 #   BENCH_VARIANTS="x86-64 x86-64-v3 native" infra/bench-agent.sh
@@ -91,3 +93,9 @@ for variant in dict.fromkeys(r["variant"] for r in rows if r["tool"] == "ifs-age
     print(f"| ifs-agent (llama-cpp-2 0.1.160) | {variant} | {pp:.0f} | {tg:.1f} | {tg / lb_tg:.2f}× | {ttft:.0f} ms |")
 PY
 rm -f "$results"
+
+# Time to first token through the streaming endpoint, turn by turn through a 10-turn dialogue:
+# our agent with and without its prompt cache, and llama-server with its own.
+echo
+cargo build --release --locked -q -p ifs-agent-container --bin agent
+python3 infra/bench_ttft.py target/release/agent "$CACHE/build/bin/llama-server" "$MODEL" "$THREADS" "${TTFT_ROUNDS:-3}"

@@ -34,6 +34,24 @@ again = client.chat.completions.create(
 )
 assert again.choices[0].message.content == choice.message.content, "temperature 0 is deterministic"
 
+# Streaming: chunks as the client iterates them, usage last, the same text as the whole reply.
+stream = client.chat.completions.create(
+    model=model,
+    messages=[{"role": "system", "content": "You are brief."}, {"role": "user", "content": "Say hello to Ada."}],
+    max_tokens=12,
+    temperature=0,
+    stream=True,
+    stream_options={"include_usage": True},
+)
+chunks = list(stream)
+assert chunks[0].choices[0].delta.role == "assistant", chunks[0]
+assert len({chunk.id for chunk in chunks}) == 1, "one id for the whole stream"
+text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+assert text == choice.message.content, (text, choice.message.content)
+finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+assert finishes == [choice.finish_reason], finishes
+assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == reply.usage.total_tokens, chunks[-1]
+
 try:
     client.chat.completions.create(model=model, messages=[], max_tokens=8)
 except openai.BadRequestError as error:

@@ -40,6 +40,8 @@ fn main() {
         context: (args.prompt_tokens + args.gen_tokens as usize + 64) as u32,
         threads: args.threads,
         chat_template: None,
+        // Every repetition evaluates the whole prompt, as llama-bench's do.
+        cached_contexts: 0,
     })
     .expect("model loads");
 

@@ -36,6 +36,11 @@ pub struct AgentConfig {
     /// Requests that may wait for a turn; beyond that, 503 agent_busy.
     #[arg(long, env = "AGENT_QUEUE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub agent_queue: u32,
+    /// Contexts kept between requests so that a prompt beginning like an earlier one (the next
+    /// turn of a dialogue) reuses its evaluated tokens; each holds a whole context's KV cache in
+    /// memory. 0 turns the cache off.
+    #[arg(long, env = "AGENT_PROMPT_CACHE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub agent_prompt_cache: u32,
     /// CPU threads per generation; 0 means all available cores.
     #[arg(long, env = "AGENT_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=512))]
     pub agent_threads: u32,
@@ -59,6 +64,7 @@ impl AgentConfig {
             context: self.agent_ctx,
             threads,
             chat_template: self.agent_chat_template.clone(),
+            cached_contexts: self.agent_prompt_cache as usize,
         })?;
         Ok(AgentService::new(
             Arc::new(engine),

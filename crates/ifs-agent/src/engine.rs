@@ -1,12 +1,16 @@
-//! The llama.cpp engine: one model per process, loaded once, and a fresh context for each
-//! generation. Everything here blocks on CPU work and must run off the async runtime.
+//! The llama.cpp engine: one model per process, loaded once, and a small cache of contexts whose
+//! KV state a later prompt with the same beginning reuses (as `llama-server`'s `cache_prompt`
+//! does), so a dialogue's next turn evaluates only what is new. Everything here blocks on CPU
+//! work and must run off the async runtime.
 
 use std::num::NonZeroU32;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -16,7 +20,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::decode::Utf8Decoder;
-use crate::stop::find_stop;
+use crate::stop::{find_stop, held_back};
 
 /// llama.cpp's backend may be initialised once per process.
 static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
@@ -41,6 +45,8 @@ pub struct EngineSettings {
     pub threads: u32,
     /// A llama.cpp built-in template name, for models whose GGUF has no `chat_template`.
     pub chat_template: Option<String>,
+    /// Contexts kept between generations for their prompts' KV state; 0 turns the cache off.
+    pub cached_contexts: usize,
 }
 
 /// Where the chat template came from.
@@ -64,6 +70,7 @@ pub struct ModelInfo {
     pub context: u32,
     pub threads: u32,
     pub template: TemplateSource,
+    pub cached_contexts: usize,
 }
 
 /// A chat message for the template.
@@ -108,11 +115,14 @@ pub enum Finish {
     Stop,
     /// `max_tokens` reached.
     Length,
+    /// The receiver of the text asked to stop (its client went away).
+    Cancelled,
 }
 
 /// How long the parts of a generation took.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timings {
+    /// Evaluating the prompt tokens the cache did not hold.
     pub prompt: Duration,
     pub generation: Duration,
     pub time_to_first_token: Duration,
@@ -124,6 +134,8 @@ pub struct Completion {
     pub text: String,
     pub finish: Finish,
     pub prompt_tokens: u32,
+    /// Prompt tokens whose KV state came from the cache instead of being evaluated.
+    pub cached_tokens: u32,
     pub completion_tokens: u32,
     /// Oldest messages left out so the prompt and `max_tokens` fit the context.
     pub truncated_messages: u32,
@@ -143,15 +155,70 @@ pub enum EngineError {
     Failed(#[from] anyhow::Error),
 }
 
+/// llama.cpp evaluates a batch in micro-batches of this many tokens, from the batch's first
+/// position. How a token's KV state comes out, to the last bit, depends on the micro-batch it was
+/// computed in, so a cached state is reused only in whole micro-batches that a fresh evaluation of
+/// the same prompt would have formed too — then the reply is exactly the one without the cache.
+const MICRO_BATCH: usize = 128;
+
+/// A context kept for reuse, and the prompt tokens whose KV state it holds (positions 0..len,
+/// whole micro-batches from position 0 only).
+struct CachedContext {
+    context: LlamaContext<'static>,
+    tokens: Vec<LlamaToken>,
+}
+
+/// The kept contexts, least recently used first.
+struct PromptCache {
+    capacity: usize,
+    entries: Vec<CachedContext>,
+}
+
+impl PromptCache {
+    /// Takes the context whose state serves the most of `tokens`, and how many tokens that is:
+    /// whole micro-batches, short of the last token (which is evaluated for its logits). One
+    /// that would serve none stays for a prompt it does serve.
+    fn take(&mut self, tokens: &[LlamaToken]) -> Option<(CachedContext, usize)> {
+        let usable = |entry: &CachedContext| {
+            common_prefix(&entry.tokens, tokens).min(tokens.len().saturating_sub(1)) / MICRO_BATCH
+                * MICRO_BATCH
+        };
+        let (index, reusable) = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| (i, usable(entry)))
+            .max_by_key(|&(i, reusable)| (reusable, i))?;
+        (reusable > 0).then(|| (self.entries.remove(index), reusable))
+    }
+
+    fn put(&mut self, entry: CachedContext) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.len() == self.capacity {
+            self.entries.remove(0);
+        }
+        self.entries.push(entry);
+    }
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 /// The model, loaded once, and how to prompt it.
 pub struct Engine {
     backend: &'static LlamaBackend,
-    model: LlamaModel,
+    /// Contexts borrow the model, and the cache keeps contexts between requests, so the model
+    /// lives as long as the process (it is loaded once per process anyway).
+    model: &'static LlamaModel,
     template: LlamaChatTemplate,
     info: ModelInfo,
     /// Creating contexts concurrently from one model is unsound in llama.cpp (it may write to
     /// the model), so creation is serialised; generation itself runs in parallel.
     creating_context: Mutex<()>,
+    cache: Mutex<PromptCache>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -188,8 +255,17 @@ impl Engine {
             context,
             threads: settings.threads.max(1),
             template: source,
+            cached_contexts: settings.cached_contexts,
         };
-        Ok(Self { backend, model, template, info, creating_context: Mutex::new(()) })
+        let model: &'static LlamaModel = Box::leak(Box::new(model));
+        Ok(Self {
+            backend,
+            model,
+            template,
+            info,
+            creating_context: Mutex::new(()),
+            cache: Mutex::new(PromptCache { capacity: settings.cached_contexts, entries: Vec::new() }),
+        })
     }
 
     #[must_use]
@@ -264,25 +340,36 @@ impl Engine {
 
     /// Runs one generation to completion.
     pub fn generate(&self, job: &Job) -> Result<Completion, EngineError> {
-        let (prompt, tokens, truncated) = self.fit(&job.turns, job.max_tokens)?;
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(self.info.context))
-            .with_n_threads(self.info.threads as i32)
-            .with_n_threads_batch(self.info.threads as i32);
-        let mut ctx = {
-            let _guard = self.creating_context.lock().unwrap_or_else(PoisonError::into_inner);
-            self.model.new_context(self.backend, params).context("creating a llama.cpp context")?
-        };
+        self.generate_streaming(job, &mut |_| ControlFlow::Continue(()))
+    }
 
+    /// Runs one generation, handing `text` each piece of the reply as it is decoded: whole
+    /// characters only, never text a stop string later cuts off. `text` is also called with ""
+    /// after every token so that it can end the generation promptly (`Break`: its client went
+    /// away); the completion then holds what was produced and [`Finish::Cancelled`].
+    pub fn generate_streaming(
+        &self,
+        job: &Job,
+        text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Completion, EngineError> {
+        let (prompt, tokens, truncated) = self.fit(&job.turns, job.max_tokens)?;
         let started = Instant::now();
+        // The KV state for positions 0..reused is the cache's (PromptCache::take).
+        let (mut ctx, reused) = self.context_for(&tokens)?;
+        let mut evaluated = tokens[..reused].to_vec();
+        ctx.clear_kv_cache_seq(Some(0), Some(reused as u32), None).context("trimming the cached context")?;
         let n_batch = (ctx.n_batch() as usize).max(1);
         let mut batch = LlamaBatch::new(n_batch, 1);
         let last = tokens.len() - 1;
-        for (chunk_index, chunk) in tokens.chunks(n_batch).enumerate() {
+        // What a later prompt may reuse: the prompt's whole micro-batches. Generated tokens were
+        // evaluated one at a time, unlike in any later prompt that contains them.
+        let reusable = tokens.len() / MICRO_BATCH * MICRO_BATCH;
+        for chunk in tokens[reused..].chunks(n_batch) {
             batch.clear();
-            for (offset, &token) in chunk.iter().enumerate() {
-                let position = chunk_index * n_batch + offset;
+            for &token in chunk {
+                let position = evaluated.len();
                 batch.add(token, position as i32, &[0], position == last).context("filling a batch")?;
+                evaluated.push(token);
             }
             ctx.decode(&mut batch).context("evaluating the prompt")?;
         }
@@ -291,12 +378,12 @@ impl Engine {
         let mut sampler = sampler(job);
         let vocab = self.model.vocab();
         let mut decoder = Utf8Decoder::new();
-        let mut text = String::new();
+        let mut reply = String::new();
+        let mut sent = 0;
         let mut produced = 0u32;
         let mut finish = Finish::Length;
         let mut cut_at_stop_string = false;
         let mut logits_at = batch.n_tokens() - 1;
-        let mut position = tokens.len();
         let mut first_token = None;
         let generation_started = Instant::now();
         while produced < job.max_tokens {
@@ -307,31 +394,49 @@ impl Engine {
                 break;
             }
             produced += 1;
-            let searched_to = text.len();
-            text.push_str(&decoder.push(&vocab.token_to_piece(token, false, None)));
-            if let Some(at) = find_stop(&text, &job.stop, searched_to) {
-                text.truncate(at);
+            let searched_to = reply.len();
+            reply.push_str(&decoder.push(&vocab.token_to_piece(token, false, None)));
+            if let Some(at) = find_stop(&reply, &job.stop, searched_to) {
+                reply.truncate(at);
                 finish = Finish::Stop;
                 cut_at_stop_string = true;
+                break;
+            }
+            // What might be the start of a stop string waits until the next tokens settle it.
+            let ready = reply.len() - held_back(&reply, &job.stop);
+            let piece = if ready > sent { &reply[sent..ready] } else { "" };
+            sent = sent.max(ready);
+            if text(piece).is_break() {
+                finish = Finish::Cancelled;
                 break;
             }
             if produced == job.max_tokens {
                 break;
             }
             batch.clear();
-            batch.add(token, position as i32, &[0], true).context("filling a batch")?;
-            position += 1;
+            batch.add(token, evaluated.len() as i32, &[0], true).context("filling a batch")?;
+            evaluated.push(token);
             logits_at = 0;
             ctx.decode(&mut batch).context("generating")?;
         }
-        if !cut_at_stop_string {
+        if !cut_at_stop_string && finish != Finish::Cancelled {
             // Bytes of a character the model never finished.
-            text.push_str(&decoder.finish());
+            reply.push_str(&decoder.finish());
         }
+        if reply.len() > sent && finish != Finish::Cancelled {
+            // The end is settled: nothing held back can become a stop string any more.
+            let _ = text(&reply[sent..]);
+        } else if finish == Finish::Cancelled {
+            // Nobody reads the rest; the reply is what was sent.
+            reply.truncate(sent);
+        }
+        evaluated.truncate(reusable);
+        self.keep(ctx, evaluated);
         Ok(Completion {
-            text,
+            text: reply,
             finish,
             prompt_tokens: tokens.len() as u32,
+            cached_tokens: reused as u32,
             completion_tokens: produced,
             truncated_messages: truncated,
             prompt,
@@ -341,6 +446,29 @@ impl Engine {
                 time_to_first_token: first_token.unwrap_or_else(|| started.elapsed()),
             },
         })
+    }
+
+    /// A context for `tokens`: the cached one sharing the longest beginning with them, and how
+    /// many tokens that is, or a new one.
+    fn context_for(&self, tokens: &[LlamaToken]) -> anyhow::Result<(LlamaContext<'static>, usize)> {
+        let cached = self.cache.lock().unwrap_or_else(PoisonError::into_inner).take(tokens);
+        if let Some((entry, shared)) = cached {
+            return Ok((entry.context, shared));
+        }
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(self.info.context))
+            .with_n_ubatch(MICRO_BATCH as u32)
+            .with_n_threads(self.info.threads as i32)
+            .with_n_threads_batch(self.info.threads as i32);
+        let _guard = self.creating_context.lock().unwrap_or_else(PoisonError::into_inner);
+        let context = self.model.new_context(self.backend, params).context("creating a llama.cpp context")?;
+        Ok((context, 0))
+    }
+
+    /// Keeps a context whose KV state holds `tokens` for a later prompt that begins with them.
+    /// Only a generation that ran to its end gets here: after an error the state is unknown.
+    fn keep(&self, context: LlamaContext<'static>, tokens: Vec<LlamaToken>) {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner).put(CachedContext { context, tokens });
     }
 }
 

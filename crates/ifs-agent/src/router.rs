@@ -1,17 +1,22 @@
 //! The agent's HTTP routes, the same locally and on Lambda: chat completions at
-//! `POST /api/v1/agent` and `POST /v1/chat/completions`, model information at `GET /api/v1/agent`,
-//! and OpenAI's `GET /v1/models`.
+//! `POST /api/v1/agent` and `POST /v1/chat/completions` (whole, or streamed as OpenAI's server-sent
+//! events with `"stream": true`), model information at `GET /api/v1/agent`, and OpenAI's
+//! `GET /v1/models`.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::{Json as JsonResponse, Router};
-use ifs_api::openai::{ChatRequest, ChatResponse};
+use ifs_api::openai::{ChatChunk, ChatRequest, ChatRole, ChunkChoice, Delta};
 use ifs_api::{ApiError, Json, Route};
+use ifs_domain::Usage;
 use serde_json::{Value, json};
 
 use crate::engine::TemplateSource;
-use crate::service::AgentService;
+use crate::service::{AgentService, ChatError, ChatStream, Streamed, extension, finish_reason};
 
 /// Model information, ours.
 pub const INFO: Route = Route::get("/api/v1/agent");
@@ -37,8 +42,79 @@ pub fn router(service: Arc<AgentService>) -> Router {
 async fn complete(
     State(service): State<Arc<AgentService>>,
     Json(request): Json<ChatRequest>,
-) -> Result<JsonResponse<ChatResponse>, ApiError> {
-    service.chat(request).await.map(JsonResponse).map_err(crate::service::ChatError::into_api_error)
+) -> Result<Response, ApiError> {
+    if request.stream == Some(true) {
+        let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
+        let stream = service.chat_stream(request).await.map_err(ChatError::into_api_error)?;
+        return Ok(Sse::new(chunks(stream, include_usage)).into_response());
+    }
+    service
+        .chat(request)
+        .await
+        .map(|reply| JsonResponse(reply).into_response())
+        .map_err(ChatError::into_api_error)
+}
+
+/// Where an OpenAI stream is: the role first, then text, then the end, usage and `[DONE]`.
+enum Phase {
+    Role,
+    Text,
+    Usage(Usage),
+    Done,
+    Over,
+}
+
+/// The generation as OpenAI's `chat.completion.chunk` events. Dropping this (the client went
+/// away) drops the generation, which stops it.
+fn chunks(stream: ChatStream, include_usage: bool) -> impl futures::Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold((stream, Phase::Role), move |(mut stream, phase)| async move {
+        let (id, created, model) = (stream.id.clone(), stream.created, stream.model.clone());
+        let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>, ifs: Option<Value>| ChatChunk {
+            id: id.clone(),
+            object: "chat.completion.chunk".into(),
+            created,
+            model: model.clone(),
+            choices,
+            usage,
+            ifs,
+        };
+        let delta = |delta: Delta, finish_reason: Option<String>| {
+            vec![ChunkChoice { index: 0, delta, finish_reason }]
+        };
+        let (event, next) = match phase {
+            Phase::Role => {
+                let role = Delta { role: Some(ChatRole::Assistant), content: None };
+                (json_event(&chunk(delta(role, None), None, None)), Phase::Text)
+            }
+            Phase::Text => match stream.next().await {
+                Some(Streamed::Text(text)) => {
+                    let content = Delta { role: None, content: Some(text) };
+                    (json_event(&chunk(delta(content, None), None, None)), Phase::Text)
+                }
+                Some(Streamed::End(Ok(completion))) => {
+                    let usage = Usage::of(completion.prompt_tokens, completion.completion_tokens);
+                    let last = chunk(
+                        delta(Delta::default(), Some(finish_reason(completion.finish).into())),
+                        None,
+                        Some(extension(&completion)),
+                    );
+                    (json_event(&last), if include_usage { Phase::Usage(usage) } else { Phase::Done })
+                }
+                Some(Streamed::End(Err(error))) => {
+                    (json_event(&error.into_api_error().into_body()), Phase::Over)
+                }
+                None => return None,
+            },
+            Phase::Usage(usage) => (json_event(&chunk(Vec::new(), Some(usage), None)), Phase::Done),
+            Phase::Done => (Event::default().data("[DONE]"), Phase::Over),
+            Phase::Over => return None,
+        };
+        Some((Ok(event), (stream, next)))
+    })
+}
+
+fn json_event(value: &impl serde::Serialize) -> Event {
+    Event::default().data(serde_json::to_string(value).unwrap_or_else(|_| "{}".into()))
 }
 
 async fn info(State(service): State<Arc<AgentService>>) -> JsonResponse<Value> {

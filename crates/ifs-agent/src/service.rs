@@ -2,6 +2,7 @@
 //! request, waits its turn, runs the engine off the async runtime, and reports usage, truncation
 //! and timings. The HTTP routes and the in-process agent both go through [`AgentService::chat`].
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
@@ -9,6 +10,7 @@ use ifs_api::ApiError;
 use ifs_api::openai::{ChatRequest, ChatResponse, ChatRole, Choice, ReplyMessage, Stop};
 use ifs_domain::Usage;
 use serde_json::json;
+use tokio::sync::mpsc;
 
 use crate::engine::{Completion, Engine, EngineError, Finish, Job, Turn, TurnRole};
 use ifs_admission::{Admission, Busy};
@@ -32,8 +34,6 @@ pub struct Limits {
 pub enum ChatError {
     #[error("{field}: {problem}")]
     Invalid { field: String, problem: String },
-    #[error("{0}")]
-    Unsupported(&'static str),
     #[error(transparent)]
     ContextOverflow(EngineError),
     #[error("the agent is busy")]
@@ -52,7 +52,6 @@ impl ChatError {
     pub fn into_api_error(self) -> ApiError {
         match self {
             Self::Invalid { field, problem } => ApiError::invalid_field(&field, problem),
-            Self::Unsupported(what) => ApiError::new(StatusCode::BAD_REQUEST, "unsupported", what),
             Self::ContextOverflow(e) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "context_overflow", e.to_string())
             }
@@ -64,6 +63,39 @@ impl ChatError {
             .retry_after(BUSY_RETRY_AFTER),
             Self::Failed(cause) => ApiError::internal(cause),
         }
+    }
+}
+
+/// What a streamed generation sends, in order: pieces of text, then how it ended.
+#[derive(Debug)]
+pub enum Streamed {
+    Text(String),
+    End(Result<Completion, ChatError>),
+}
+
+/// A generation under way. Dropping it stops the generation within a token and frees its slot.
+#[derive(Debug)]
+pub struct ChatStream {
+    /// One id, creation time and model name for every chunk of the stream.
+    pub id: String,
+    pub created: i64,
+    pub model: String,
+    events: mpsc::UnboundedReceiver<Streamed>,
+    ended: bool,
+}
+
+impl ChatStream {
+    /// The next event; after `End`, None. A generation that died without saying how it ended
+    /// (a panic) ends as a failure.
+    pub async fn next(&mut self) -> Option<Streamed> {
+        if self.ended {
+            return None;
+        }
+        let event = self.events.recv().await.unwrap_or_else(|| {
+            Streamed::End(Err(ChatError::Failed(anyhow::anyhow!("the generation ended without a result"))))
+        });
+        self.ended = matches!(event, Streamed::End(_));
+        Some(event)
     }
 }
 
@@ -116,33 +148,61 @@ impl AgentService {
         self.limits
     }
 
-    /// Answers one chat-completions request.
+    /// Answers one chat-completions request, whole.
     pub async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, ChatError> {
+        let mut stream = self.chat_stream(request).await?;
+        let model = stream.model.clone();
+        while let Some(event) = stream.next().await {
+            if let Streamed::End(end) = event {
+                return end.map(|completion| self.response(completion, model));
+            }
+        }
+        Err(ChatError::Failed(anyhow::anyhow!("the generation ended without a result")))
+    }
+
+    /// Starts answering one chat-completions request as a stream of text. Validation and
+    /// admission come first: a refused request never starts a stream.
+    pub async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, ChatError> {
         let job = self.job(request)?;
         let permit = self.admission.enter().await.map_err(|Busy| ChatError::Busy)?;
         let engine = Arc::clone(&self.engine);
-        // The permit goes with the work: if the caller goes away, the slot stays taken until the
-        // generation really ends.
-        let completion = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            engine.generate(&job)
+        let observer = self.observer.clone();
+        let (sender, events) = mpsc::unbounded_channel();
+        // The permit goes with the work, and the work ends soon after nobody reads it: the
+        // engine asks after every token whether the receiver is still there.
+        tokio::task::spawn_blocking(move || {
+            let result = engine.generate_streaming(&job, &mut |text| {
+                if sender.is_closed()
+                    || (!text.is_empty() && sender.send(Streamed::Text(text.to_owned())).is_err())
+                {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            if let (Ok(completion), Some(observer)) = (&result, &observer) {
+                observer(&completion.prompt);
+            }
+            let end = result.map_err(|e| match e {
+                overflow @ EngineError::ContextOverflow { .. } => ChatError::ContextOverflow(overflow),
+                EngineError::Failed(cause) => ChatError::Failed(cause),
+            });
+            // The slot is free before anyone hears the generation ended: whoever asks next as
+            // soon as a reply arrives finds it free.
+            drop(permit);
+            // Nobody may be listening any more; that is how a cancelled stream ends.
+            let _ = sender.send(Streamed::End(end));
+        });
+        Ok(ChatStream {
+            id: format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
+            created: chrono::Utc::now().timestamp(),
+            model: self.engine.info().name.clone(),
+            events,
+            ended: false,
         })
-        .await
-        .map_err(|e| ChatError::Failed(anyhow::anyhow!("generation task failed: {e}")))?
-        .map_err(|e| match e {
-            overflow @ EngineError::ContextOverflow { .. } => ChatError::ContextOverflow(overflow),
-            EngineError::Failed(cause) => ChatError::Failed(cause),
-        })?;
-        if let Some(observer) = &self.observer {
-            observer(&completion.prompt);
-        }
-        Ok(self.response(completion))
     }
 
     fn job(&self, request: ChatRequest) -> Result<Job, ChatError> {
-        if request.stream == Some(true) {
-            return Err(ChatError::Unsupported("stream: streaming responses are not supported yet"));
-        }
         if request.messages.is_empty() {
             return Err(ChatError::invalid("messages", "must not be empty"));
         }
@@ -191,38 +251,49 @@ impl AgentService {
         Ok(Job { turns, max_tokens, temperature, top_p, seed: request.seed, stop })
     }
 
-    fn response(&self, completion: Completion) -> ChatResponse {
-        let timings = completion.timings;
-        let per_second =
-            |tokens: u32, seconds: f64| if seconds > 0.0 { f64::from(tokens) / seconds } else { 0.0 };
-        let created = chrono::Utc::now().timestamp();
+    fn response(&self, completion: Completion, model: String) -> ChatResponse {
         ChatResponse {
             id: format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
             object: "chat.completion".into(),
-            created,
-            model: self.engine.info().name.clone(),
+            created: chrono::Utc::now().timestamp(),
+            model,
             choices: vec![Choice {
                 index: 0,
-                message: ReplyMessage { role: ChatRole::Assistant, content: Some(completion.text) },
-                finish_reason: Some(
-                    match completion.finish {
-                        Finish::Stop => "stop",
-                        Finish::Length => "length",
-                    }
-                    .into(),
-                ),
+                message: ReplyMessage { role: ChatRole::Assistant, content: Some(completion.text.clone()) },
+                finish_reason: Some(finish_reason(completion.finish).into()),
             }],
             usage: Some(Usage::of(completion.prompt_tokens, completion.completion_tokens)),
-            ifs: Some(json!({
-                "truncated_messages": completion.truncated_messages,
-                "timings": {
-                    "prompt_ms": timings.prompt.as_secs_f64() * 1000.0,
-                    "generation_ms": timings.generation.as_secs_f64() * 1000.0,
-                    "time_to_first_token_ms": timings.time_to_first_token.as_secs_f64() * 1000.0,
-                    "prompt_tokens_per_second": per_second(completion.prompt_tokens, timings.prompt.as_secs_f64()),
-                    "tokens_per_second": per_second(completion.completion_tokens, timings.generation.as_secs_f64()),
-                }
-            })),
+            ifs: Some(extension(&completion)),
         }
     }
+}
+
+/// OpenAI's name for how a generation ended.
+#[must_use]
+pub fn finish_reason(finish: Finish) -> &'static str {
+    match finish {
+        Finish::Stop => "stop",
+        Finish::Length => "length",
+        Finish::Cancelled => "cancelled",
+    }
+}
+
+/// ifs-guide's extension of a reply: truncation, the prompt cache and timings.
+#[must_use]
+pub fn extension(completion: &Completion) -> serde_json::Value {
+    let timings = completion.timings;
+    let per_second =
+        |tokens: u32, seconds: f64| if seconds > 0.0 { f64::from(tokens) / seconds } else { 0.0 };
+    let evaluated = completion.prompt_tokens - completion.cached_tokens;
+    json!({
+        "truncated_messages": completion.truncated_messages,
+        "cached_prompt_tokens": completion.cached_tokens,
+        "timings": {
+            "prompt_ms": timings.prompt.as_secs_f64() * 1000.0,
+            "generation_ms": timings.generation.as_secs_f64() * 1000.0,
+            "time_to_first_token_ms": timings.time_to_first_token.as_secs_f64() * 1000.0,
+            "prompt_tokens_per_second": per_second(evaluated, timings.prompt.as_secs_f64()),
+            "tokens_per_second": per_second(completion.completion_tokens, timings.generation.as_secs_f64()),
+        }
+    })
 }

@@ -17,6 +17,24 @@ pub fn find_stop(text: &str, stops: &[String], searched_to: usize) -> Option<usi
         .min()
 }
 
+/// How many bytes at the end of `text` could be the beginning of a stop string, and so must not
+/// be streamed yet: the longest such suffix (a proper prefix of some stop, on a character
+/// boundary), or 0.
+#[must_use]
+pub fn held_back(text: &str, stops: &[String]) -> usize {
+    stops
+        .iter()
+        .flat_map(|stop| {
+            stop.char_indices()
+                .skip(1)
+                .map(|(end, _)| &stop[..end])
+                .filter(|prefix| text.ends_with(prefix))
+                .map(str::len)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,6 +53,18 @@ mod tests {
         // "END" arrives as "…EN" then "D": the second search starts early enough to see it.
         assert_eq!(find_stop("text EN", &stops(&["END"]), 0), None);
         assert_eq!(find_stop("text END", &stops(&["END"]), 7), Some(5));
+    }
+
+    #[test]
+    fn text_that_may_begin_a_stop_is_held_back() {
+        let list = stops(&["END", "\n\nUser:"]);
+        assert_eq!(held_back("the E", &list), 1);
+        assert_eq!(held_back("the EN", &list), 2);
+        assert_eq!(held_back("the ENx", &list), 0);
+        assert_eq!(held_back("line\n\nUse", &list), 5);
+        assert_eq!(held_back("anything", &[]), 0);
+        // Whole characters only: "é" is two bytes, held as one.
+        assert_eq!(held_back("caf\u{e9}", &stops(&["\u{e9}t\u{e9}"])), 2);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use axum::http::StatusCode;
 use ifs_agent::AgentConfig;
 use ifs_agent::service::AgentService;
-use ifs_api::testing::{call, empty_request, json_request};
+use ifs_api::testing::{call, empty_request, json_request, open_stream};
 use serde_json::{Value, json};
 
 fn model_path() -> PathBuf {
@@ -35,6 +35,7 @@ fn config(context: u32, parallel: u32, queue: u32) -> AgentConfig {
         agent_parallel: parallel,
         agent_queue: queue,
         agent_threads: 0,
+        agent_prompt_cache: 4,
     }
 }
 
@@ -241,7 +242,8 @@ async fn bad_requests_are_400s_naming_the_problem() {
         (json!({"messages": [user], "temperature": 2.5}), "invalid_request", "temperature"),
         (json!({"messages": [user], "top_p": 0}), "invalid_request", "top_p"),
         (json!({"messages": [user], "stop": ["a", "b", "c", "d", "e"]}), "invalid_request", "stop"),
-        (json!({"messages": [user], "stream": true}), "unsupported", "stream"),
+        // A stream that cannot start is an ordinary JSON error.
+        (json!({"messages": [], "stream": true}), "invalid_request", "messages"),
     ] {
         let (status, reply) = chat(Arc::clone(&service), body.clone()).await;
         assert_eq!(
@@ -323,4 +325,152 @@ fn a_missing_model_or_an_unknown_built_in_template_is_refused_at_start_up() {
 
     let built_in = AgentConfig { agent_chat_template: Some("chatml".into()), ..config(512, 1, 1) };
     assert!(built_in.service().is_ok());
+}
+
+/// The chunks of a streamed completion, `[DONE]` as the string it is.
+async fn stream(service: Arc<AgentService>, body: Value) -> (StatusCode, Vec<Value>) {
+    let (status, _, mut events) =
+        open_stream(ifs_agent::router(service), json_request("POST", "/v1/chat/completions", None, &body))
+            .await;
+    let chunks = events
+        .rest()
+        .await
+        .into_iter()
+        .map(|e| serde_json::from_str(&e.data).unwrap_or(Value::String(e.data)))
+        .collect();
+    (status, chunks)
+}
+
+#[tokio::test]
+async fn a_stream_is_openais_chunks_and_adds_up_to_the_buffered_reply() {
+    let question = ask("Name three colours of the rainbow.", json!({"max_tokens": 40, "temperature": 0}));
+    let (_, whole) = chat(shared(), question.clone()).await;
+    let mut streamed = question;
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let (status, chunks) = stream(shared(), streamed).await;
+    assert_eq!(status, StatusCode::OK);
+
+    assert_eq!(chunks.last().unwrap(), "[DONE]");
+    let chunks = &chunks[..chunks.len() - 1];
+    let id = chunks[0]["id"].as_str().unwrap();
+    assert!(id.starts_with("chatcmpl-"));
+    for chunk in chunks {
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        assert_eq!((chunk["id"].as_str(), &chunk["created"]), (Some(id), &chunks[0]["created"]));
+    }
+    assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant"}));
+    let (usage, rest) = chunks.split_last().unwrap();
+    let (finish, deltas) = rest[1..].split_last().unwrap();
+    assert_eq!(finish["choices"][0]["delta"], json!({}));
+    assert_eq!(finish["choices"][0]["finish_reason"], whole["choices"][0]["finish_reason"]);
+    assert!(deltas.iter().all(|d| d["choices"][0]["finish_reason"].is_null()));
+    let text: String = deltas.iter().map(|d| d["choices"][0]["delta"]["content"].as_str().unwrap()).collect();
+    assert_eq!(text, whole["choices"][0]["message"]["content"].as_str().unwrap());
+    assert!(deltas.len() > 3, "the text came in pieces: {}", deltas.len());
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"], whole["usage"]);
+
+    // Without include_usage the finish chunk is the last before [DONE].
+    let (_, chunks) = stream(shared(), ask("Hi!", json!({"max_tokens": 8, "stream": true}))).await;
+    assert_eq!(chunks.last().unwrap(), "[DONE]");
+    assert!(!chunks[chunks.len() - 2]["choices"][0]["finish_reason"].is_null());
+}
+
+#[tokio::test]
+async fn a_stream_never_sends_text_that_a_stop_string_cuts_off() {
+    let body = |stream: bool| {
+        ask(
+            "Count from 1 to 20, separated by commas.",
+            json!({"max_tokens": 80, "temperature": 0, "stop": ["7"], "stream": stream}),
+        )
+    };
+    let (_, whole) = chat(shared(), body(false)).await;
+    let expected = whole["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!expected.contains('7'));
+    let (_, chunks) = stream(shared(), body(true)).await;
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, expected);
+}
+
+#[tokio::test]
+async fn dropping_a_stream_stops_the_generation_and_frees_the_slot_at_once() {
+    // One slot, no queue: while a generation runs, any other request is turned away.
+    let service = Arc::new(config(2048, 1, 0).service().unwrap());
+    let long =
+        ask("Count from 1 to 1000, separated by commas.", json!({"max_tokens": 600, "temperature": 0}));
+    // The same request, whole, runs to its limit: the generation dropped below would be long.
+    let started = std::time::Instant::now();
+    let (status, whole) = chat(Arc::clone(&service), long.clone()).await;
+    let full_time = started.elapsed();
+    assert_eq!((status, whole["choices"][0]["finish_reason"].as_str()), (StatusCode::OK, Some("length")));
+
+    let mut streamed = long;
+    streamed["stream"] = json!(true);
+    let (status, _, mut events) = open_stream(
+        ifs_agent::router(Arc::clone(&service)),
+        json_request("POST", "/v1/chat/completions", None, &streamed),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for _ in 0..4 {
+        events.next().await.unwrap();
+    }
+    let dropped = std::time::Instant::now();
+    drop(events);
+    // The next request gets the slot as soon as the generation notices, a token or two later.
+    let mut answered = None;
+    while dropped.elapsed() < full_time / 4 {
+        let (status, reply) = chat(Arc::clone(&service), ask("Hi!", json!({"max_tokens": 2}))).await;
+        if status == StatusCode::OK {
+            answered = Some(dropped.elapsed());
+            break;
+        }
+        assert_eq!(reply["error"]["code"], "agent_busy");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let waited = answered.expect("the slot was still taken long after the stream was dropped");
+    assert!(waited < full_time / 4, "freed after {waited:?}; the whole generation takes {full_time:?}");
+}
+
+#[tokio::test]
+async fn the_prompt_cache_changes_nothing_but_the_work_a_next_turn_costs() {
+    let cached = Arc::new(config(2048, 1, 16).service().unwrap());
+    let mut uncached_config = config(2048, 1, 16);
+    uncached_config.agent_prompt_cache = 0;
+    let uncached = Arc::new(uncached_config.service().unwrap());
+    let both = |body: Value| {
+        let (cached, uncached) = (Arc::clone(&cached), Arc::clone(&uncached));
+        async move { (chat(cached, body.clone()).await.1, chat(uncached, body).await.1) }
+    };
+
+    let mut messages = vec![json!({"role": "system", "content": "You are a helpful assistant."})];
+    let mut previous_prompt = 0;
+    let questions =
+        ["What is a rainbow?", "Why is the sky blue?", "And why are sunsets red?", "What about the moon?"];
+    for (turn, question) in questions.iter().enumerate() {
+        messages.push(json!({"role": "user", "content": question}));
+        let (with_cache, without) =
+            both(json!({"messages": messages, "max_tokens": 64, "temperature": 0})).await;
+        let reply = with_cache["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_eq!(reply, without["choices"][0]["message"]["content"].as_str().unwrap(), "turn {turn}");
+        assert_eq!(with_cache["usage"], without["usage"]);
+        assert_eq!(without["ifs"]["cached_prompt_tokens"], 0);
+        let reused = with_cache["ifs"]["cached_prompt_tokens"].as_u64().unwrap();
+        let prompt = with_cache["usage"]["prompt_tokens"].as_u64().unwrap();
+        // Whole micro-batches of 128 of the previous prompt came from the cache.
+        assert_eq!(reused, previous_prompt / 128 * 128, "turn {turn}: {reused} of {prompt} reused");
+        previous_prompt = prompt;
+        messages.push(json!({"role": "assistant", "content": reply}));
+    }
+    assert!(previous_prompt > 256, "the dialogue grew past two micro-batches: {previous_prompt}");
+
+    // Prompts that share only a beginning, or nothing, with what is cached: still the same.
+    for body in [
+        json!({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 3, "temperature": 0}),
+        json!({"messages": messages[..3], "max_tokens": 16, "temperature": 0}),
+    ] {
+        let (with_cache, without) = both(body).await;
+        assert_eq!(with_cache["choices"], without["choices"]);
+    }
 }

@@ -1,13 +1,18 @@
-//! The agent as the Dialogue Manager sees it: a port that completes a chat, and its adapter over
-//! HTTP to any OpenAI-compatible server (our agent service, llama.cpp's `llama-server`, …).
+//! The agent as the Dialogue Manager sees it: a port that completes a chat, whole or as a stream
+//! of text, and its adapter over HTTP to any OpenAI-compatible server (our agent service,
+//! llama.cpp's `llama-server`, …).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
+use ifs_domain::Usage;
 use reqwest::{StatusCode, Url, header};
 use serde::Deserialize;
 
-use crate::openai::{ChatRequest, ChatResponse};
+use crate::openai::{ChatChunk, ChatRequest, ChatResponse, StreamOptions};
+use crate::sse;
 
 /// Why the agent gave no usable reply.
 #[derive(Debug, thiserror::Error)]
@@ -26,10 +31,35 @@ pub enum AgentError {
     Rejected { code: &'static str, message: String },
 }
 
+/// One event of a streamed reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentEvent {
+    /// More of the reply's text (whole characters).
+    Delta(String),
+    /// The reply is complete; nothing follows.
+    Finished(Finished),
+}
+
+/// How a streamed reply ended.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Finished {
+    pub finish_reason: Option<String>,
+    pub model: String,
+    pub usage: Option<Usage>,
+}
+
+/// A reply as it is produced: deltas, then `Finished`, or an error instead of the rest. Dropping
+/// it tells the agent to stop generating.
+pub type AgentStream = BoxStream<'static, Result<AgentEvent, AgentError>>;
+
 /// Something that completes chats.
 #[async_trait]
 pub trait Agent: Send + Sync + std::fmt::Debug + 'static {
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, AgentError>;
+
+    /// The reply as it is produced. Refusals before the first token (busy, a request that does
+    /// not fit) are the `Err` here, as [`Agent::complete`] gives them.
+    async fn stream(&self, request: ChatRequest) -> Result<AgentStream, AgentError>;
 
     /// One line for the start-up banner.
     fn describe(&self) -> String;
@@ -142,6 +172,146 @@ async fn read_capped(
     Ok(body)
 }
 
+fn retry_after(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// A whole reply as a stream: for agents that answered without streaming.
+#[must_use]
+pub fn whole(reply: ChatResponse) -> AgentStream {
+    let choice = reply.choices.into_iter().next();
+    let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
+    let text = choice.and_then(|c| c.message.content).unwrap_or_default();
+    let finished = Finished { finish_reason, model: reply.model, usage: reply.usage };
+    Box::pin(futures::stream::iter([Ok(AgentEvent::Delta(text)), Ok(AgentEvent::Finished(finished))]))
+}
+
+/// Reads an OpenAI chat-completions event stream: `data: <chunk>` events, an error event, then
+/// `data: [DONE]`. Whatever carries it (HTTP, a Lambda response stream) hands in the bytes.
+#[derive(Debug)]
+pub struct ChunkReader {
+    decoder: sse::Decoder,
+    finished: Finished,
+    done: bool,
+}
+
+impl Default for ChunkReader {
+    fn default() -> Self {
+        Self { decoder: sse::Decoder::new(ANSWER_LIMIT), finished: Finished::default(), done: false }
+    }
+}
+
+impl ChunkReader {
+    /// The events in `bytes`, in order; an error is the last. After `[DONE]` the last is
+    /// `Finished` and nothing more is read.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<Result<AgentEvent, AgentError>> {
+        let mut out = Vec::new();
+        if self.done {
+            return out;
+        }
+        let events = match self.decoder.push(bytes) {
+            Ok(events) => events,
+            Err(e) => return vec![Err(AgentError::Unavailable(e.to_string()))],
+        };
+        for event in events {
+            match self.read(&event.data) {
+                Ok(read) => out.extend(read.into_iter().map(Ok)),
+                Err(error) => {
+                    out.push(Err(error));
+                    return out;
+                }
+            }
+            if self.done {
+                break;
+            }
+        }
+        out
+    }
+
+    fn read(&mut self, data: &str) -> Result<Vec<AgentEvent>, AgentError> {
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(vec![AgentEvent::Finished(std::mem::take(&mut self.finished))]);
+        }
+        let value: serde_json::Value = serde_json::from_str(data).map_err(|e| {
+            AgentError::Unavailable(format!("malformed stream event ({e}): {}", snippet(data.as_bytes())))
+        })?;
+        if let Some(error) = value.get("error") {
+            let message = error.get("message").and_then(serde_json::Value::as_str).unwrap_or("unknown error");
+            return Err(AgentError::Unavailable(format!(
+                "failed while streaming: {}",
+                message.chars().take(SNIPPET).collect::<String>()
+            )));
+        }
+        let chunk: ChatChunk = serde_json::from_value(value).map_err(|e| {
+            AgentError::Unavailable(format!("malformed chunk ({e}): {}", snippet(data.as_bytes())))
+        })?;
+        if !chunk.model.is_empty() {
+            self.finished.model = chunk.model;
+        }
+        if chunk.usage.is_some() {
+            self.finished.usage = chunk.usage;
+        }
+        let mut out = Vec::new();
+        for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+                out.push(AgentEvent::Delta(text));
+            }
+            if choice.finish_reason.is_some() {
+                self.finished.finish_reason = choice.finish_reason;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `[DONE]` came: a stream that ends before it was cut off.
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// The state of an HTTP event stream being read.
+struct Reading {
+    response: reqwest::Response,
+    reader: ChunkReader,
+    ready: VecDeque<Result<AgentEvent, AgentError>>,
+    idle: Duration,
+    ended: bool,
+}
+
+impl Reading {
+    async fn next(mut self) -> Option<(Result<AgentEvent, AgentError>, Self)> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                if event.is_err() {
+                    self.ended = true;
+                    self.ready.clear();
+                }
+                return Some((event, self));
+            }
+            if self.ended || self.reader.is_done() {
+                return None;
+            }
+            let failure = match tokio::time::timeout(self.idle, self.response.chunk()).await {
+                Err(_) => AgentError::Timeout(self.idle),
+                Ok(Err(e)) => AgentError::Unavailable(format!("the stream broke: {e}")),
+                Ok(Ok(None)) => AgentError::Unavailable("the stream ended before [DONE]".into()),
+                Ok(Ok(Some(bytes))) => {
+                    self.ready.extend(self.reader.push(&bytes));
+                    continue;
+                }
+            };
+            self.ended = true;
+            return Some((Err(failure), self));
+        }
+    }
+}
+
 #[async_trait]
 impl Agent for HttpAgent {
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, AgentError> {
@@ -152,6 +322,7 @@ impl Agent for HttpAgent {
                 AgentError::Unavailable(e.to_string())
             }
         };
+        let request = ChatRequest { stream: None, stream_options: None, ..request };
         let response = self
             .client
             .post(self.url.clone())
@@ -161,16 +332,109 @@ impl Agent for HttpAgent {
             .await
             .map_err(failed)?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let retry_after = retry_after(&response);
         let body = read_capped(response, failed).await?;
         answer(status, retry_after, &body)
     }
 
+    async fn stream(&self, request: ChatRequest) -> Result<AgentStream, AgentError> {
+        let failed = |e: reqwest::Error| {
+            if e.is_timeout() {
+                AgentError::Timeout(self.timeout)
+            } else {
+                AgentError::Unavailable(e.to_string())
+            }
+        };
+        let request = ChatRequest {
+            stream: Some(true),
+            stream_options: Some(StreamOptions { include_usage: true }),
+            ..request
+        };
+        // The timeout covers the wait for the answer's head; after it, each piece of the
+        // stream must come within the same time.
+        let response =
+            tokio::time::timeout(self.timeout, self.client.post(self.url.clone()).json(&request).send())
+                .await
+                .map_err(|_| AgentError::Timeout(self.timeout))?
+                .map_err(failed)?;
+        let status = response.status();
+        let is_stream = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !status.is_success() || !is_stream {
+            // A refusal, or a server that answers a stream request whole.
+            let retry_after = retry_after(&response);
+            let body = tokio::time::timeout(self.timeout, read_capped(response, failed))
+                .await
+                .map_err(|_| AgentError::Timeout(self.timeout))??;
+            return answer(status, retry_after, &body).map(whole);
+        }
+        let reading = Reading {
+            response,
+            reader: ChunkReader::default(),
+            ready: VecDeque::new(),
+            idle: self.timeout,
+            ended: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(reading, Reading::next)))
+    }
+
     fn describe(&self) -> String {
         format!("OpenAI-compatible endpoint {}", self.url)
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    fn texts(events: &[Result<AgentEvent, AgentError>]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                Ok(AgentEvent::Delta(text)) => text.clone(),
+                Ok(AgentEvent::Finished(f)) => {
+                    format!("finished {:?} {} {:?}", f.finish_reason, f.model, f.usage)
+                }
+                Err(error) => format!("error {error}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stream_reads_as_deltas_then_how_it_finished() {
+        let stream = concat!(
+            "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+            ": a comment\n\n",
+            "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
+            "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n",
+            "data: [DONE]\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"after done\"}}]}\n\n",
+        );
+        let expected = vec![
+            "Hel".to_owned(),
+            "lo".to_owned(),
+            format!("finished {:?} m {:?}", Some("length"), Some(Usage::of(3, 2))),
+        ];
+        let mut reader = ChunkReader::default();
+        assert_eq!(texts(&reader.push(stream.as_bytes())), expected);
+        assert!(reader.is_done());
+        // Byte by byte, the same.
+        let mut reader = ChunkReader::default();
+        let events: Vec<_> = stream.as_bytes().iter().flat_map(|b| reader.push(&[*b])).collect();
+        assert_eq!(texts(&events), expected);
+    }
+
+    #[test]
+    fn text_before_an_error_event_is_kept_and_the_error_ends_it() {
+        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"one \"}}]}\n\ndata: {\"error\":{\"message\":\"boom\"}}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"never\"}}]}\n\n";
+        let events = ChunkReader::default().push(stream.as_bytes());
+        assert_eq!(texts(&events), ["one ", "error the agent is unavailable: failed while streaming: boom"]);
+        let garbage = ChunkReader::default().push(b"data: <html>\n\n");
+        assert!(matches!(garbage.as_slice(), [Err(AgentError::Unavailable(_))]));
     }
 }

@@ -122,8 +122,11 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The envelope, `{"error": {"code", "message", …}}`, logging the cause. For an error that
+    /// ends a stream already under way, where the status line has long been sent.
+    #[must_use]
+    pub fn into_body(self) -> Value {
         match &self.cause {
             Some(cause) if self.status.is_server_error() => {
                 tracing::error!(code = self.code, error = ?cause, "request failed");
@@ -135,11 +138,18 @@ impl IntoResponse for ApiError {
         error.insert("code".into(), self.code.into());
         error.insert("message".into(), Value::String(self.message.into_owned()));
         error.extend(self.extra);
-        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
-        if let Some(seconds) = self.retry_after {
+        json!({ "error": error })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, retry_after) = (self.status, self.retry_after);
+        let mut response = (status, axum::Json(self.into_body())).into_response();
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response

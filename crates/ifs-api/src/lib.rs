@@ -12,6 +12,7 @@ pub mod lambda;
 pub mod openai;
 pub mod route;
 pub mod server;
+pub mod sse;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod views;

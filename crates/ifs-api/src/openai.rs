@@ -47,6 +47,15 @@ pub struct ChatRequest {
     pub stop: Option<Stop>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// `stream_options`: whether the stream ends with a chunk carrying `usage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
 }
 
 /// The assistant's message in a choice; `content` may be null in OpenAI's format.
@@ -84,6 +93,52 @@ pub struct ChatResponse {
     /// ifs-guide's extension (truncation, timings); other servers leave it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifs: Option<serde_json::Value>,
+}
+
+/// What a piece of a streamed reply adds to the message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<ChatRole>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    #[serde(default)]
+    pub index: u32,
+    #[serde(default)]
+    pub delta: Delta,
+    /// Null until the last content chunk, as OpenAI sends it.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+/// One event of a streamed chat completion: `object: "chat.completion.chunk"`, with the same
+/// `id` and `created` in every chunk of one stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatChunk {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default = "chat_completion_chunk")]
+    pub object: String,
+    #[serde(default)]
+    pub created: i64,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub choices: Vec<ChunkChoice>,
+    /// Only in the final chunk of a stream that asked for it (`choices` is empty there).
+    #[serde(default, deserialize_with = "lenient_usage", skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// ifs-guide's extension, in the chunk that carries `finish_reason`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifs: Option<serde_json::Value>,
+}
+
+fn chat_completion_chunk() -> String {
+    "chat.completion.chunk".into()
 }
 
 fn chat_completion() -> String {

@@ -119,3 +119,48 @@ pub fn empty_request(method: &str, uri: &str, token: Option<&str>) -> Request<Bo
     }
     builder.body(Body::empty()).expect("request")
 }
+
+/// The events of a streamed answer, read as they arrive.
+#[derive(Debug)]
+pub struct EventReader {
+    body: Body,
+    decoder: crate::sse::Decoder,
+    ready: std::collections::VecDeque<crate::sse::Event>,
+}
+
+impl EventReader {
+    /// The next event, or None when the stream has ended.
+    pub async fn next(&mut self) -> Option<crate::sse::Event> {
+        use http_body_util::BodyExt as _;
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
+            }
+            let frame = self.body.frame().await?.expect("the stream's body");
+            if let Ok(bytes) = frame.into_data() {
+                self.ready.extend(self.decoder.push(&bytes).expect("events of sane size"));
+            }
+        }
+    }
+
+    /// Every event left, to the end of the stream.
+    pub async fn rest(&mut self) -> Vec<crate::sse::Event> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next().await {
+            events.push(event);
+        }
+        events
+    }
+}
+
+/// Calls `routes` through the edge middleware and returns the answer's status, headers and its
+/// body read as server-sent events.
+pub async fn open_stream(
+    routes: Router,
+    request: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, EventReader) {
+    let response = crate::http::edge(routes).oneshot(request).await.expect("infallible");
+    let (parts, body) = response.into_parts();
+    let reader = EventReader { body, decoder: crate::sse::Decoder::new(1 << 20), ready: Default::default() };
+    (parts.status, parts.headers, reader)
+}

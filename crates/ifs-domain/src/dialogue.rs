@@ -284,8 +284,55 @@ pub fn check_chain(messages: &[Message]) -> Result<(), ChainError> {
     Ok(())
 }
 
+/// How many of the `before` messages preceding a new one go to the agent as memory, for a memory
+/// of at most `capacity` messages.
+///
+/// All of them while they fit. After that the window does not slide by one message a turn —
+/// that would change the prompt's beginning every turn and defeat the agent's prompt cache — but
+/// jumps: its oldest half is dropped at once, then it grows again for half a window's worth of
+/// messages with the same beginning. The memory holds between `capacity - capacity / 2 + 1` and
+/// `capacity` messages, and its first message moves by an even count (a user message stays first
+/// when the dialogue alternates).
+#[must_use]
+pub fn memory_window(before: u64, capacity: usize) -> usize {
+    let capacity = capacity as u64;
+    if before <= capacity {
+        return before as usize;
+    }
+    let step = (capacity / 2).max(1);
+    let step = step + step % 2;
+    let step = step.min(capacity).max(1);
+    let start = (before - capacity).div_ceil(step) * step;
+    (before - start) as usize
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_memory_window_grows_then_jumps_by_half_and_keeps_its_start_meanwhile() {
+        use super::memory_window;
+        // Everything while it fits.
+        assert_eq!((0..=20).map(|n| memory_window(n, 20)).collect::<Vec<_>>(), (0..=20).collect::<Vec<_>>());
+        // Then the start moves by 10 at a time: 21 messages before → the newest 11.
+        assert_eq!(memory_window(21, 20), 11);
+        assert_eq!(memory_window(30, 20), 20);
+        assert_eq!(memory_window(31, 20), 11);
+        for capacity in [0, 1, 2, 3, 7, 20, 21] {
+            let mut previous_start = 0;
+            for before in 0..200u64 {
+                let kept = memory_window(before, capacity);
+                assert!(kept <= capacity && kept as u64 <= before, "{before} {capacity}");
+                let start = before - kept as u64;
+                assert!(start >= previous_start, "the start never moves back");
+                if start != previous_start && capacity >= 2 {
+                    assert_eq!((start - previous_start) % 2, 0, "moves by an even count");
+                    assert!(kept >= capacity - capacity / 2, "{before} {capacity}: keeps at least half");
+                }
+                previous_start = start;
+            }
+        }
+    }
+
     use super::*;
 
     fn new_message(text: &str) -> NewMessage {

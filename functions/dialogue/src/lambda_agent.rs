@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use aws_sdk_lambda::error::{DisplayErrorContext, SdkError};
 use aws_sdk_lambda::primitives::Blob;
 use axum::http::StatusCode;
-use ifs_api::agent::{ANSWER_LIMIT, Agent, AgentError, answer};
+use ifs_api::agent::{ANSWER_LIMIT, Agent, AgentError, AgentStream, answer, whole};
 use ifs_api::openai::{ChatRequest, ChatResponse};
 use serde::Deserialize;
 use serde_json::json;
@@ -92,6 +92,14 @@ struct ProxyAnswer {
 
 #[async_trait]
 impl Agent for LambdaAgent {
+    /// The whole reply as one piece: a synchronous `Invoke` answers only when the generation is
+    /// done. (`InvokeWithResponseStream` against an agent that streams its response is the way to
+    /// pieces; until then a dialogue stream on AWS gets the reply in one `delta`.)
+    async fn stream(&self, request: ChatRequest) -> Result<AgentStream, AgentError> {
+        let request = ChatRequest { stream: None, stream_options: None, ..request };
+        self.complete(request).await.map(whole)
+    }
+
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, AgentError> {
         let payload = serde_json::to_vec(&event(&request))
             .map_err(|e| AgentError::Unavailable(format!("encoding the invocation: {e}")))?;

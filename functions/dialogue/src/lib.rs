@@ -2,24 +2,35 @@
 //! `dialogue_id`. The user's message is stored before the agent is asked, so nothing the user
 //! wrote is lost if the agent fails; the reply is appended after it. Each user may send a limited
 //! number of turns a minute, so that no account can fill the store, even while the agent fails.
+//!
+//! With `"stream": true` (or `Accept: text/event-stream`) the answer is a stream of named
+//! server-sent events: `message` (the stored user message), `delta`s of the reply as the agent
+//! produces it, then `reply` (the stored reply) or `error`. The stream's work runs in its own task,
+//! so a client that goes away stops the generation and what was produced is still stored.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub mod lambda_agent;
 
+use std::convert::Infallible;
+
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
-use axum::{Router, response::IntoResponse};
-use ifs_api::agent::{Agent, AgentError};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
+use ifs_api::agent::{Agent, AgentError, AgentEvent, Finished};
 use ifs_api::openai::{ChatMessage, ChatRequest, ChatRole};
 use ifs_api::views::MessageView;
 use ifs_api::{ApiError, AuthUser, Json, Route};
 use ifs_auth::Authenticator;
-use ifs_domain::dialogue::MESSAGE_MAX;
+use ifs_domain::dialogue::{MESSAGE_MAX, memory_window};
 use ifs_domain::{Clock, DialogueId, Message, MessageId, MessageText, NewMessage, ReplyMeta, Role};
 use ifs_store::{Counter, Counters, DialogueStore};
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 /// Largest `max_tokens` a client may ask for.
 pub const MAX_TOKENS_LIMIT: u32 = 4096;
@@ -41,7 +52,7 @@ pub struct DialogueSettings {
     pub memory_messages: usize,
     /// The `model` field of requests to the agent.
     pub model: String,
-    /// How long to wait for the agent's reply.
+    /// How long to wait for the agent's reply; when streaming, for each piece of it.
     pub agent_timeout: Duration,
     /// Turns one user may send per minute.
     pub turns_per_minute: u32,
@@ -91,6 +102,8 @@ struct DialogueRequest {
     max_tokens: Option<u32>,
     #[serde(default)]
     temperature: Option<f32>,
+    #[serde(default)]
+    stream: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,6 +119,7 @@ struct Turn {
     dialogue: Option<DialogueId>,
     max_tokens: Option<u32>,
     temperature: Option<f32>,
+    stream: bool,
 }
 
 impl TryFrom<DialogueRequest> for Turn {
@@ -132,7 +146,13 @@ impl TryFrom<DialogueRequest> for Turn {
         {
             return Err(ApiError::invalid_field("temperature", "must be from 0 to 2"));
         }
-        Ok(Self { text, dialogue, max_tokens: request.max_tokens, temperature: request.temperature })
+        Ok(Self {
+            text,
+            dialogue,
+            max_tokens: request.max_tokens,
+            temperature: request.temperature,
+            stream: request.stream.unwrap_or(false),
+        })
     }
 }
 
@@ -186,13 +206,43 @@ fn fit(reply: &str) -> &str {
     reply.char_indices().nth(MESSAGE_MAX).map_or(reply, |(at, _)| &reply[..at])
 }
 
+/// Whether the client asked for an event stream by its `Accept` header.
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(
+        |media| media.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream")),
+    )
+}
+
+/// A turn whose user message is stored, ready to ask the agent.
+struct Asked {
+    owner: ifs_domain::UserId,
+    message: Message,
+    request: ChatRequest,
+    status: StatusCode,
+}
+
 async fn dialogue(
     AuthUser(principal): AuthUser,
     State(state): State<DialogueState>,
+    headers: HeaderMap,
     Json(request): Json<DialogueRequest>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let turn = Turn::try_from(request)?;
-    let owner = principal.user_id;
+    let stream = turn.stream || accepts_event_stream(&headers);
+    let asked = store_and_ask(&state, principal.user_id, turn).await?;
+    if stream {
+        let status = asked.status;
+        return Ok((status, Sse::new(streamed(state, asked))).into_response());
+    }
+    buffered(&state, asked).await.map(IntoResponse::into_response)
+}
+
+/// Checks the turn limit, stores the user's message and builds the agent's request.
+async fn store_and_ask(
+    state: &DialogueState,
+    owner: ifs_domain::UserId,
+    turn: Turn,
+) -> Result<Asked, ApiError> {
     let now = state.clock.now();
     let turns = state.counters.hit(Counter::DialogueTurns(owner), now, RATE_WINDOW).await?;
     if turns.hits > state.settings.turns_per_minute {
@@ -210,16 +260,12 @@ async fn dialogue(
         created_at: now,
         meta: None,
     };
-    let (mut message, status) = match turn.dialogue {
+    let (message, status) = match turn.dialogue {
         None => (state.dialogues.start_dialogue(owner, new).await?, StatusCode::CREATED),
         Some(id) => (state.dialogues.append_message(owner, id, new).await?, StatusCode::OK),
     };
-    let dialogue_id = message.dialogue_id;
-
-    let memory = state
-        .dialogues
-        .messages_before(owner, dialogue_id, message.seq, state.settings.memory_messages)
-        .await?;
+    let window = memory_window(message.seq - 1, state.settings.memory_messages);
+    let memory = state.dialogues.messages_before(owner, message.dialogue_id, message.seq, window).await?;
     let request = ChatRequest {
         model: Some(state.settings.model.clone()),
         messages: prompt(&state.settings, &memory, &message),
@@ -227,35 +273,150 @@ async fn dialogue(
         temperature: turn.temperature,
         ..ChatRequest::default()
     };
-    let timeout = state.settings.agent_timeout;
-    let answer = tokio::time::timeout(timeout, state.agent.complete(request))
-        .await
-        .unwrap_or(Err(AgentError::Timeout(timeout)))
-        .map_err(|e| agent_failed(&e, &message))?;
-    let choice = answer.choices.into_iter().next();
-    let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
-    let content = choice.and_then(|c| c.message.content).unwrap_or_default();
-    let text = MessageText::parse(fit(&content).to_owned())
-        .map_err(|_| agent_failed(&AgentError::Unavailable("the reply was empty".into()), &message))?;
+    Ok(Asked { owner, message, request, status })
+}
 
+/// Appends the agent's reply after the user's message.
+async fn store_reply(
+    state: &DialogueState,
+    asked: &Asked,
+    content: &str,
+    finished: Finished,
+) -> Result<Message, ApiError> {
+    let text = MessageText::parse(fit(content).to_owned())
+        .map_err(|_| agent_failed(&AgentError::Unavailable("the reply was empty".into()), &asked.message))?;
     let reply = NewMessage {
         id: MessageId::generate(),
         role: Role::Assistant,
         content: text,
         created_at: state.clock.now(),
         meta: Some(ReplyMeta {
-            model: Some(answer.model).filter(|m| !m.is_empty()),
-            finish_reason,
-            usage: answer.usage,
+            model: Some(finished.model).filter(|m| !m.is_empty()),
+            finish_reason: finished.finish_reason,
+            usage: finished.usage,
         }),
     };
-    let reply = state.dialogues.append_message(owner, dialogue_id, reply).await?;
+    Ok(state.dialogues.append_message(asked.owner, asked.message.dialogue_id, reply).await?)
+}
+
+/// The whole reply in one JSON answer.
+async fn buffered(state: &DialogueState, asked: Asked) -> Result<impl IntoResponse + use<>, ApiError> {
+    let timeout = state.settings.agent_timeout;
+    let answer = tokio::time::timeout(timeout, state.agent.complete(asked.request.clone()))
+        .await
+        .unwrap_or(Err(AgentError::Timeout(timeout)))
+        .map_err(|e| agent_failed(&e, &asked.message))?;
+    let choice = answer.choices.into_iter().next();
+    let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
+    let content = choice.and_then(|c| c.message.content).unwrap_or_default();
+    let finished = Finished { finish_reason, model: answer.model, usage: answer.usage };
+    let reply = store_reply(state, &asked, &content, finished).await?;
+    let mut message = asked.message;
     // The stored copy of the user's message was read before the reply was linked after it.
     if reply.prev_id == Some(message.id) {
         message.next_id = Some(reply.id);
     }
-    let body = DialogueResponse { dialogue_id, message: message.into(), reply: reply.into() };
-    Ok((status, axum::Json(body)))
+    let body =
+        DialogueResponse { dialogue_id: message.dialogue_id, message: message.into(), reply: reply.into() };
+    Ok((asked.status, axum::Json(body)))
+}
+
+/// How a streamed reply ended, for what is stored.
+enum Ending {
+    Finished(Finished),
+    /// The client went away: the generation was stopped.
+    Cancelled,
+    /// The agent failed before or during the reply.
+    Failed(AgentError),
+}
+
+/// A stored message in a stream, with the dialogue it belongs to (a new dialogue's id is news).
+#[derive(Debug, Serialize)]
+struct StreamedMessage {
+    dialogue_id: DialogueId,
+    #[serde(flatten)]
+    message: MessageView,
+}
+
+impl From<Message> for StreamedMessage {
+    fn from(message: Message) -> Self {
+        Self { dialogue_id: message.dialogue_id, message: message.into() }
+    }
+}
+
+fn named(name: &str, value: &impl Serialize) -> Event {
+    Event::default().event(name).data(serde_json::to_string(value).unwrap_or_else(|_| "{}".into()))
+}
+
+/// The turn as events. The work runs in a task of its own that outlives the response: when the
+/// client goes away, the task notices (the events' receiver is gone), drops the agent's stream to
+/// stop the generation, and stores what was produced.
+fn streamed(state: DialogueState, asked: Asked) -> impl futures::Stream<Item = Result<Event, Infallible>> {
+    let (events, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let _ = events.send(named("message", &StreamedMessage::from(asked.message.clone())));
+        let (text, ending) = converse(&state, &asked, &events).await;
+        let marked = |reason: &str| Finished { finish_reason: Some(reason.into()), ..Finished::default() };
+        let (finished, failure) = match ending {
+            Ending::Finished(finished) => (finished, None),
+            Ending::Cancelled => (marked("cancelled"), None),
+            Ending::Failed(error) => (marked("error"), Some(error)),
+        };
+        let stored = if text.trim().is_empty() && failure.is_some() {
+            // Nothing to keep; the user's message stays the tail, as when a whole reply fails.
+            None
+        } else {
+            Some(store_reply(&state, &asked, &text, finished).await)
+        };
+        let event = match (stored, failure) {
+            (Some(Err(error)), _) => named("error", &error.into_body()),
+            (_, Some(failure)) => named("error", &agent_failed(&failure, &asked.message).into_body()),
+            (Some(Ok(reply)), None) => named("reply", &StreamedMessage::from(reply)),
+            (None, None) => return,
+        };
+        let _ = events.send(event);
+    });
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|event| (Ok(event), receiver))
+    })
+}
+
+/// Asks the agent and passes its text on as `delta` events; returns the text and how it ended.
+async fn converse(
+    state: &DialogueState,
+    asked: &Asked,
+    events: &mpsc::UnboundedSender<Event>,
+) -> (String, Ending) {
+    let timeout = state.settings.agent_timeout;
+    let mut text = String::new();
+    let started = tokio::select! {
+        () = events.closed() => return (text, Ending::Cancelled),
+        started = tokio::time::timeout(timeout, state.agent.stream(asked.request.clone())) => started,
+    };
+    let mut stream = match started.unwrap_or(Err(AgentError::Timeout(timeout))) {
+        Ok(stream) => stream,
+        Err(error) => return (text, Ending::Failed(error)),
+    };
+    loop {
+        let next = tokio::select! {
+            () = events.closed() => return (text, Ending::Cancelled),
+            next = tokio::time::timeout(timeout, stream.next()) => next,
+        };
+        match next {
+            Err(_) => return (text, Ending::Failed(AgentError::Timeout(timeout))),
+            Ok(None) => {
+                return (text, Ending::Failed(AgentError::Unavailable("the reply ended early".into())));
+            }
+            Ok(Some(Err(error))) => return (text, Ending::Failed(error)),
+            Ok(Some(Ok(AgentEvent::Finished(finished)))) => return (text, Ending::Finished(finished)),
+            Ok(Some(Ok(AgentEvent::Delta(piece)))) => {
+                text.push_str(&piece);
+                if events.send(named("delta", &serde_json::json!({ "content": piece }))).is_err() {
+                    return (text, Ending::Cancelled);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -276,6 +437,19 @@ mod tests {
         fail_with: Option<fn() -> AgentError>,
         reply: Option<String>,
         seen: Mutex<Vec<ChatRequest>>,
+        /// Streams: after this many words, fail (Some(Ok)) or go silent forever (Some(Err)).
+        stream_breaks: Option<(usize, bool)>,
+        /// Set when a stream handed out is dropped: the generation would stop there.
+        stream_dropped: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    /// Sets its flag when dropped with the stream that owns it.
+    struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     #[async_trait]
@@ -304,9 +478,177 @@ mod tests {
             })
         }
 
+        async fn stream(&self, request: ChatRequest) -> Result<ifs_api::agent::AgentStream, AgentError> {
+            let reply = self.complete(request).await?;
+            let text = reply.choices[0].message.content.clone().unwrap_or_default();
+            let words: Vec<String> = text.split_inclusive(' ').map(str::to_owned).collect();
+            let breaks = self.stream_breaks;
+            let flag = DropFlag(Arc::clone(&self.stream_dropped));
+            let mut events: Vec<Result<AgentEvent, AgentError>> = Vec::new();
+            for (i, word) in words.into_iter().enumerate() {
+                if breaks.is_some_and(|(at, _)| i == at) {
+                    break;
+                }
+                events.push(Ok(AgentEvent::Delta(word)));
+            }
+            let tail: ifs_api::agent::AgentStream = match breaks {
+                Some((_, true)) => {
+                    Box::pin(futures::stream::iter([Err(AgentError::Unavailable("boom".into()))]))
+                }
+                Some((_, false)) => Box::pin(futures::stream::pending()),
+                None => Box::pin(futures::stream::iter([Ok(AgentEvent::Finished(Finished {
+                    finish_reason: Some("stop".into()),
+                    model: "scripted".into(),
+                    usage: reply.usage,
+                }))])),
+            };
+            Ok(Box::pin(futures::stream::iter(events).chain(tail).map(move |event| {
+                let _keep = &flag;
+                event
+            })))
+        }
+
         fn describe(&self) -> String {
             "scripted".into()
         }
+    }
+
+    fn stream_request(token: &str, body: serde_json::Value) -> axum::http::Request<axum::body::Body> {
+        let mut request = json_request("POST", "/api/v1/dialogue", Some(token), &body);
+        request.headers_mut().insert(header::ACCEPT, "text/event-stream".parse().unwrap());
+        request
+    }
+
+    fn data(event: &ifs_api::sse::Event) -> serde_json::Value {
+        serde_json::from_str(&event.data).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_streamed_turn_sends_the_message_then_deltas_then_the_stored_reply() {
+        let world = World::new();
+        let (user, token) = world.signed_in("ada").await;
+        let agent =
+            Arc::new(ScriptedAgent { reply: Some("one two three four".into()), ..ScriptedAgent::default() });
+        let body = json!({"message": "hello", "stream": true});
+        let (status, headers, mut events) = ifs_api::testing::open_stream(
+            app(&world, agent, 10),
+            json_request("POST", "/api/v1/dialogue", Some(&token), &body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/event-stream"));
+        let events = events.rest().await;
+        let names: Vec<_> = events.iter().map(|e| e.name.clone().unwrap_or_default()).collect();
+        assert_eq!(names, ["message", "delta", "delta", "delta", "delta", "reply"]);
+        let message = data(&events[0]);
+        assert_eq!(message["content"], "hello");
+        let deltas: String =
+            events[1..5].iter().map(|e| data(e)["content"].as_str().unwrap().to_owned()).collect();
+        let reply = data(&events[5]);
+        assert_eq!(reply["content"], deltas);
+        assert_eq!(deltas, "one two three four");
+        assert_eq!(reply["finish_reason"], "stop");
+        assert_eq!(reply["prev_id"], message["id"]);
+        let stored = whole(&world, user, message["dialogue_id"].as_str().unwrap()).await;
+        check_chain(&stored).unwrap();
+        assert_eq!(stored[1].content, "one two three four");
+    }
+
+    #[tokio::test]
+    async fn accept_event_stream_asks_for_a_stream_and_bad_input_is_still_a_json_400() {
+        let world = World::new();
+        let (_, token) = world.signed_in("ada").await;
+        let agent = Arc::new(ScriptedAgent::default());
+        let (status, _, mut events) = ifs_api::testing::open_stream(
+            app(&world, agent.clone(), 10),
+            stream_request(&token, json!({"message": "hi"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(events.next().await.unwrap().name.as_deref(), Some("message"));
+        let (status, json) =
+            call(app(&world, agent, 10), stream_request(&token, json!({"message": " "}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(json["error"]["code"], "invalid_request");
+    }
+
+    #[tokio::test]
+    async fn an_agent_failing_mid_stream_leaves_the_partial_reply_marked_error_and_an_error_event() {
+        let world = World::new();
+        let (user, token) = world.signed_in("ada").await;
+        let agent = Arc::new(ScriptedAgent {
+            reply: Some("one two three four".into()),
+            stream_breaks: Some((2, true)),
+            ..ScriptedAgent::default()
+        });
+        let (_, _, mut events) = ifs_api::testing::open_stream(
+            app(&world, agent, 10),
+            stream_request(&token, json!({"message": "hi"})),
+        )
+        .await;
+        let events = events.rest().await;
+        let names: Vec<_> = events.iter().map(|e| e.name.clone().unwrap_or_default()).collect();
+        assert_eq!(names, ["message", "delta", "delta", "error"]);
+        let message = data(&events[0]);
+        let error = data(&events[3]);
+        assert_eq!(error["error"]["code"], "agent_unavailable");
+        assert_eq!(error["error"]["dialogue_id"], message["dialogue_id"]);
+        assert_eq!(error["error"]["message_id"], message["id"]);
+        let stored = whole(&world, user, message["dialogue_id"].as_str().unwrap()).await;
+        check_chain(&stored).unwrap();
+        assert_eq!(stored.len(), 2);
+        assert_eq!(stored[1].content, "one two ");
+        assert_eq!(stored[1].meta.as_ref().unwrap().finish_reason.as_deref(), Some("error"));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_mid_stream_stops_the_agent_and_leaves_a_cancelled_reply() {
+        let world = World::new();
+        let (user, token) = world.signed_in("ada").await;
+        let agent = Arc::new(ScriptedAgent {
+            reply: Some("one two three four".into()),
+            stream_breaks: Some((3, false)),
+            ..ScriptedAgent::default()
+        });
+        let dropped = Arc::clone(&agent.stream_dropped);
+        let (_, _, mut events) = ifs_api::testing::open_stream(
+            app(&world, agent.clone(), 10),
+            stream_request(&token, json!({"message": "hi"})),
+        )
+        .await;
+        let message = data(&events.next().await.unwrap());
+        for _ in 0..3 {
+            assert_eq!(events.next().await.unwrap().name.as_deref(), Some("delta"));
+        }
+        drop(events);
+        let dialogue = message["dialogue_id"].as_str().unwrap().to_owned();
+        let mut stored = Vec::new();
+        for _ in 0..200 {
+            stored = whole(&world, user, &dialogue).await;
+            if stored.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst), "the agent's stream was dropped");
+        check_chain(&stored).unwrap();
+        assert_eq!(stored.len(), 2, "the partial reply was stored");
+        assert_eq!(stored[1].content, "one two three ");
+        assert_eq!(stored[1].meta.as_ref().unwrap().finish_reason.as_deref(), Some("cancelled"));
+        // The next turn continues after it, with it in memory.
+        let (status, _) = call(
+            app(&world, agent.clone(), 10),
+            json_request(
+                "POST",
+                "/api/v1/dialogue",
+                Some(&token),
+                &json!({"message": "again", "dialogue_id": dialogue}),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let seen = agent.seen.lock().unwrap();
+        assert_eq!(seen.last().unwrap().messages[2].content, "one two three ");
     }
 
     fn app(world: &World, agent: Arc<ScriptedAgent>, memory: usize) -> Router {
@@ -374,7 +716,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn memory_is_the_most_recent_messages_oldest_first() {
+    async fn memory_is_the_most_recent_messages_oldest_first_and_moves_in_steps() {
         let world = World::new();
         let agent = Arc::new(ScriptedAgent::default());
         let (_, token) = world.signed_in("ada").await;
@@ -393,13 +735,14 @@ mod tests {
             );
         }
 
+        // Four messages before "three" do not fit a memory of three: the window jumps by two
+        // (memory_window), so it starts at a user message and keeps that start next turn.
         let last = agent.seen.lock().unwrap().last().unwrap().clone();
         let contents: Vec<_> = last.messages.iter().map(|m| (m.role, m.content.as_str())).collect();
         assert_eq!(
             contents,
             [
                 (ChatRole::System, "Be kind."),
-                (ChatRole::Assistant, "reply to 2 messages"),
                 (ChatRole::User, "two"),
                 (ChatRole::Assistant, "reply to 4 messages"),
                 (ChatRole::User, "three"),

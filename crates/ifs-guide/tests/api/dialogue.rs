@@ -217,3 +217,49 @@ async fn a_reply_with_a_broken_usage_is_kept_with_the_counts_that_are_valid() {
     assert_eq!(body["reply"]["content"], "echo: [partial-usage] hello");
     assert_eq!(body["reply"]["usage"], json!({"prompt_tokens": 12}));
 }
+
+#[tokio::test]
+async fn a_streamed_turn_through_an_openai_server_arrives_in_pieces_and_is_stored_whole() {
+    let app = spawn_app().await;
+    let token = app.user("ada@example.com").await;
+    let (status, events) = app.say_streaming(&token, "tell me a story", None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["message", "delta", "delta", "delta", "delta", "delta", "reply"], "{events:?}");
+    let (message, reply) = (&events[0].1, &events[6].1);
+    let deltas: String = events[1..6].iter().map(|(_, d)| d["content"].as_str().unwrap()).collect();
+    assert_eq!(deltas, "echo: tell me a story");
+    assert_eq!(reply["content"], deltas);
+    assert_eq!(
+        (reply["finish_reason"].as_str(), reply["usage"]["total_tokens"].as_u64()),
+        (Some("stop"), Some(13))
+    );
+    let dialogue = message["dialogue_id"].as_str().unwrap();
+    let stored = app.all_messages(&token, dialogue).await;
+    assert_valid_list(&stored);
+    assert_eq!(stored[1]["content"], deltas);
+    // The agent was asked for a stream, with usage.
+    let asked = app.backing.agent.requests.lock().unwrap().last().unwrap().clone();
+    assert_eq!((&asked["stream"], &asked["stream_options"]["include_usage"]), (&json!(true), &json!(true)));
+}
+
+#[tokio::test]
+async fn an_agent_stream_that_breaks_off_leaves_its_text_as_an_error_reply_and_an_error_event() {
+    let app = spawn_app().await;
+    let token = app.user("ada@example.com").await;
+    let (status, events) = app.say_streaming(&token, "[cut] tell me more", None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["message", "delta", "delta", "error"], "{events:?}");
+    let (message, error) = (&events[0].1, &events[3].1);
+    assert_eq!(error["error"]["code"], "agent_unavailable");
+    assert_eq!(error["error"]["message_id"], message["id"]);
+    assert!(!error.to_string().contains("fell over"), "the agent's words stay in the log: {error}");
+    let stored = app.all_messages(&token, message["dialogue_id"].as_str().unwrap()).await;
+    assert_valid_list(&stored);
+    assert_eq!(stored[1]["content"], "echo: [cut] ");
+    assert_eq!(stored[1]["finish_reason"], "error");
+    // The dialogue goes on after it.
+    let (status, next) = app.say(&token, "again", message["dialogue_id"].as_str()).await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+}

@@ -24,7 +24,8 @@ pub const AGENT_TIMEOUT_SECONDS: u64 = 2;
 /// `[down]` gets a bare 500, `[busy]` our 503 `agent_busy` with `Retry-After: 7`, `[overflow]`
 /// our 400 `context_overflow`, `[llama-overflow]` llama-server's form of it, `[garbage]` a body
 /// that is not JSON, `[huge]` a 2 MiB answer, `[partial-usage]` a reply whose usage is half
-/// broken, `[slow]` no answer in time.
+/// broken, `[slow]` no answer in time. Asked to stream, it sends the echo word by word as OpenAI
+/// chunks; `[cut]` breaks off after two words with an error event.
 #[derive(Debug, Clone)]
 pub struct AgentDouble {
     pub url: String,
@@ -62,6 +63,9 @@ async fn complete(
     if last.contains("[slow]") {
         tokio::time::sleep(Duration::from_secs(AGENT_TIMEOUT_SECONDS + 3)).await;
     }
+    if request["stream"] == json!(true) {
+        return stream_echo(&last, request["stream_options"]["include_usage"] == json!(true));
+    }
     let content =
         if last.contains("[huge]") { "surprise ".repeat(256 * 1024) } else { format!("echo: {last}") };
     let usage = if last.contains("[partial-usage]") {
@@ -78,6 +82,33 @@ async fn complete(
         "usage": usage
     }))
     .into_response()
+}
+
+/// The echo as an OpenAI event stream.
+fn stream_echo(last: &str, include_usage: bool) -> axum::response::Response {
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "double",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut events = vec![chunk(json!({"role": "assistant"}), Value::Null).to_string()];
+    let echo = format!("echo: {last}");
+    for (i, word) in echo.split_inclusive(' ').enumerate() {
+        if last.contains("[cut]") && i == 2 {
+            events.push(json!({"error": {"code": "internal", "message": "the model fell over"}}).to_string());
+            break;
+        }
+        events.push(chunk(json!({"content": word}), Value::Null).to_string());
+    }
+    if !last.contains("[cut]") {
+        events.push(chunk(json!({}), json!("stop")).to_string());
+        if include_usage {
+            events.push(json!({"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                "model": "double", "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}}).to_string());
+        }
+        events.push("[DONE]".into());
+    }
+    let body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    ([("content-type", "text/event-stream")], body).into_response()
 }
 
 impl AgentDouble {
@@ -324,6 +355,36 @@ impl TestApp {
             body["dialogue_id"] = json!(id);
         }
         self.post("/api/v1/dialogue", Some(token), &body).await
+    }
+
+    /// A turn asked for as a stream; the events' names and data, to the end of the stream.
+    pub async fn say_streaming(
+        &self,
+        token: &str,
+        message: &str,
+        dialogue: Option<&str>,
+    ) -> (StatusCode, Vec<(String, Value)>) {
+        let mut body = json!({"message": message, "stream": true});
+        if let Some(id) = dialogue {
+            body["dialogue_id"] = json!(id);
+        }
+        let mut response = self
+            .client
+            .post(self.url("/api/v1/dialogue"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let mut decoder = ifs_api::sse::Decoder::new(1 << 20);
+        let mut events = Vec::new();
+        while let Some(bytes) = response.chunk().await.unwrap() {
+            for event in decoder.push(&bytes).unwrap() {
+                events.push((event.name.unwrap_or_default(), serde_json::from_str(&event.data).unwrap()));
+            }
+        }
+        (status, events)
     }
 
     /// Every message of a dialogue, following cursors.

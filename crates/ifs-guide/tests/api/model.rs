@@ -43,9 +43,73 @@ async fn a_dialogue_with_the_bundled_model_remembers_the_first_turn() {
         .post(
             "/v1/chat/completions",
             None,
-            &json!({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 3}),
+            // Greedy, and asked for more than 3 tokens' worth (a greeting may end sooner).
+            &json!({"messages": [{"role": "user", "content": "Tell me a long story about a dragon."}],
+                    "max_tokens": 3, "temperature": 0}),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{completion}");
-    assert_eq!(completion["usage"]["completion_tokens"], 3);
+    assert_eq!(completion["usage"]["completion_tokens"], 3, "{completion}");
+    assert_eq!(completion["choices"][0]["finish_reason"], "length", "{completion}");
+}
+
+#[tokio::test]
+async fn a_streamed_turn_with_the_bundled_model_is_what_is_stored_and_a_dropped_one_is_kept_as_cancelled() {
+    let app = spawn_app_with_model(Arc::default()).await;
+    let token = app.user("ada@example.com").await;
+
+    let (status, events) = app.say_streaming(&token, "Tell me about tea.", None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (first, last) = (&events[0], &events[events.len() - 1]);
+    assert_eq!((first.0.as_str(), last.0.as_str()), ("message", "reply"), "{events:?}");
+    let deltas: String = events[1..events.len() - 1]
+        .iter()
+        .map(|(name, data)| {
+            assert_eq!(name, "delta");
+            data["content"].as_str().unwrap()
+        })
+        .collect();
+    assert!(events.len() > 4, "the reply came in pieces: {events:?}");
+    assert_eq!(last.1["content"], deltas);
+    let dialogue = first.1["dialogue_id"].as_str().unwrap().to_owned();
+    let stored = app.all_messages(&token, &dialogue).await;
+    assert_eq!(stored[1]["content"], deltas);
+
+    // A long reply, dropped after a few pieces: what was sent is kept, marked cancelled.
+    let body = json!({"message": "Count from 1 to 500, separated by commas.", "dialogue_id": dialogue,
+                      "max_tokens": 1000, "temperature": 0, "stream": true});
+    let mut response =
+        app.client.post(app.url("/api/v1/dialogue")).bearer_auth(&token).json(&body).send().await.unwrap();
+    let mut decoder = ifs_api::sse::Decoder::new(1 << 20);
+    let mut sent = String::new();
+    let mut deltas_seen = 0;
+    while deltas_seen < 5 {
+        let bytes = response.chunk().await.unwrap().expect("the stream goes on");
+        for event in decoder.push(&bytes).unwrap() {
+            if event.name.as_deref() == Some("delta") {
+                let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+                sent.push_str(data["content"].as_str().unwrap());
+                deltas_seen += 1;
+            }
+        }
+    }
+    drop(response);
+    let mut stored = Vec::new();
+    for _ in 0..100 {
+        stored = app.all_messages(&token, &dialogue).await;
+        if stored.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_valid_list(&stored);
+    assert_eq!(stored.len(), 4, "the cancelled reply was stored");
+    assert_eq!(stored[3]["finish_reason"], "cancelled");
+    let kept = stored[3]["content"].as_str().unwrap();
+    assert!(kept.starts_with(&sent) && kept.len() < 1000, "kept {kept:?}, sent {sent:?}");
+
+    // And the dialogue continues from it.
+    let (status, next) = app.say(&token, "Thanks!", Some(&dialogue)).await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    assert_valid_list(&app.all_messages(&token, &dialogue).await);
 }

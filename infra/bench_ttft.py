@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Time to first token of a dialogue replayed turn by turn, through the streaming endpoint.
+
+Starts, one after the other on free loopback ports with the same GGUF and threads: our `agent`
+with its prompt cache, our `agent` without it (AGENT_PROMPT_CACHE=0), and llama.cpp's
+`llama-server` (which keeps its prompt cache by default). Each replays the same fixed 10-turn
+transcript: turn k sends the system message, the first k-1 exchanges (fixed texts, so every server
+sees the same prompts) and the k-th question, streamed, and the clock stops at the first content
+chunk. Prints a Markdown table, one row per turn.
+
+  bench_ttft.py AGENT_BINARY LLAMA_SERVER MODEL THREADS [ROUNDS]
+"""
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+SYSTEM = "You are a warm, careful guide. Answer in a few sentences."
+# Each exchange is long enough that the history, not the question, dominates the prompt.
+TOPICS = [
+    "my job", "my sister", "moving to a new city", "learning the piano", "a friend who stopped calling",
+    "my garden", "sleeping badly", "a promotion I did not get", "my old dog", "starting to paint",
+]
+
+
+def question(topic):
+    return (f"I keep thinking about {topic}. Part of me is worried and part of me is curious, and the two "
+            f"parts argue about it most evenings. What could I ask each of them about {topic}?")
+
+
+def answer(topic):
+    return (f"It sounds like {topic} matters to you in more than one way. You could ask the worried part "
+            f"what it is afraid would happen, and what it wants for you. You could ask the curious part "
+            f"what it hopes to find. Listening to both, without taking sides, often softens the argument.")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url, process, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"{url}: the server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"{url}: not ready after {timeout} s")
+
+
+def first_token_ms(base, messages):
+    body = json.dumps({"messages": messages, "max_tokens": 32, "temperature": 0, "stream": True}).encode()
+    request = urllib.request.Request(f"{base}/v1/chat/completions", data=body,
+                                     headers={"content-type": "application/json"})
+    started = time.perf_counter()
+    first = None
+    with urllib.request.urlopen(request, timeout=300) as response:
+        for line in response:
+            line = line.strip()
+            if not line.startswith(b"data:") or line == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            delta = (chunk.get("choices") or [{}])[0].get("delta", {})
+            if first is None and delta.get("content"):
+                first = (time.perf_counter() - started) * 1000
+    if first is None:
+        sys.exit(f"{base}: a stream without content")
+    return first
+
+
+def replay(base, round_number):
+    times = []
+    # A system message of its own per round: no round reuses another's cached prompt.
+    messages = [{"role": "system", "content": f"{SYSTEM} (Session {round_number}.)"}]
+    for topic in TOPICS:
+        messages.append({"role": "user", "content": question(topic)})
+        times.append(first_token_ms(base, messages))
+        messages.append({"role": "assistant", "content": answer(topic)})
+    return times
+
+
+def run(name, command, env, port, health, rounds):
+    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}{health}", process)
+        base = f"http://127.0.0.1:{port}"
+        first_token_ms(base, [{"role": "user", "content": "Hello."}])  # warm-up: weights paged in
+        results = [replay(base, r) for r in range(rounds)]
+        return [statistics.median(turn) for turn in zip(*results)]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        print(f"{name}: done", file=sys.stderr)
+
+
+def main():
+    agent, llama_server, model, threads = sys.argv[1:5]
+    rounds = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+    common = {"AGENT_MODEL_PATH": model, "AGENT_THREADS": threads, "AGENT_CTX": "4096",
+              "AGENT_MAX_TOKENS_LIMIT": "1024", "RUST_LOG": "warn"}
+    columns = {}
+    for name, cache in [("ifs-agent, prompt cache", "4"), ("ifs-agent, no cache", "0")]:
+        port = free_port()
+        env = {**common, "AGENT_PROMPT_CACHE": cache, "BIND_ADDR": f"127.0.0.1:{port}"}
+        columns[name] = run(name, [agent], env, port, "/api/v1/agent", rounds)
+    port = free_port()
+    columns["llama-server (cache_prompt)"] = run(
+        "llama-server",
+        [llama_server, "-m", model, "-t", threads, "-c", "4096", "--host", "127.0.0.1", "--port", str(port),
+         "-np", "1"],
+        {}, port, "/health", rounds)
+    names = list(columns)
+    print(f"time to first token, ms, {threads} threads, median of {rounds} round(s)\n")
+    print("| turn | " + " | ".join(names) + " |")
+    print("|---:|" + "---:|" * len(names))
+    for turn in range(len(TOPICS)):
+        print(f"| {turn + 1} | " + " | ".join(f"{columns[n][turn]:.0f}" for n in names) + " |")
+    last = {n: columns[n][-1] for n in names}
+    print(f"\nturn 10 without the cache / with it: {last[names[1]] / last[names[0]]:.1f}×; "
+          f"ours with the cache / llama-server: {last[names[0]] / last[names[2]]:.2f}×")
+
+
+if __name__ == "__main__":
+    main()
