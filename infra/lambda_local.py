@@ -122,6 +122,9 @@ def start(bin_dir, port, processes, work):
             function_env["JWT_PUBLIC_KEY"] = public
         if function == "agent":
             function_env.setdefault("AGENT_MODEL_PATH", str(MODEL))
+        if function == "ifs-dialogue":
+            # As template.yaml does: the dialogue function answers through response streaming.
+            function_env["LAMBDA_STREAMING"] = "true"
         processes.start(function, [bin_dir / function], env=function_env)
     return env
 
@@ -140,6 +143,27 @@ def call(base, method, path, body=None, token=None):
     except urllib.error.HTTPError as error:
         raw = error.read()
         return error.code, json.loads(raw) if raw else None
+
+
+def stream_turn(base, body, token):
+    """A dialogue turn asked for as a stream: its (event, data) pairs, read as they arrive."""
+    request = urllib.request.Request(base + "/api/v1/dialogue", data=json.dumps(body).encode(), method="POST")
+    request.add_header("content-type", "application/json")
+    request.add_header("authorization", f"Bearer {token}")
+    events, name, data = [], None, []
+    with urllib.request.urlopen(request, timeout=90) as response:
+        if response.status != 200 or not response.headers["content-type"].startswith("text/event-stream"):
+            raise AssertionError(f"streamed turn: {response.status} {response.headers['content-type']}")
+        for raw in response:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+            elif not line and data:
+                events.append((name, json.loads("\n".join(data))))
+                name, data = None, []
+    return events
 
 
 def expect(answer, status, what):
@@ -170,22 +194,31 @@ def end_to_end(base):
                     200, "continue the dialogue")
     assert second["message"]["seq"] == 3 and second["reply"]["seq"] == 4, second
 
+    # A streamed turn: events arrive through Lambda response streaming, stored like any other.
+    events = stream_turn(base, {"message": "And then?", "dialogue_id": dialogue, "max_tokens": 16,
+                                "stream": True}, token)
+    names = [name for name, _ in events]
+    assert names[0] == "message" and names[-1] == "reply" and set(names[1:-1]) == {"delta"}, events
+    deltas = "".join(data["content"] for name, data in events if name == "delta")
+    assert events[-1][1]["content"] == deltas and events[-1][1]["seq"] == 6, events
+
     listed = expect(call(base, "GET", "/api/v1/dialogues", token=token), 200, "dialogues")
     assert [d["id"] for d in listed["dialogues"]] == [dialogue], listed
-    assert listed["dialogues"][0]["message_count"] == 4, listed
-    page = expect(call(base, "GET", f"/api/v1/messages?dialogue_id={dialogue}&limit=3", token=token), 200,
+    assert listed["dialogues"][0]["message_count"] == 6, listed
+    page = expect(call(base, "GET", f"/api/v1/messages?dialogue_id={dialogue}&limit=4", token=token), 200,
                   "messages")
-    assert [m["seq"] for m in page["messages"]] == [1, 2, 3] and page["next_cursor"], page
+    assert [m["seq"] for m in page["messages"]] == [1, 2, 3, 4] and page["next_cursor"], page
     rest = expect(call(base, "GET", f"/api/v1/messages?dialogue_id={dialogue}&cursor={page['next_cursor']}",
                        token=token), 200, "next page")
-    assert [m["seq"] for m in rest["messages"]] == [4], rest
+    assert [m["seq"] for m in rest["messages"]] == [5, 6], rest
+    assert rest["messages"][1]["content"] == deltas, rest
     refused = expect(call(base, "GET", "/api/v1/messages?dialogue_id=not-an-id", token=token), 400, "bad id")
     assert refused["error"]["code"], refused
 
     expect(call(base, "POST", "/api/v1/logout", {}, token), 204, "logout")
     expect(call(base, "GET", "/api/v1/me", token=token), 401, "me after logout")
     print("end to end through cargo lambda watch: signup, login, me, dialogue (agent invoked as a Lambda "
-          "function), continue, dialogues, messages, logout — all as expected")
+          "function), continue, a streamed turn, dialogues, messages, logout — all as expected")
 
 
 def interrupted(*_):

@@ -78,6 +78,16 @@ pub async fn run(routes: Router) -> Result<(), lambda_http::Error> {
     lambda_http::run(service(routes)).await
 }
 
+/// Serves `routes` with Lambda response streaming: status and headers go out first (the
+/// metadata prelude), then the body as it is produced — an event stream reaches the client piece
+/// by piece, and API Gateway's 29-second limit gives way to the integration's own timeout. Only
+/// for functions whose invocations stream (template.yaml: `ResponseTransferMode:
+/// RESPONSE_STREAM`); a whole JSON answer goes out the same way, in one piece.
+pub async fn run_streaming(routes: Router) -> Result<(), lambda_http::Error> {
+    tracing::info!(built_for = TARGET_FEATURES, "starting the Lambda runtime loop, streaming responses");
+    lambda_http::run_with_streaming_response(service(routes)).await
+}
+
 /// `lambda_http` puts a named stage in front of the path (`/prod/api/v1/me`) so that routes can
 /// see it; ours are stage-independent, so it comes off again before routing. The same routers
 /// then work behind REST APIs, HTTP APIs and custom domains alike.

@@ -21,6 +21,10 @@ struct Config {
     /// such as `cargo lambda watch`).
     #[arg(long, env = "AGENT_LAMBDA_ENDPOINT")]
     agent_lambda_endpoint: Option<String>,
+    /// Answer through Lambda response streaming, so that streamed turns reach the client as they
+    /// are produced; the function's invocations must stream too (template.yaml does both).
+    #[arg(long, env = "LAMBDA_STREAMING", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    lambda_streaming: bool,
 }
 
 #[tokio::main]
@@ -48,5 +52,6 @@ async fn main() -> Result<(), lambda_http::Error> {
         settings: Arc::new(DialogueSettings::from(&config.dialogue)),
         clock: Arc::new(ifs_domain::SystemClock),
     };
-    lambda::run(ifs_dialogue::router(state)).await
+    let routes = ifs_dialogue::router(state);
+    if config.lambda_streaming { lambda::run_streaming(routes).await } else { lambda::run(routes).await }
 }

@@ -108,6 +108,29 @@ fn the_template_routes_each_declared_route_to_its_own_function() {
 }
 
 #[test]
+fn the_dialogue_route_streams_and_every_timeout_gives_way_to_the_next() {
+    let template: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("template.yaml")).unwrap()).unwrap();
+    let dialogue = &template["Resources"]["DialogueFunction"]["Properties"];
+    let agent = &template["Resources"]["AgentFunction"]["Properties"];
+    let event = &dialogue["Events"]["Dialogue"]["Properties"];
+    // API Gateway streams the function's answer, and the function answers as a stream.
+    assert_eq!(event["ResponseTransferMode"], "RESPONSE_STREAM");
+    assert_eq!(dialogue["Environment"]["Variables"]["LAMBDA_STREAMING"], "true");
+    let seconds = |value: &Value| value.as_u64().or_else(|| value.as_str()?.parse().ok()).unwrap();
+    let integration = seconds(&event["TimeoutInMillis"]) / 1000;
+    let function = seconds(&dialogue["Timeout"]);
+    let waits_for_agent = seconds(&dialogue["Environment"]["Variables"]["AGENT_TIMEOUT"]);
+    let agent_runs = seconds(&agent["Timeout"]);
+    // The agent's own limit comes first (its failure is reported), then the dialogue's wait
+    // (504 agent_timeout, message kept), then the function's, never API Gateway's before those.
+    assert!(agent_runs < waits_for_agent, "agent {agent_runs} s, AGENT_TIMEOUT {waits_for_agent} s");
+    assert!(waits_for_agent < function, "AGENT_TIMEOUT {waits_for_agent} s, function {function} s");
+    assert!(function <= integration, "function {function} s, integration {integration} s");
+    assert!(integration > 29, "a streamed route may outlast API Gateway's 29 s");
+}
+
+#[test]
 fn cargo_lambda_watch_routes_each_declared_route_to_its_own_binary() {
     let manifest: toml::Table = std::fs::read_to_string(root().join("Cargo.toml")).unwrap().parse().unwrap();
     let router = manifest["workspace"]["metadata"]["lambda"]["watch"]["router"].as_table().unwrap();
