@@ -124,6 +124,10 @@ def start(bin_dir, port, processes, work):
             function_env.setdefault("AGENT_MODEL_PATH", str(MODEL))
         if function == "ifs-dialogue":
             # As template.yaml does: the dialogue function answers through response streaming.
+            # Unlike on AWS the agent answers whole and is invoked with Invoke: cargo lambda
+            # watch 1.9 does not serve the SDK's InvokeWithResponseStream path (it hands the
+            # function an event without a request id). That path is tested against a stand-in
+            # of Lambda's API (functions/dialogue/tests/lambda_agent.rs).
             function_env["LAMBDA_STREAMING"] = "true"
         processes.start(function, [bin_dir / function], env=function_env)
     return env
@@ -256,7 +260,7 @@ def main():
         except (AssertionError, subprocess.CalledProcessError) as failure:
             for log in sorted(work.glob("*.log")):
                 print(f"----- {log.name} (last lines)", file=sys.stderr)
-                print("\n".join(log.read_text(errors="replace").splitlines()[-15:]), file=sys.stderr)
+                print("\n".join(log.read_text(errors="replace").splitlines()[-int(os.environ.get("LOG_LINES", "15")):]), file=sys.stderr)
             sys.exit(f"FAILED: {failure}")
         except KeyboardInterrupt:
             pass

@@ -20,6 +20,10 @@ struct Config {
     server: ServerConfig,
     #[command(flatten)]
     agent: AgentConfig,
+    /// On Lambda: answer through Lambda response streaming (the dialogue function invokes it with
+    /// `InvokeWithResponseStream`; template.yaml sets it).
+    #[arg(long, env = "LAMBDA_STREAMING", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    lambda_streaming: bool,
 }
 
 #[tokio::main]
@@ -35,7 +39,12 @@ async fn main() -> ExitCode {
     };
     let routes = ifs_agent::router(Arc::clone(&service));
     let served = if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-        ifs_api::lambda::run(routes).await.map_err(|e| e.to_string())
+        let running = if config.lambda_streaming {
+            ifs_api::lambda::run_streaming(routes).await
+        } else {
+            ifs_api::lambda::run(routes).await
+        };
+        running.map_err(|e| e.to_string())
     } else {
         serve(&config, routes, &service).await
     };

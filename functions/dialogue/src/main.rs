@@ -21,6 +21,10 @@ struct Config {
     /// such as `cargo lambda watch`).
     #[arg(long, env = "AGENT_LAMBDA_ENDPOINT")]
     agent_lambda_endpoint: Option<String>,
+    /// AGENT_FUNCTION answers with Lambda response streaming (its LAMBDA_STREAMING): invoke it with
+    /// InvokeWithResponseStream and pass its reply on as it comes.
+    #[arg(long, env = "AGENT_FUNCTION_STREAMING", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    agent_function_streaming: bool,
     /// Answer through Lambda response streaming, so that streamed turns reach the client as they
     /// are produced; the function's invocations must stream too (template.yaml does both).
     #[arg(long, env = "LAMBDA_STREAMING", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
@@ -36,7 +40,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let agent: Arc<dyn Agent> = match (&config.agent_function, &config.dialogue.agent_url) {
         (Some(function), _) => {
             let endpoint = config.agent_lambda_endpoint.as_deref();
-            Arc::new(LambdaAgent::connect(function, endpoint, timeout).await)
+            Arc::new(LambdaAgent::connect(function, endpoint, timeout, config.agent_function_streaming).await)
         }
         (None, Some(url)) => Arc::new(HttpAgent::new(url.clone(), timeout)?),
         (None, None) => {

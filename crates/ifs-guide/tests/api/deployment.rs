@@ -128,6 +128,13 @@ fn the_dialogue_route_streams_and_every_timeout_gives_way_to_the_next() {
     assert!(waits_for_agent < function, "AGENT_TIMEOUT {waits_for_agent} s, function {function} s");
     assert!(function <= integration, "function {function} s, integration {integration} s");
     assert!(integration > 29, "a streamed route may outlast API Gateway's 29 s");
+    // The agent answers as a stream (the dialogue function reads it with
+    // InvokeWithResponseStream), so every route to it must take a stream.
+    assert_eq!(agent["Environment"]["Variables"]["LAMBDA_STREAMING"], "true");
+    assert_eq!(dialogue["Environment"]["Variables"]["AGENT_FUNCTION_STREAMING"], "true");
+    for (name, event) in agent["Events"].as_mapping().unwrap() {
+        assert_eq!(event["Properties"]["ResponseTransferMode"], "RESPONSE_STREAM", "{}", text(name));
+    }
 }
 
 #[test]
