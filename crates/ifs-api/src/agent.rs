@@ -275,39 +275,62 @@ impl ChunkReader {
     }
 }
 
-/// The state of an HTTP event stream being read.
-struct Reading {
-    response: reqwest::Response,
-    reader: ChunkReader,
-    ready: VecDeque<Result<AgentEvent, AgentError>>,
-    idle: Duration,
-    ended: bool,
+/// Where the bytes of an event stream come from (an HTTP body, a Lambda response stream).
+#[async_trait]
+pub trait ByteSource: Send + 'static {
+    /// The next piece; None at the end.
+    async fn next_bytes(&mut self) -> Result<Option<bytes::Bytes>, AgentError>;
 }
 
-impl Reading {
-    async fn next(mut self) -> Option<(Result<AgentEvent, AgentError>, Self)> {
+/// An OpenAI chat-completions event stream read from `source` as an [`AgentStream`]: deltas,
+/// then `Finished` at `[DONE]`; an error (from the source or in the stream) ends it.
+pub fn event_stream(source: impl ByteSource) -> AgentStream {
+    struct Reading<S> {
+        source: S,
+        reader: ChunkReader,
+        ready: VecDeque<Result<AgentEvent, AgentError>>,
+        ended: bool,
+    }
+    let reading = Reading { source, reader: ChunkReader::default(), ready: VecDeque::new(), ended: false };
+    Box::pin(futures::stream::unfold(reading, |mut reading| async move {
         loop {
-            if let Some(event) = self.ready.pop_front() {
+            if let Some(event) = reading.ready.pop_front() {
                 if event.is_err() {
-                    self.ended = true;
-                    self.ready.clear();
+                    reading.ended = true;
+                    reading.ready.clear();
                 }
-                return Some((event, self));
+                return Some((event, reading));
             }
-            if self.ended || self.reader.is_done() {
+            if reading.ended || reading.reader.is_done() {
                 return None;
             }
-            let failure = match tokio::time::timeout(self.idle, self.response.chunk()).await {
-                Err(_) => AgentError::Timeout(self.idle),
-                Ok(Err(e)) => AgentError::Unavailable(format!("the stream broke: {e}")),
-                Ok(Ok(None)) => AgentError::Unavailable("the stream ended before [DONE]".into()),
-                Ok(Ok(Some(bytes))) => {
-                    self.ready.extend(self.reader.push(&bytes));
+            let failure = match reading.source.next_bytes().await {
+                Ok(Some(bytes)) => {
+                    reading.ready.extend(reading.reader.push(&bytes));
                     continue;
                 }
+                Ok(None) => AgentError::Unavailable("the stream ended before [DONE]".into()),
+                Err(error) => error,
             };
-            self.ended = true;
-            return Some((Err(failure), self));
+            reading.ended = true;
+            return Some((Err(failure), reading));
+        }
+    }))
+}
+
+/// An HTTP answer's body, each piece due within `idle`.
+struct HttpBody {
+    response: reqwest::Response,
+    idle: Duration,
+}
+
+#[async_trait]
+impl ByteSource for HttpBody {
+    async fn next_bytes(&mut self) -> Result<Option<bytes::Bytes>, AgentError> {
+        match tokio::time::timeout(self.idle, self.response.chunk()).await {
+            Err(_) => Err(AgentError::Timeout(self.idle)),
+            Ok(Err(e)) => Err(AgentError::Unavailable(format!("the stream broke: {e}"))),
+            Ok(Ok(chunk)) => Ok(chunk),
         }
     }
 }
@@ -371,14 +394,7 @@ impl Agent for HttpAgent {
                 .map_err(|_| AgentError::Timeout(self.timeout))??;
             return answer(status, retry_after, &body).map(whole);
         }
-        let reading = Reading {
-            response,
-            reader: ChunkReader::default(),
-            ready: VecDeque::new(),
-            idle: self.timeout,
-            ended: false,
-        };
-        Ok(Box::pin(futures::stream::unfold(reading, Reading::next)))
+        Ok(event_stream(HttpBody { response, idle: self.timeout }))
     }
 
     fn describe(&self) -> String {

@@ -8,7 +8,6 @@
 //! a prelude with status and headers, then the body — read exactly as an HTTP answer would be, an
 //! event stream included. Otherwise a synchronous `Invoke` returns the whole answer.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,7 +16,7 @@ use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvokeWithResponseStreamResponseEvent;
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use ifs_api::agent::{ANSWER_LIMIT, Agent, AgentError, AgentEvent, AgentStream, ChunkReader, answer, whole};
+use ifs_api::agent::{ANSWER_LIMIT, Agent, AgentError, AgentStream, ByteSource, answer, event_stream, whole};
 use ifs_api::openai::{ChatRequest, ChatResponse, StreamOptions};
 use serde::Deserialize;
 use serde_json::json;
@@ -307,38 +306,10 @@ impl LambdaAgent {
     }
 }
 
-/// Reads an event stream out of a streaming invocation.
-struct Reading {
-    invocation: Invocation,
-    reader: ChunkReader,
-    ready: VecDeque<Result<AgentEvent, AgentError>>,
-    ended: bool,
-}
-
-impl Reading {
-    async fn next(mut self) -> Option<(Result<AgentEvent, AgentError>, Self)> {
-        loop {
-            if let Some(event) = self.ready.pop_front() {
-                if event.is_err() {
-                    self.ended = true;
-                    self.ready.clear();
-                }
-                return Some((event, self));
-            }
-            if self.ended || self.reader.is_done() {
-                return None;
-            }
-            let failure = match self.invocation.next().await {
-                Ok(Some(bytes)) => {
-                    self.ready.extend(self.reader.push(&bytes));
-                    continue;
-                }
-                Ok(None) => AgentError::Unavailable("the stream ended before [DONE]".into()),
-                Err(error) => error,
-            };
-            self.ended = true;
-            return Some((Err(failure), self));
-        }
+#[async_trait]
+impl ByteSource for Invocation {
+    async fn next_bytes(&mut self) -> Result<Option<Bytes>, AgentError> {
+        self.next().await
     }
 }
 
@@ -374,9 +345,7 @@ impl Agent for LambdaAgent {
             let body = invocation.rest().await?;
             return answer(status, invocation.retry_after(), &body).map(whole);
         }
-        let reading =
-            Reading { invocation, reader: ChunkReader::default(), ready: VecDeque::new(), ended: false };
-        Ok(Box::pin(futures::stream::unfold(reading, Reading::next)))
+        Ok(event_stream(invocation))
     }
 
     fn describe(&self) -> String {
