@@ -13,7 +13,7 @@ ZIP_FUNCTIONS := SignupFunction LoginFunction MeFunction LogoutFunction Dialogue
 LAMBDA_PACKAGES := -p ifs-signup -p ifs-login -p ifs-me -p ifs-logout -p ifs-dialogue -p ifs-dialogues -p ifs-messages -p ifs-agent-container -p ifs-guide
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 
-.PHONY: help run agent services test lint deps model dynamodb-local bench-agent check-deploy lambda-build sam-build sam-build-zips lambda-local test-lambda bench-cold-start
+.PHONY: help run agent services test lint deps model dynamodb-local bench-agent check-deploy lambda-build sam-build sam-build-zips lambda-local test-lambda bench-cold-start agent-build
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,8 +62,14 @@ test-lambda: deps model dynamodb-local ## End to end through cargo lambda watch 
 	$(CARGO) build --locked --bins $(LAMBDA_PACKAGES)
 	$(VENV)/python infra/lambda_local.py "$(TARGET_DIR)/debug" --test
 
-bench-cold-start: lambda-build ## Cold start of each Lambda binary (exec to its first event request), 20 runs each
-	$(VENV)/python infra/cold_start.py 20 $(foreach f,ifs-signup ifs-login ifs-me ifs-logout ifs-dialogue ifs-dialogues ifs-messages,"$(TARGET_DIR)/lambda/$(f)")
+agent-build: deps model ## Build the agent's Lambda binary as its Dockerfile does (release, x86-64-v3) into target/lambda/agent; check the CPU target
+	RUSTFLAGS="-C target-cpu=x86-64-v3" CARGO_TARGET_DIR="$(TARGET_DIR)/lambda-agent" $(CARGO) build --release --locked -p ifs-agent-container --bin agent
+	mkdir -p "$(TARGET_DIR)/lambda/agent"
+	cp "$(TARGET_DIR)/lambda-agent/release/agent" "$(TARGET_DIR)/lambda/agent/bootstrap"
+	infra/lambda-build.sh --check "$(TARGET_DIR)/lambda/agent"
+
+bench-cold-start: lambda-build agent-build ## Cold start of each Lambda binary (exec to its first event request), 20 runs each
+	$(VENV)/python infra/cold_start.py 20 $(foreach f,ifs-signup ifs-login ifs-me ifs-logout ifs-dialogue ifs-dialogues ifs-messages agent,"$(TARGET_DIR)/lambda/$(f)")
 
 services: deps ## Run redis-server (:6379) and DynamoDB Local (:8000) in the foreground, data in data/
 	@infra/services.sh
