@@ -132,6 +132,7 @@ async fn info(State(service): State<Arc<AgentService>>) -> JsonResponse<Value> {
             TemplateSource::BuiltIn(name) => json!({"present": false, "source": "built-in", "name": name}),
         },
         "threads": info.threads,
+        "prompt_cache": info.cached_contexts,
         "parallel": service.admission().parallel(),
         "queue": service.admission().queue(),
         "max_tokens": limits.default_max_tokens,
