@@ -121,6 +121,70 @@ mod tests {
         assert_eq!(decoder.push(b"\n").unwrap(), vec![event(None, "partial")]);
     }
 
+    /// Events as a server would write them: names and data lines without line breaks.
+    fn events() -> impl proptest::strategy::Strategy<Value = Vec<Event>> {
+        use proptest::prelude::*;
+        let line = "[^\r\n]{0,40}";
+        let event = (proptest::option::of("[a-z]{1,8}"), proptest::collection::vec(line, 1..4))
+            .prop_map(|(name, lines)| Event { name, data: lines.join("\n") });
+        proptest::collection::vec(event, 0..6)
+    }
+
+    fn encode(events: &[Event], line_end: &str) -> Vec<u8> {
+        let mut out = String::new();
+        for event in events {
+            if let Some(name) = &event.name {
+                out.push_str(&format!("event: {name}{line_end}"));
+            }
+            for line in event.data.split('\n') {
+                out.push_str(&format!("data: {line}{line_end}"));
+            }
+            out.push_str(line_end);
+        }
+        out.into_bytes()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn whatever_bytes_arrive_in_whatever_pieces_the_decoder_never_panics_and_agrees_with_itself(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+            cuts in proptest::collection::vec(0usize..400, 0..8),
+        ) {
+            let whole = Decoder::new(64).push(&bytes);
+            let mut decoder = Decoder::new(64);
+            let mut pieces = Vec::new();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort_unstable();
+            let mut from = 0;
+            let mut refused = None;
+            for to in cuts.into_iter().chain([bytes.len()]) {
+                match decoder.push(&bytes[from..to]) {
+                    Ok(events) => pieces.extend(events),
+                    Err(too_long) => { refused = Some(too_long); break; }
+                }
+                from = to;
+            }
+            match whole {
+                Ok(events) => proptest::prop_assert_eq!((events, None), (pieces, refused)),
+                Err(too_long) => proptest::prop_assert_eq!(Some(too_long), refused),
+            }
+        }
+
+        #[test]
+        fn written_events_are_read_back_exactly_with_any_line_end_and_split(
+            written in events(),
+            line_end in proptest::sample::select(vec!["\n", "\r\n", "\r"]),
+            split in 0usize..2000,
+        ) {
+            let bytes = encode(&written, line_end);
+            let split = split.min(bytes.len());
+            let mut decoder = Decoder::new(1 << 16);
+            let mut read = decoder.push(&bytes[..split]).unwrap();
+            read.extend(decoder.push(&bytes[split..]).unwrap());
+            proptest::prop_assert_eq!(read, written);
+        }
+    }
+
     #[test]
     fn an_endless_event_is_refused() {
         let mut decoder = Decoder::new(16);
