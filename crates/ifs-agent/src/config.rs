@@ -11,6 +11,10 @@ use ifs_admission::Admission;
 /// Where the default model lands (`make model`).
 pub const DEFAULT_MODEL_PATH: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
+/// The agent routes' default body limit: 200 messages of 16,000 characters fit unescaped, the
+/// default 20-message memory however it is escaped (16,000 × 12-byte escapes × 20 ≈ 3.7 MiB).
+pub const DEFAULT_BODY_LIMIT: u32 = 4 * 1024 * 1024;
+
 /// Everything the agent reads at start-up.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentConfig {
@@ -30,6 +34,11 @@ pub struct AgentConfig {
     /// Longest reply a request may ask for, in tokens.
     #[arg(long, env = "AGENT_MAX_TOKENS_LIMIT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub agent_max_tokens_limit: u32,
+    /// Largest chat-completions request body, in bytes. The Dialogue Manager sends up to
+    /// MEMORY_MESSAGES messages of up to 16,000 characters each, JSON-escaped: the 64 KiB of the
+    /// user-facing routes would turn long dialogues away.
+    #[arg(long, env = "AGENT_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT, value_parser = clap::value_parser!(u32).range(65_536..=67_108_864))]
+    pub agent_body_limit: u32,
     /// Generations that run at once.
     #[arg(long, env = "AGENT_PARALLEL", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub agent_parallel: u32,
@@ -72,6 +81,7 @@ impl AgentConfig {
             Limits {
                 default_max_tokens: self.agent_max_tokens,
                 max_tokens_limit: self.agent_max_tokens_limit,
+                body_limit: self.agent_body_limit as usize,
             },
         ))
     }

@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Json as JsonResponse, Router};
@@ -31,10 +31,12 @@ pub const ROUTES: &[Route] = &[INFO, COMPLETE, CHAT_COMPLETIONS, MODELS];
 
 /// The routes of the agent function.
 pub fn router(service: Arc<AgentService>) -> Router {
+    // Chat completions carry a dialogue's whole memory: their own body limit, not the edge's.
+    let body_limit = DefaultBodyLimit::max(service.limits().body_limit);
     Router::new()
         .route(INFO.path, INFO.to(info))
-        .route(COMPLETE.path, COMPLETE.to(complete))
-        .route(CHAT_COMPLETIONS.path, CHAT_COMPLETIONS.to(complete))
+        .route(COMPLETE.path, COMPLETE.to(complete).layer(body_limit))
+        .route(CHAT_COMPLETIONS.path, CHAT_COMPLETIONS.to(complete).layer(body_limit))
         .route(MODELS.path, MODELS.to(models))
         .with_state(service)
 }
@@ -137,6 +139,7 @@ async fn info(State(service): State<Arc<AgentService>>) -> JsonResponse<Value> {
         "queue": service.admission().queue(),
         "max_tokens": limits.default_max_tokens,
         "max_tokens_limit": limits.max_tokens_limit,
+        "body_limit": limits.body_limit,
     }))
 }
 

@@ -20,13 +20,15 @@ pub const BUSY_RETRY_AFTER: u64 = 2;
 /// OpenAI accepts at most this many stop strings.
 const MAX_STOPS: usize = 4;
 
-/// Token limits for one reply.
+/// Limits for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Used when the request names none.
     pub default_max_tokens: u32,
     /// Requests above this are refused.
     pub max_tokens_limit: u32,
+    /// Largest chat-completions body, in bytes: a dialogue's memory is many long messages.
+    pub body_limit: usize,
 }
 
 /// Why a chat request got no reply.

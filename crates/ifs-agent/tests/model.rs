@@ -36,6 +36,7 @@ fn config(context: u32, parallel: u32, queue: u32) -> AgentConfig {
         agent_queue: queue,
         agent_threads: 0,
         agent_prompt_cache: 4,
+        agent_body_limit: ifs_agent::config::DEFAULT_BODY_LIMIT,
     }
 }
 
@@ -474,4 +475,34 @@ async fn the_prompt_cache_changes_nothing_but_the_work_a_next_turn_costs() {
         let (with_cache, without) = both(body).await;
         assert_eq!(with_cache["choices"], without["choices"]);
     }
+}
+
+#[tokio::test]
+async fn a_dialogues_long_memory_is_accepted_and_trimmed_and_only_a_body_past_the_limit_is_413() {
+    // Five turns of 16,000 characters, as the Dialogue Manager may send them: ~160 KB of JSON,
+    // far past the 64 KiB of the user-facing routes.
+    let long = "I keep coming back to the same worry about the garden and the house. ".repeat(235);
+    let long = &long[..16_000];
+    let mut messages = vec![json!({"role": "system", "content": "You are brief."})];
+    for _ in 0..5 {
+        messages.push(json!({"role": "user", "content": long}));
+        messages.push(json!({"role": "assistant", "content": long}));
+    }
+    messages.push(json!({"role": "user", "content": "In one word: how do I feel?"}));
+    let body = json!({"messages": messages, "max_tokens": 4, "temperature": 0});
+    assert!(body.to_string().len() > 150_000);
+
+    let service = Arc::new(config(1024, 1, 4).service().unwrap());
+    let (status, reply) = chat(Arc::clone(&service), body.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    // Everything long was left out to fit 1024 tokens: the system message and the question stay.
+    assert_eq!(reply["ifs"]["truncated_messages"], 10, "{}", reply["ifs"]);
+
+    let mut small = config(1024, 1, 4);
+    small.agent_body_limit = 65_536;
+    let (status, refused) = chat(Arc::new(small.service().unwrap()), body).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
 }
