@@ -40,6 +40,7 @@ impl Agent for LocalAgent {
                     finish_reason: Some(finish_reason(completion.finish).into()),
                     model: stream.model.clone(),
                     usage: Some(Usage::of(completion.prompt_tokens, completion.completion_tokens)),
+                    truncated_messages: Some(completion.truncated_messages),
                 })),
                 Streamed::End(Err(error)) => Err(agent_error(error)),
             };

@@ -46,6 +46,14 @@ pub struct Finished {
     pub finish_reason: Option<String>,
     pub model: String,
     pub usage: Option<Usage>,
+    /// Oldest messages the agent left out to fit its context, when it says (`ifs`).
+    pub truncated_messages: Option<u32>,
+}
+
+/// `ifs.truncated_messages` of our agent's answers and chunks; other servers send none.
+#[must_use]
+pub fn truncated_messages(ifs: Option<&serde_json::Value>) -> Option<u32> {
+    ifs?.get("truncated_messages")?.as_u64().and_then(|n| u32::try_from(n).ok())
 }
 
 /// A reply as it is produced: deltas, then `Finished`, or an error instead of the rest. Dropping
@@ -186,7 +194,8 @@ pub fn whole(reply: ChatResponse) -> AgentStream {
     let choice = reply.choices.into_iter().next();
     let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
     let text = choice.and_then(|c| c.message.content).unwrap_or_default();
-    let finished = Finished { finish_reason, model: reply.model, usage: reply.usage };
+    let truncated_messages = truncated_messages(reply.ifs.as_ref());
+    let finished = Finished { finish_reason, model: reply.model, usage: reply.usage, truncated_messages };
     Box::pin(futures::stream::iter([Ok(AgentEvent::Delta(text)), Ok(AgentEvent::Finished(finished))]))
 }
 
@@ -255,6 +264,9 @@ impl ChunkReader {
         }
         if chunk.usage.is_some() {
             self.finished.usage = chunk.usage;
+        }
+        if let Some(truncated) = truncated_messages(chunk.ifs.as_ref()) {
+            self.finished.truncated_messages = Some(truncated);
         }
         let mut out = Vec::new();
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {

@@ -18,6 +18,10 @@ pub struct MessageView {
     pub finish_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// On a reply: how many of the oldest messages of the memory the agent left out to fit its
+    /// context; absent when none were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated_messages: Option<u32>,
 }
 
 impl From<Message> for MessageView {
@@ -33,6 +37,7 @@ impl From<Message> for MessageView {
             next_id: message.next_id,
             finish_reason: meta.finish_reason,
             usage: meta.usage,
+            truncated_messages: meta.truncated_messages.filter(|n| *n > 0),
         }
     }
 }

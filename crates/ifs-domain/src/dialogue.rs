@@ -108,6 +108,9 @@ pub struct ReplyMeta {
     pub finish_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// How many of the oldest messages of the memory the agent left out to fit its context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated_messages: Option<u32>,
 }
 
 /// One item of the list.

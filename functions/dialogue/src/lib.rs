@@ -294,6 +294,7 @@ async fn store_reply(
             model: Some(finished.model).filter(|m| !m.is_empty()),
             finish_reason: finished.finish_reason,
             usage: finished.usage,
+            truncated_messages: finished.truncated_messages.filter(|n| *n > 0),
         }),
     };
     Ok(state.dialogues.append_message(asked.owner, asked.message.dialogue_id, reply).await?)
@@ -309,7 +310,8 @@ async fn buffered(state: &DialogueState, asked: Asked) -> Result<impl IntoRespon
     let choice = answer.choices.into_iter().next();
     let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
     let content = choice.and_then(|c| c.message.content).unwrap_or_default();
-    let finished = Finished { finish_reason, model: answer.model, usage: answer.usage };
+    let truncated_messages = ifs_api::agent::truncated_messages(answer.ifs.as_ref());
+    let finished = Finished { finish_reason, model: answer.model, usage: answer.usage, truncated_messages };
     let reply = store_reply(state, &asked, &content, finished).await?;
     let mut message = asked.message;
     // The stored copy of the user's message was read before the reply was linked after it.
@@ -500,6 +502,7 @@ mod tests {
                     finish_reason: Some("stop".into()),
                     model: "scripted".into(),
                     usage: reply.usage,
+                    truncated_messages: None,
                 }))])),
             };
             Ok(Box::pin(futures::stream::iter(events).chain(tail).map(move |event| {

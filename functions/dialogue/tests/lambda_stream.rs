@@ -34,6 +34,7 @@ impl Agent for Words {
             finish_reason: Some("stop".into()),
             model: "words".into(),
             usage: None,
+            truncated_messages: None,
         }));
         Ok(Box::pin(futures::stream::iter(words.into_iter().chain([end]))))
     }

@@ -280,6 +280,57 @@ pub async fn spawn_app_with_model(prompts: Arc<Mutex<Vec<String>>>) -> TestApp {
     start(app, Backing { data_dir, agent, redis: None, dynamodb: None }).await
 }
 
+/// `ifs-guide serve` on an embedded store with `AGENT_URL` pointed at `agent_url`, waiting up to
+/// two minutes for it (a real model, unlike the double).
+pub async fn spawn_app_with_agent_url(agent_url: &str) -> TestApp {
+    let data_dir = Arc::new(tempfile::tempdir().unwrap());
+    let Command::Serve(args) = Cli::parse_from([
+        "ifs-guide",
+        "serve",
+        "--data-dir",
+        data_dir.path().to_str().unwrap(),
+        "--agent-url",
+        agent_url,
+        "--agent-timeout",
+        "120",
+    ])
+    .command
+    else {
+        unreachable!("serve was asked for")
+    };
+    let app = ifs_guide::build_observed(&args, None).await.expect("app builds");
+    let agent = AgentDouble { url: agent_url.to_owned(), requests: Arc::default() };
+    start(app, Backing { data_dir, agent, redis: None, dynamodb: None }).await
+}
+
+/// The agent service with the bundled model on its own loopback port, served as the standalone
+/// `agent` binary serves it; returns its chat-completions URL.
+pub async fn standalone_agent() -> String {
+    let model =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let config = ifs_agent::AgentConfig {
+        agent_model_path: model,
+        agent_chat_template: None,
+        agent_ctx: 4096,
+        agent_max_tokens: 8,
+        agent_max_tokens_limit: 1024,
+        agent_parallel: 1,
+        agent_queue: 16,
+        agent_threads: 0,
+        agent_prompt_cache: 4,
+        agent_body_limit: ifs_agent::config::DEFAULT_BODY_LIMIT,
+    };
+    let service = Arc::new(config.service().expect("the agent loads its model"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/chat/completions", listener.local_addr().unwrap());
+    let routes = ifs_api::http::edge(ifs_agent::router(service));
+    tokio::spawn(async move {
+        let config = ifs_api::server::ServerConfig::default();
+        let _ = ifs_api::server::serve(listener, routes, &config, std::future::pending()).await;
+    });
+    url
+}
+
 async fn start(app: ifs_guide::App, backing: Backing) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_valid_list, spawn_app_with_model};
+use crate::helpers::{assert_valid_list, spawn_app_with_agent_url, spawn_app_with_model, standalone_agent};
 
 #[tokio::test]
 async fn a_dialogue_with_the_bundled_model_remembers_the_first_turn() {
@@ -112,4 +112,30 @@ async fn a_streamed_turn_with_the_bundled_model_is_what_is_stored_and_a_dropped_
     let (status, next) = app.say(&token, "Thanks!", Some(&dialogue)).await;
     assert_eq!(status, StatusCode::OK, "{next}");
     assert_valid_list(&app.all_messages(&token, &dialogue).await);
+}
+
+#[tokio::test]
+async fn five_long_turns_reach_a_standalone_agent_and_the_trimming_is_reported() {
+    // The agent as its own service (as on AWS), behind HTTP: its routes must take a dialogue's
+    // whole memory, far past the 64 KiB of the user-facing routes.
+    let app = spawn_app_with_agent_url(&standalone_agent().await).await;
+    let token = app.user("ada@example.com").await;
+    let long = "I keep coming back to the same worry about the garden and the house. ".repeat(235);
+    let long = &long[..16_000];
+    let mut dialogue: Option<String> = None;
+    let mut trimmed = Vec::new();
+    for turn in 0..5 {
+        let (status, answer) = app.say(&token, long, dialogue.as_deref()).await;
+        assert!(status.is_success(), "turn {turn}: {status} {answer}");
+        dialogue.get_or_insert_with(|| answer["dialogue_id"].as_str().unwrap().to_owned());
+        trimmed.push(answer["reply"]["truncated_messages"].as_u64());
+    }
+    // The first turn's memory is empty; from the second on, the 16,000-character messages
+    // before the newest no longer fit the model's 4096 tokens and are left out, and said so.
+    assert_eq!(trimmed[0], None, "{trimmed:?}");
+    assert!(trimmed[1..].iter().all(|n| n.is_some_and(|n| n >= 1)), "{trimmed:?}");
+    let stored = app.all_messages(&token, dialogue.as_deref().unwrap()).await;
+    assert_eq!(stored.len(), 10);
+    assert_eq!(stored[9]["truncated_messages"].as_u64(), trimmed[4]);
+    assert_valid_list(&stored);
 }
