@@ -90,6 +90,15 @@ impl HttpAgent {
             .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
         Ok(Self { client, url, timeout })
     }
+
+    /// What a failed request means: a timeout is the agent not answering in time.
+    fn failed(&self, error: reqwest::Error) -> AgentError {
+        if error.is_timeout() {
+            AgentError::Timeout(self.timeout)
+        } else {
+            AgentError::Unavailable(error.to_string())
+        }
+    }
 }
 
 /// At most this much of an unexpected answer goes into the log.
@@ -350,13 +359,7 @@ impl ByteSource for HttpBody {
 #[async_trait]
 impl Agent for HttpAgent {
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, AgentError> {
-        let failed = |e: reqwest::Error| {
-            if e.is_timeout() {
-                AgentError::Timeout(self.timeout)
-            } else {
-                AgentError::Unavailable(e.to_string())
-            }
-        };
+        let failed = |e| self.failed(e);
         let request = ChatRequest { stream: None, stream_options: None, ..request };
         let response = self
             .client
@@ -373,13 +376,7 @@ impl Agent for HttpAgent {
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<AgentStream, AgentError> {
-        let failed = |e: reqwest::Error| {
-            if e.is_timeout() {
-                AgentError::Timeout(self.timeout)
-            } else {
-                AgentError::Unavailable(e.to_string())
-            }
-        };
+        let failed = |e| self.failed(e);
         let request = ChatRequest {
             stream: Some(true),
             stream_options: Some(StreamOptions { include_usage: true }),

@@ -37,7 +37,7 @@ impl From<Message> for MessageView {
             next_id: message.next_id,
             finish_reason: meta.finish_reason,
             usage: meta.usage,
-            truncated_messages: meta.truncated_messages.filter(|n| *n > 0),
+            truncated_messages: meta.truncated_messages,
         }
     }
 }

@@ -108,7 +108,8 @@ pub struct ReplyMeta {
     pub finish_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
-    /// How many of the oldest messages of the memory the agent left out to fit its context.
+    /// How many of the oldest messages of the memory the agent left out to fit its context;
+    /// absent when none were (the Dialogue Manager stores no zero).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated_messages: Option<u32>,
 }

@@ -216,10 +216,8 @@ impl LambdaAgent {
 
     /// Invokes a function that answers whole (synchronous `Invoke`).
     async fn invoke_whole(&self, request: &ChatRequest) -> Result<ChatResponse, AgentError> {
-        let payload = serde_json::to_vec(&event(request))
-            .map_err(|e| AgentError::Unavailable(format!("encoding the invocation: {e}")))?;
-        let invoked =
-            self.client.invoke().function_name(&self.function).payload(Blob::new(payload)).send().await;
+        let payload = invocation_payload(request)?;
+        let invoked = self.client.invoke().function_name(&self.function).payload(payload).send().await;
         let output = invoked.map_err(|error| {
             let throttled = error
                 .as_service_error()
@@ -255,13 +253,12 @@ impl LambdaAgent {
 
     /// Invokes the agent's function with its answer streamed, and reads the answer's head.
     async fn invoke(&self, request: &ChatRequest) -> Result<Invocation, AgentError> {
-        let payload = serde_json::to_vec(&event(request))
-            .map_err(|e| AgentError::Unavailable(format!("encoding the invocation: {e}")))?;
+        let payload = invocation_payload(request)?;
         let invoked = self
             .client
             .invoke_with_response_stream()
             .function_name(&self.function)
-            .payload(Blob::new(payload))
+            .payload(payload)
             .send()
             .await;
         let output = invoked.map_err(|error| {
@@ -352,6 +349,13 @@ impl Agent for LambdaAgent {
         let how = if self.streaming { "InvokeWithResponseStream" } else { "Invoke" };
         format!("Lambda function {} ({how})", self.function)
     }
+}
+
+/// `request` as the payload of an invocation: its HTTP-API event, encoded.
+fn invocation_payload(request: &ChatRequest) -> Result<Blob, AgentError> {
+    serde_json::to_vec(&event(request))
+        .map(Blob::new)
+        .map_err(|e| AgentError::Unavailable(format!("encoding the invocation: {e}")))
 }
 
 /// The HTTP answer `lambda_http` makes of a response to an HTTP-API event.
