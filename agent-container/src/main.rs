@@ -28,7 +28,7 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    ifs_api::lambda::init_tracing();
+    let _logs = ifs_api::lambda::init_tracing();
     let config = Config::parse();
     let service = match config.agent.service() {
         Ok(service) => Arc::new(service),

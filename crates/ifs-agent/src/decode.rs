@@ -99,6 +99,37 @@ mod tests {
         }
     }
 
+    /// `bytes` cut at the given places (each taken modulo the length, in any order).
+    fn pieces<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut start = 0;
+        let mut out: Vec<&[u8]> = cuts
+            .iter()
+            .map(|&c| std::mem::replace(&mut start, c))
+            .zip(&cuts)
+            .map(|(a, &b)| &bytes[a..b])
+            .collect();
+        out.push(&bytes[start..]);
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// However tokens cut them, any bytes decode exactly as the standard library's lossy
+        /// decoding of the whole: valid text unchanged, each invalid sequence one U+FFFD.
+        #[test]
+        fn any_bytes_in_any_pieces_decode_as_the_whole_does(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            text in ".{0,16}",
+            cuts in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..8),
+        ) {
+            proptest::prop_assert_eq!(decode_all(&pieces(&bytes, &cuts)), String::from_utf8_lossy(&bytes));
+            proptest::prop_assert_eq!(decode_all(&pieces(text.as_bytes(), &cuts)), text);
+        }
+    }
+
     #[test]
     fn invalid_bytes_become_replacement_characters() {
         assert_eq!(decode_all(&[b"a\xffb"]), "a\u{fffd}b");

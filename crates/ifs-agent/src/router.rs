@@ -10,10 +10,11 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Json as JsonResponse, Router};
+use ifs_api::openai::ChatResponse;
 use ifs_api::openai::{ChatChunk, ChatRequest, ChatRole, ChunkChoice, Delta};
 use ifs_api::{ApiError, Json, Route};
 use ifs_domain::Usage;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::engine::TemplateSource;
 use crate::service::{AgentService, ChatError, ChatStream, Streamed, extension, finish_reason};
@@ -119,33 +120,161 @@ fn json_event(value: &impl serde::Serialize) -> Event {
     Event::default().data(serde_json::to_string(value).unwrap_or_else(|_| "{}".into()))
 }
 
-async fn info(State(service): State<Arc<AgentService>>) -> JsonResponse<Value> {
-    let info = service.engine().info();
-    let limits = service.limits();
-    JsonResponse(json!({
-        "model": info.name,
-        "file": info.file.file_name().map(|f| f.to_string_lossy()),
-        "parameters": info.parameters,
-        "size_bytes": info.size_bytes,
-        "context_size": info.context,
-        "context_train": info.context_train,
-        "chat_template": match &info.template {
-            TemplateSource::Gguf => json!({"present": true, "source": "gguf"}),
-            TemplateSource::BuiltIn(name) => json!({"present": false, "source": "built-in", "name": name}),
-        },
-        "threads": info.threads,
-        "prompt_cache": info.cached_contexts,
-        "parallel": service.admission().parallel(),
-        "queue": service.admission().queue(),
-        "max_tokens": limits.default_max_tokens,
-        "max_tokens_limit": limits.max_tokens_limit,
-        "body_limit": limits.body_limit,
-    }))
+/// The loaded model and the limits requests meet.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AgentInfo {
+    /// The GGUF's `general.name`, or its file name.
+    model: String,
+    /// The GGUF file's name.
+    file: Option<String>,
+    parameters: u64,
+    size_bytes: u64,
+    /// Tokens of one context: prompt and reply together.
+    context_size: u32,
+    /// The context the model was trained with.
+    context_train: u32,
+    chat_template: ChatTemplate,
+    /// CPU threads per generation.
+    threads: u32,
+    /// Contexts kept for prompts that begin like earlier ones (`AGENT_PROMPT_CACHE`).
+    prompt_cache: usize,
+    /// Generations that run at once, and that may wait for a turn.
+    parallel: usize,
+    queue: usize,
+    /// `max_tokens` unless a request names one, and the most it may name.
+    max_tokens: u32,
+    max_tokens_limit: u32,
+    /// Largest chat-completions body, in bytes.
+    body_limit: usize,
 }
 
-async fn models(State(service): State<Arc<AgentService>>) -> JsonResponse<Value> {
-    JsonResponse(json!({
-        "object": "list",
-        "data": [{"id": service.engine().info().name, "object": "model", "created": 0, "owned_by": "ifs-guide"}],
-    }))
+/// Where the chat template comes from.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ChatTemplate {
+    /// Whether the GGUF has one of its own.
+    present: bool,
+    /// `gguf`, or `built-in` (then `name` says which).
+    #[schema(example = "gguf")]
+    source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
 }
+
+/// OpenAI's model list: the one model this agent serves.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ModelList {
+    #[schema(example = "list")]
+    object: &'static str,
+    data: Vec<ModelEntry>,
+}
+
+/// One model, as OpenAI lists it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ModelEntry {
+    id: String,
+    #[schema(example = "model")]
+    object: &'static str,
+    created: i64,
+    owned_by: &'static str,
+}
+
+/// The operations of the agent, for the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(info, complete_ours, complete_openai, models))]
+pub struct Api;
+
+/// The loaded model and the limits requests meet.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agent",
+    tag = "agent",
+    operation_id = "agent_info",
+    responses((status = 200, description = "The model and its limits", body = AgentInfo))
+)]
+async fn info(State(service): State<Arc<AgentService>>) -> JsonResponse<AgentInfo> {
+    let info = service.engine().info();
+    let limits = service.limits();
+    let chat_template = match &info.template {
+        TemplateSource::Gguf => ChatTemplate { present: true, source: "gguf", name: None },
+        TemplateSource::BuiltIn(name) => {
+            ChatTemplate { present: false, source: "built-in", name: Some(name.clone()) }
+        }
+    };
+    JsonResponse(AgentInfo {
+        model: info.name.clone(),
+        file: info.file.file_name().map(|f| f.to_string_lossy().into_owned()),
+        parameters: info.parameters,
+        size_bytes: info.size_bytes,
+        context_size: info.context,
+        context_train: info.context_train,
+        chat_template,
+        threads: info.threads,
+        prompt_cache: info.cached_contexts,
+        parallel: service.admission().parallel(),
+        queue: service.admission().queue(),
+        max_tokens: limits.default_max_tokens,
+        max_tokens_limit: limits.max_tokens_limit,
+        body_limit: limits.body_limit,
+    })
+}
+
+/// OpenAI's model list.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "agent",
+    operation_id = "list_models",
+    responses((status = 200, description = "The one model served", body = ModelList))
+)]
+async fn models(State(service): State<Arc<AgentService>>) -> JsonResponse<ModelList> {
+    JsonResponse(ModelList {
+        object: "list",
+        data: vec![ModelEntry {
+            id: service.engine().info().name.clone(),
+            object: "model",
+            created: 0,
+            owned_by: "ifs-guide",
+        }],
+    })
+}
+
+/// A chat completion (OpenAI's format): the reply whole, or with `"stream": true` as
+/// `chat.completion.chunk` server-sent events ending in `data: [DONE]`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/agent",
+    tag = "agent",
+    operation_id = "agent_complete",
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "The reply, or its stream",
+         content((ChatResponse = "application/json"), (ifs_api::openapi::ChatCompletionEvent = "text/event-stream"))),
+        (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 413, response = ifs_api::openapi::PayloadTooLarge),
+        (status = 415, response = ifs_api::openapi::UnsupportedMediaType),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
+#[allow(dead_code)] // documents COMPLETE, which `complete` serves
+fn complete_ours() {}
+
+/// The same chat completion at OpenAI's path, for OpenAI's clients (base URL `…/v1`).
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "agent",
+    operation_id = "chat_completions",
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "The reply, or its stream",
+         content((ChatResponse = "application/json"), (ifs_api::openapi::ChatCompletionEvent = "text/event-stream"))),
+        (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 413, response = ifs_api::openapi::PayloadTooLarge),
+        (status = 415, response = ifs_api::openapi::UnsupportedMediaType),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
+#[allow(dead_code)] // documents CHAT_COMPLETIONS, which `complete` serves
+fn complete_openai() {}

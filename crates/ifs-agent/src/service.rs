@@ -205,52 +205,7 @@ impl AgentService {
     }
 
     fn job(&self, request: ChatRequest) -> Result<Job, ChatError> {
-        if request.messages.is_empty() {
-            return Err(ChatError::invalid("messages", "must not be empty"));
-        }
-        let mut turns = Vec::with_capacity(request.messages.len());
-        for (i, message) in request.messages.into_iter().enumerate() {
-            if message.content.trim().is_empty() {
-                return Err(ChatError::invalid(format!("messages[{i}].content"), "must not be empty"));
-            }
-            let role = match message.role {
-                ChatRole::System => TurnRole::System,
-                ChatRole::User => TurnRole::User,
-                ChatRole::Assistant => TurnRole::Assistant,
-            };
-            turns.push(Turn { role, content: message.content });
-        }
-        if !turns.iter().any(|t| t.role == TurnRole::User) {
-            return Err(ChatError::invalid("messages", "must include a user message"));
-        }
-        let (field, requested) = match (request.max_completion_tokens, request.max_tokens) {
-            (Some(n), _) => ("max_completion_tokens", Some(n)),
-            (None, n) => ("max_tokens", n),
-        };
-        let max_tokens = requested.unwrap_or(self.limits.default_max_tokens);
-        if !(1..=self.limits.max_tokens_limit).contains(&max_tokens) {
-            return Err(ChatError::invalid(
-                field,
-                format!("must be from 1 to {}", self.limits.max_tokens_limit),
-            ));
-        }
-        let temperature = request.temperature.unwrap_or(1.0);
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(ChatError::invalid("temperature", "must be from 0 to 2"));
-        }
-        let top_p = request.top_p.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(ChatError::invalid("top_p", "must be greater than 0 and at most 1"));
-        }
-        let stop = match request.stop {
-            None => Vec::new(),
-            Some(Stop::One(one)) => vec![one],
-            Some(Stop::Many(many)) => many,
-        };
-        if stop.len() > MAX_STOPS || stop.iter().any(String::is_empty) {
-            return Err(ChatError::invalid("stop", format!("must be at most {MAX_STOPS} non-empty strings")));
-        }
-        Ok(Job { turns, max_tokens, temperature, top_p, seed: request.seed, stop })
+        job(request, self.limits)
     }
 
     fn response(&self, completion: Completion, model: String) -> ChatResponse {
@@ -298,4 +253,172 @@ pub fn extension(completion: &Completion) -> serde_json::Value {
             "tokens_per_second": per_second(completion.completion_tokens, timings.generation.as_secs_f64()),
         }
     })
+}
+
+/// What the engine is asked to do for `request`, or which field makes it unacceptable.
+fn job(request: ChatRequest, limits: Limits) -> Result<Job, ChatError> {
+    if request.messages.is_empty() {
+        return Err(ChatError::invalid("messages", "must not be empty"));
+    }
+    let mut turns = Vec::with_capacity(request.messages.len());
+    for (i, message) in request.messages.into_iter().enumerate() {
+        if message.content.trim().is_empty() {
+            return Err(ChatError::invalid(format!("messages[{i}].content"), "must not be empty"));
+        }
+        let role = match message.role {
+            ChatRole::System => TurnRole::System,
+            ChatRole::User => TurnRole::User,
+            ChatRole::Assistant => TurnRole::Assistant,
+        };
+        turns.push(Turn { role, content: message.content });
+    }
+    if !turns.iter().any(|t| t.role == TurnRole::User) {
+        return Err(ChatError::invalid("messages", "must include a user message"));
+    }
+    let (field, requested) = match (request.max_completion_tokens, request.max_tokens) {
+        (Some(n), _) => ("max_completion_tokens", Some(n)),
+        (None, n) => ("max_tokens", n),
+    };
+    let max_tokens = requested.unwrap_or(limits.default_max_tokens);
+    if !(1..=limits.max_tokens_limit).contains(&max_tokens) {
+        return Err(ChatError::invalid(field, format!("must be from 1 to {}", limits.max_tokens_limit)));
+    }
+    let temperature = request.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ChatError::invalid("temperature", "must be from 0 to 2"));
+    }
+    let top_p = request.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ChatError::invalid("top_p", "must be greater than 0 and at most 1"));
+    }
+    let stop = match request.stop {
+        None => Vec::new(),
+        Some(Stop::One(one)) => vec![one],
+        Some(Stop::Many(many)) => many,
+    };
+    if stop.len() > MAX_STOPS || stop.iter().any(String::is_empty) {
+        return Err(ChatError::invalid("stop", format!("must be at most {MAX_STOPS} non-empty strings")));
+    }
+    Ok(Job { turns, max_tokens, temperature, top_p, seed: request.seed, stop })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const LIMITS: Limits = Limits { default_max_tokens: 256, max_tokens_limit: 1024, body_limit: 1 << 20 };
+
+    /// Any JSON scalar a careless client might send in any field.
+    fn loose() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("JSON has no NaN or infinity", |f| f.is_finite()).prop_map(Value::from),
+            ".{0,6}".prop_map(Value::from),
+        ]
+    }
+
+    fn message() -> impl Strategy<Value = Value> {
+        let role = prop_oneof![
+            4 => prop::sample::select(vec!["user", "assistant", "system"]).prop_map(Value::from),
+            1 => prop::sample::select(vec!["tool", "User", ""]).prop_map(Value::from),
+            1 => loose(),
+        ];
+        let content = prop_oneof![
+            4 => ".{1,20}".prop_map(Value::from),
+            1 => prop::sample::select(vec!["", "  \n\t"]).prop_map(Value::from),
+            1 => loose(),
+        ];
+        (role, content).prop_map(|(role, content)| json!({"role": role, "content": content}))
+    }
+
+    /// A field's value: absent, plausible, at its edges, or anything at all.
+    fn field(plausible: impl Strategy<Value = Value> + 'static) -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![2 => Just(None), 3 => plausible.prop_map(Some), 1 => loose().prop_map(Some)]
+    }
+
+    fn request() -> impl Strategy<Value = Value> {
+        let tokens =
+            prop_oneof![(0_i64..=1100).prop_map(Value::from), Just(json!(u32::MAX)), Just(json!(-1))];
+        let unit = (-0.5_f64..2.5).prop_map(Value::from);
+        let stop = prop_oneof![
+            ".{0,4}".prop_map(Value::from),
+            prop::collection::vec(".{0,4}", 0..6).prop_map(Value::from),
+        ];
+        (
+            prop::collection::vec(message(), 0..4),
+            (field(tokens.clone()), field(tokens), field(unit.clone()), field(unit)),
+            (
+                field(stop),
+                field(any::<u64>().prop_map(Value::from)),
+                field(any::<bool>().prop_map(Value::from)),
+            ),
+        )
+            .prop_map(
+                |(
+                    messages,
+                    (max_tokens, max_completion_tokens, temperature, top_p),
+                    (stop, seed, stream),
+                )| {
+                    let mut request = json!({"messages": messages});
+                    for (name, value) in [
+                        ("max_tokens", max_tokens),
+                        ("max_completion_tokens", max_completion_tokens),
+                        ("temperature", temperature),
+                        ("top_p", top_p),
+                        ("stop", stop),
+                        ("seed", seed),
+                        ("stream", stream),
+                    ] {
+                        if let Some(value) = value {
+                            request[name] = value;
+                        }
+                    }
+                    request
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Whatever a client sends, the agent either cannot read it (the JSON extractor's 400) or
+        /// makes a job that keeps every limit, or refuses it as a 400 naming the field at fault.
+        #[test]
+        fn every_request_becomes_a_job_within_limits_or_a_400_naming_its_field(body in request()) {
+            let Ok(request) = serde_json::from_value::<ChatRequest>(body.clone()) else { return Ok(()) };
+            match job(request.clone(), LIMITS) {
+                Ok(job) => {
+                    prop_assert!((1..=LIMITS.max_tokens_limit).contains(&job.max_tokens));
+                    prop_assert!((0.0..=2.0).contains(&job.temperature) && job.top_p > 0.0 && job.top_p <= 1.0);
+                    prop_assert!(job.turns.iter().any(|t| t.role == TurnRole::User));
+                    prop_assert!(job.turns.iter().all(|t| !t.content.trim().is_empty()));
+                    prop_assert!(job.stop.len() <= MAX_STOPS && job.stop.iter().all(|s| !s.is_empty()));
+                    prop_assert_eq!(job.turns.len(), request.messages.len());
+                }
+                Err(ChatError::Invalid { field, problem }) => {
+                    let at_fault = match field.as_str() {
+                        "messages" => request.messages.is_empty()
+                            || !request.messages.iter().any(|m| m.role == ChatRole::User),
+                        "max_tokens" | "max_completion_tokens" => {
+                            let n = request.max_completion_tokens.or(request.max_tokens).unwrap_or(0);
+                            n == 0 || n > LIMITS.max_tokens_limit
+                        }
+                        "temperature" => !(0.0..=2.0).contains(&request.temperature.unwrap_or(1.0)),
+                        "top_p" => request.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)),
+                        "stop" => true,
+                        content => content.starts_with("messages[") && content.ends_with("].content"),
+                    };
+                    prop_assert!(at_fault, "{}: {} for {}", field, problem, body);
+                    let error = ChatError::Invalid { field, problem }.into_api_error();
+                    prop_assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+                }
+                Err(other) => prop_assert!(false, "{other} for {body}"),
+            }
+        }
+    }
 }

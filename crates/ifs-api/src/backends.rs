@@ -46,7 +46,12 @@ pub enum TableCheck {
 impl Backends {
     /// Everything in the embedded store in `data_dir`, created if needed.
     pub fn embedded(data_dir: &Path) -> anyhow::Result<Self> {
-        let store = open_embedded(data_dir)?;
+        Self::embedded_with_cache(data_dir, ifs_store::embedded::DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`embedded`](Self::embedded) with a page cache of at most `cache_bytes`.
+    pub fn embedded_with_cache(data_dir: &Path, cache_bytes: usize) -> anyhow::Result<Self> {
+        let store = open_embedded(data_dir, cache_bytes)?;
         let description = format!("embedded store {} (users, dialogues, sessions)", store.path().display());
         Ok(Self {
             users: store.clone(),
@@ -69,10 +74,10 @@ impl Backends {
             None => SessionsBackend::Embedded,
         };
         if (store, sessions) == (StoreBackend::Embedded, SessionsBackend::Embedded) {
-            return Self::embedded(&config.data_dir);
+            return Self::embedded_with_cache(&config.data_dir, config.embedded_cache_bytes());
         }
         let embedded = if store == StoreBackend::Embedded || sessions == SessionsBackend::Embedded {
-            Some(open_embedded(&config.data_dir)?)
+            Some(open_embedded(&config.data_dir, config.embedded_cache_bytes())?)
         } else {
             None
         };
@@ -118,7 +123,7 @@ impl Backends {
 /// neither `SESSIONS` nor a way to Redis.
 pub async fn open_users(config: &StoreConfig, check: TableCheck) -> anyhow::Result<Arc<dyn UserStore>> {
     Ok(match store_backend(config)? {
-        StoreBackend::Embedded => open_embedded(&config.data_dir)?,
+        StoreBackend::Embedded => open_embedded(&config.data_dir, config.embedded_cache_bytes())?,
         StoreBackend::Dynamodb => Arc::new(open_dynamo(&config.dynamodb, check).await?),
     })
 }
@@ -142,9 +147,9 @@ fn store_backend(config: &StoreConfig) -> anyhow::Result<StoreBackend> {
     }
 }
 
-fn open_embedded(data_dir: &Path) -> anyhow::Result<Arc<EmbeddedStore>> {
+fn open_embedded(data_dir: &Path, cache_bytes: usize) -> anyhow::Result<Arc<EmbeddedStore>> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating DATA_DIR {}", data_dir.display()))?;
-    Ok(Arc::new(EmbeddedStore::open(&data_dir.join(EMBEDDED_FILE))?))
+    Ok(Arc::new(EmbeddedStore::open_with_cache(&data_dir.join(EMBEDDED_FILE), cache_bytes)?))
 }
 
 /// The DynamoDB store on `config`'s table, checked as `check` says.

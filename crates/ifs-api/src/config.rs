@@ -121,6 +121,11 @@ pub struct StoreConfig {
     /// Directory of the embedded store (and, locally, the generated token keys).
     #[arg(long, env = "DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Most memory the embedded store keeps of its file, in MiB (1 to 65536); more makes reads
+    /// of a large store faster, and the process grows to it as the store does.
+    #[arg(long, env = "EMBEDDED_CACHE_MB", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub embedded_cache_mb: u32,
     /// Where users and dialogues live: `embedded` (in DATA_DIR) or `dynamodb` (TABLE_NAME).
     /// Locally the default is `embedded`; on Lambda it must be named.
     #[arg(long, env = "STORE", value_enum)]
@@ -139,6 +144,14 @@ pub struct StoreConfig {
     pub redis_ca_file: Option<PathBuf>,
     #[command(flatten)]
     pub dynamodb: DynamoConfig,
+}
+
+impl StoreConfig {
+    /// `EMBEDDED_CACHE_MB` in bytes.
+    #[must_use]
+    pub fn embedded_cache_bytes(&self) -> usize {
+        self.embedded_cache_mb as usize * 1024 * 1024
+    }
 }
 
 /// The DynamoDB table.

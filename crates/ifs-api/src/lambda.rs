@@ -16,21 +16,39 @@ use crate::backends::{Backends, TableCheck};
 use crate::config::{StoreConfig, TokenConfig};
 
 /// Logs as JSON on Lambda (one object per line, for CloudWatch queries) and as text elsewhere;
-/// `RUST_LOG` filters, default `info` with llama.cpp's own chatter cut to warnings.
-pub fn init_tracing() {
+/// `RUST_LOG` filters, default `info` with llama.cpp's own chatter cut to warnings. Keep the guard
+/// until the process ends: dropping it writes out what is still queued.
+pub fn init_tracing() -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // llama.cpp reports every tensor it loads at info level; only its warnings are news.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,llama-cpp-2=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let installed = if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
-        builder.json().flatten_event(true).with_current_span(true).without_time().try_init()
-    } else {
-        // Locally, stdout is for the banner; logs go to stderr, coloured only on a terminal.
-        use std::io::IsTerminal as _;
-        builder.with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).try_init()
+    if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
+        // Written before the response: Lambda may freeze the process as soon as it is sent, and
+        // one request at a time leaves nothing to gain from a writer thread.
+        drop(builder.json().flatten_event(true).with_current_span(true).without_time().try_init());
+        return LogGuard { _writer: None };
+    }
+    // Locally, stdout is for the banner; logs go to stderr, coloured only on a terminal, in
+    // batches (see `logs`).
+    use std::io::IsTerminal as _;
+    let ansi = std::io::stderr().is_terminal();
+    let Ok((writer, guard)) = crate::logs::BatchedStderr::start() else {
+        drop(builder.with_writer(std::io::stderr).with_ansi(ansi).try_init());
+        return LogGuard { _writer: None };
     };
     // A second call (tests) keeps the first subscriber.
-    drop(installed);
+    match builder.with_writer(writer).with_ansi(ansi).try_init() {
+        Ok(()) => LogGuard { _writer: Some(guard) },
+        Err(_) => LogGuard { _writer: None },
+    }
+}
+
+/// Keeps the log writer thread; its drop writes out the lines still buffered.
+#[must_use = "buffered lines are lost unless the guard lives until the end"]
+#[derive(Debug)]
+pub struct LogGuard {
+    _writer: Option<crate::logs::FlushGuard>,
 }
 
 /// What every function that checks tokens reads: where the data is and how tokens look.

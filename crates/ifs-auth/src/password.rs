@@ -2,9 +2,12 @@
 //! runtime because one hash takes tens of milliseconds of CPU, and bounded: each hash needs 19 MiB
 //! of working memory, so at most one hash per core runs at once, a bounded number wait, and the
 //! rest are turned away as busy. The working memory is allocated once per running hash and reused,
-//! so that a burst of sign-ups cannot grow the process and leave it grown.
+//! so that a burst of sign-ups cannot grow the process and leave it grown. Hashes run on threads
+//! of their own under the idle scheduling policy, so that a flood of logins cannot take the cores
+//! from requests that need microseconds (see docs/decisions.md).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use anyhow::Context as _;
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
@@ -55,6 +58,7 @@ const DUMMY_HASH: &str =
 struct Inner {
     params: Params,
     gate: Admission,
+    workers: Workers,
     /// Working memory of finished hashes, for the next ones; never more than `parallel` buffers.
     memory: Mutex<Vec<Vec<Block>>>,
 }
@@ -80,6 +84,7 @@ impl PasswordHasher {
         let inner = Inner {
             params,
             gate: Admission::new(limits.parallel, limits.queue),
+            workers: Workers::start(limits.parallel.max(1))?,
             memory: Mutex::new(Vec::new()),
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -106,7 +111,7 @@ impl PasswordHasher {
         Ok(known && matched)
     }
 
-    /// Runs `work` on the blocking pool once the gate lets it in; the permit travels with the
+    /// Runs `work` on a hashing thread once the gate lets it in; the permit travels with the
     /// work, so a caller that gives up does not free a slot whose hash is still running.
     async fn run<T: Send + 'static>(
         &self,
@@ -114,13 +119,69 @@ impl PasswordHasher {
     ) -> Result<T, HashError> {
         let permit = self.inner.gate.enter().await.map_err(|_| HashError::Busy)?;
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.inner.workers.submit(Box::new(move || {
             let _permit = permit;
-            work(&inner)
-        })
-        .await
-        .context("hashing task panicked")
-        .map_err(HashError::Unexpected)
+            let _ = done.send(work(&inner));
+        }))?;
+        result.await.context("hashing task panicked").map_err(HashError::Unexpected)
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// As many threads as hashes may run at once, each under `SCHED_IDLE`. They end when the
+/// hasher (the last clone) is dropped.
+struct Workers {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Workers {
+    fn start(count: usize) -> anyhow::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..count {
+            let queue = Arc::clone(&queue);
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        let Ok(job) = next else { return };
+                        // A panicking hash reports itself through its dropped channel; the thread
+                        // must live on for the next one.
+                        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                    }
+                })
+                .context("starting a hashing thread")?;
+        }
+        Ok(Self { jobs })
+    }
+
+    fn submit(&self, job: Job) -> anyhow::Result<()> {
+        self.jobs.send(job).map_err(|_| anyhow::anyhow!("the hashing threads are gone"))
+    }
+}
+
+/// Puts the calling thread under Linux's `SCHED_IDLE` policy: it runs only when no ordinary
+/// thread wants the core, and gives the core back the moment one wakes. A lower nice value was not
+/// enough (measured in docs/benchmarks.md): a niced hash still held the core for the rest of its
+/// time slice while a request waited. No privilege is needed to lower one's own priority; should
+/// it fail anyway, the thread falls back to the lowest nice value, and failing that, runs as is.
+fn lower_priority() {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    let Err(error) = thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        ThreadPriority::Min,
+        idle,
+    ) else {
+        return;
+    };
+    tracing::warn!(%error, "hashing threads cannot use SCHED_IDLE; trying the lowest nice value");
+    if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+        tracing::warn!(%error, "hashing threads run at normal priority");
     }
 }
 
@@ -260,6 +321,23 @@ mod tests {
         {
             assert!(!hasher.verify(&password, Some(stored)).await.unwrap(), "{stored}");
         }
+    }
+
+    #[tokio::test]
+    async fn hashes_run_only_when_requests_leave_a_core_idle_and_survive_a_panic() {
+        let hasher = PasswordHasher::with_limits(HashLimits { parallel: 1, queue: 1 }).unwrap();
+        let policy = |_: &Inner| thread_priority::thread_schedule_policy().unwrap();
+        let idle =
+            thread_priority::ThreadSchedulePolicy::Normal(thread_priority::NormalThreadSchedulePolicy::Idle);
+        assert_eq!(hasher.run(policy).await.unwrap(), idle);
+        assert_ne!(policy(&hasher.inner), idle, "the caller's own thread keeps its policy");
+
+        let panicked = hasher.run(|_| -> () { panic!("a hash went wrong") }).await;
+        assert!(matches!(panicked, Err(HashError::Unexpected(_))));
+        // The one thread lived on, and its slot was given back.
+        let password = Password::parse("still works".into()).unwrap();
+        let hash = hasher.hash(&password).await.unwrap();
+        assert!(hasher.verify(&password, Some(&hash)).await.unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

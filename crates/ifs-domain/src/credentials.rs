@@ -54,7 +54,13 @@ impl Email {
     /// and cannot become a second account beside it; what normalisation cannot fold — invisible
     /// characters, quoted names, IP literals, dotless domains — is refused.
     pub fn parse(raw: &str) -> Result<Self, EmailError> {
-        let folded: String = raw.nfkc().collect::<String>().trim().to_lowercase().nfkc().collect();
+        let folded: String = if raw.is_ascii() {
+            // NFKC leaves ASCII as it is: the same result without two passes through the
+            // normaliser (stored addresses are read back through here on every request).
+            raw.trim().to_ascii_lowercase()
+        } else {
+            raw.nfkc().collect::<String>().trim().to_lowercase().nfkc().collect()
+        };
         if folded.is_empty() {
             return Err(EmailError::Empty);
         }

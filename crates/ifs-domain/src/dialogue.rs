@@ -13,7 +13,7 @@ pub const MESSAGE_MAX: usize = 16_000;
 pub const TITLE_MAX: usize = 80;
 
 /// Who wrote a stored message. The system prompt is configuration, never stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
@@ -57,7 +57,7 @@ impl MessageText {
 /// Token accounting reported by the agent for one reply. Each count is kept only if the agent
 /// gave a valid one: a server that leaves a count out, or sends null, a negative or a fraction,
 /// loses that count, never the reply.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     #[serde(default, deserialize_with = "count", skip_serializing_if = "Option::is_none")]
     pub prompt_tokens: Option<u32>,

@@ -21,6 +21,8 @@ use ifs_domain::{Clock, SystemClock};
 use ifs_store::{Audit, Sweep, Swept};
 use tokio::net::TcpListener;
 
+pub mod openapi;
+
 /// `ifs-guide`: run ifs-guide locally.
 #[derive(Debug, clap::Parser)]
 #[command(name = "ifs-guide", version, about)]
@@ -36,6 +38,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Create the DynamoDB table and its index (TABLE_NAME, DYNAMODB_ENDPOINT) if missing.
     CreateTable(DynamoConfig),
+    /// Print the OpenAPI 3.1 document of the whole API (what openapi.json holds).
+    Openapi,
     /// Walk every dialogue in the store and report each broken link, gap, fork, orphan or
     /// summary that disagrees with its list; exit 1 if there is one, 2 if the store cannot be read.
     Check(CheckArgs),
@@ -171,6 +175,7 @@ pub async fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) 
             dialogues: backends.dialogues.clone(),
         }))
         .merge(ifs_messages::router(ifs_messages::MessagesState { auth, dialogues: backends.dialogues }))
+        .merge(openapi::router(agent_routes.is_some()))
         .merge(agent_routes.unwrap_or_default());
     Ok(App {
         router: ifs_api::http::edge(router),

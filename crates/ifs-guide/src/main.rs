@@ -11,7 +11,7 @@ use ifs_guide::{Cli, Command};
 const BLOCKING_GRACE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
-    ifs_api::lambda::init_tracing();
+    let _logs = ifs_api::lambda::init_tracing();
     let command = Cli::parse().command;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -34,6 +34,10 @@ fn main() -> ExitCode {
                 }
             },
             Command::Check(args) => check(&args).await,
+            Command::Openapi => {
+                println!("{}", ifs_guide::openapi::json(true));
+                ExitCode::SUCCESS
+            }
         }
     });
     // Dropping a runtime waits for every blocking task; a generation in progress could hold the

@@ -101,6 +101,9 @@ fn expired_keys(
     Ok(keys)
 }
 
+/// The embedded store's page cache unless configured (`EMBEDDED_CACHE_MB`).
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// All ports in one redb database file.
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -115,9 +118,18 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database at `path` and makes sure every table exists.
+    /// Opens (or creates) the database at `path` and makes sure every table exists, with a page
+    /// cache of [`DEFAULT_CACHE_BYTES`].
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        let db = Database::create(path)
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`open`](Self::open) with a page cache of at most `cache_bytes`. redb's own default, 1 GiB,
+    /// let a local server's memory grow with its data file for as long as the file grew.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> anyhow::Result<Self> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
             .with_context(|| format!("opening the embedded store at {}", path.display()))?;
         let txn = db.begin_write().context("starting the schema transaction")?;
         txn.open_table(USERS)?;
@@ -139,8 +151,21 @@ impl EmbeddedStore {
         &self.path
     }
 
-    /// Runs a read transaction off the async runtime: redb blocks on disk I/O.
+    /// Runs a bounded read transaction (a few records, or one page) on the calling task. Such a
+    /// read takes microseconds — its pages come from redb's cache or the OS page cache, and
+    /// readers never wait for the writer — while the hop to the blocking pool and back cost more
+    /// than the read and woke two threads per request (measured in docs/benchmarks.md).
+    #[allow(clippy::unused_async)] // async like every port method, so a caller cannot tell
     async fn read<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        F: FnOnce(&ReadTransaction) -> StoreResult<T>,
+    {
+        let txn = self.db.begin_read().context("starting a read transaction")?;
+        work(&txn)
+    }
+
+    /// Runs a read transaction of unbounded size (the audit's full scan) off the async runtime.
+    async fn read_everything<T, F>(&self, work: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> StoreResult<T> + Send + 'static,
@@ -536,7 +561,7 @@ impl Sweep for EmbeddedStore {
 impl Audit for EmbeddedStore {
     /// One read transaction: a consistent snapshot even while the server writes.
     async fn audit(&self) -> StoreResult<AuditReport> {
-        self.read(|txn| {
+        self.read_everything(|txn| {
             let mut listed = listing_entries(txn)?;
             let messages = txn.open_table(MESSAGES).context("opening messages")?;
             let mut report = AuditReport::default();

@@ -93,25 +93,44 @@ pub fn router(state: DialogueState) -> Router {
         .with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
-struct DialogueRequest {
+/// One turn: a new dialogue's first message, or the next message of `dialogue_id`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"message": "I keep putting off a call to my sister.", "stream": false}))]
+pub struct DialogueRequest {
+    /// At most 16,000 characters, at least one of them visible.
+    #[schema(min_length = 1, max_length = 16000)]
     message: String,
+    /// The dialogue to continue (the id of its first message); absent, a new one starts.
     #[serde(default)]
+    #[schema(format = Uuid)]
     dialogue_id: Option<String>,
+    /// Longest reply, in tokens.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 4096)]
     max_tokens: Option<u32>,
+    /// 0 answers deterministically.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     temperature: Option<f32>,
+    /// Answer as server-sent events (`message`, `delta`s, then `reply` or `error`), as
+    /// `Accept: text/event-stream` also asks.
     #[serde(default)]
     stream: Option<bool>,
 }
 
-#[derive(Debug, Serialize)]
-struct DialogueResponse {
+/// The turn as stored: the user's message and the agent's reply after it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DialogueResponse {
+    #[schema(value_type = String, format = Uuid)]
     dialogue_id: DialogueId,
     message: MessageView,
     reply: MessageView,
 }
+
+/// The operations of this function, for the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(dialogue))]
+pub struct Api;
 
 /// A validated turn.
 struct Turn {
@@ -221,6 +240,45 @@ struct Asked {
     status: StatusCode,
 }
 
+/// Sends a message and answers with the agent's reply, both stored. Without `dialogue_id` a new
+/// dialogue starts (201); with it, the dialogue continues (200). The user's message is stored
+/// before the agent is asked: if the agent fails, the error names where it was kept.
+#[utoipa::path(
+    post,
+    path = "/api/v1/dialogue",
+    tag = "dialogues",
+    operation_id = "dialogue",
+    security(("bearer" = [])),
+    request_body = DialogueRequest,
+    responses(
+        (status = 200, description = "The dialogue continued",
+         content(
+            (DialogueResponse = "application/json"),
+            (ifs_api::openapi::DialogueEvent = "text/event-stream"),
+         ),
+         links(("messages" = (operation_id = "messages",
+            parameters(("dialogue_id" = "$response.body#/dialogue_id")),
+            description = "The dialogue's messages")))),
+        (status = 201, description = "A new dialogue started",
+         content(
+            (DialogueResponse = "application/json"),
+            (ifs_api::openapi::DialogueEvent = "text/event-stream"),
+         ),
+         links(("messages" = (operation_id = "messages",
+            parameters(("dialogue_id" = "$response.body#/dialogue_id")),
+            description = "The dialogue's messages")))),
+        (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+        (status = 404, response = ifs_api::openapi::NotFound),
+        (status = 413, response = ifs_api::openapi::PayloadTooLarge),
+        (status = 415, response = ifs_api::openapi::UnsupportedMediaType),
+        (status = 429, response = ifs_api::openapi::TooManyRequests),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 502, response = ifs_api::openapi::BadGateway),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+        (status = 504, response = ifs_api::openapi::GatewayTimeout),
+    )
+)]
 async fn dialogue(
     AuthUser(principal): AuthUser,
     State(state): State<DialogueState>,

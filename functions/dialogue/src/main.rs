@@ -33,7 +33,7 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    lambda::init_tracing();
+    let _logs = lambda::init_tracing();
     let config: Config = lambda::config("dialogue");
     let (backends, auth) = config.protected.open().await?;
     let timeout = config.dialogue.agent_timeout();

@@ -39,12 +39,19 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct DialogueView {
+/// A dialogue in the list: its first message's id, a title from that message, when it started
+/// and when it last grew.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DialogueView {
+    #[schema(value_type = String, format = Uuid)]
     id: DialogueId,
+    /// The first message, whitespace folded, at most 80 characters.
     title: String,
+    #[schema(value_type = String, format = DateTime)]
     created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     updated_at: Timestamp,
+    #[schema(minimum = 1)]
     message_count: u64,
 }
 
@@ -60,12 +67,38 @@ impl From<DialogueSummary> for DialogueView {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct ListResponse {
+/// One page of the caller's dialogues, newest activity first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ListResponse {
     dialogues: Vec<DialogueView>,
+    /// Pass as `cursor` for the next page; null on the last page.
     next_cursor: Option<String>,
 }
 
+/// The operations of this function, for the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(dialogues))]
+pub struct Api;
+
+/// The caller's dialogues, newest activity first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/dialogues",
+    tag = "dialogues",
+    operation_id = "dialogues",
+    security(("bearer" = [])),
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Page size, 20 unless given"),
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the page before"),
+    ),
+    responses(
+        (status = 200, description = "A page of dialogues", body = ListResponse),
+        (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
 async fn dialogues(
     AuthUser(principal): AuthUser,
     State(store): State<Arc<dyn DialogueStore>>,

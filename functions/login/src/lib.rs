@@ -53,14 +53,20 @@ pub fn router(state: LoginState) -> Router {
     Router::new().route(LOGIN.path, LOGIN.to(login)).with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
-struct JsonCredentials {
+/// Credentials as JSON.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"email": "ada@example.com", "password": "correct horse battery staple"}))]
+pub struct JsonCredentials {
+    #[schema(format = Email, max_length = 254)]
     email: String,
     password: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct FormCredentials {
+/// Credentials as the OAuth2 password form sends them (`grant_type` and `scope` are ignored).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct FormCredentials {
+    /// The email address.
+    #[schema(format = Email, max_length = 254)]
     username: String,
     password: String,
 }
@@ -91,17 +97,51 @@ impl<S: Send + Sync> FromRequest<S> for Credentials {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct TokenResponse {
+/// An access token for `Authorization: Bearer …`, bound to a new session.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenResponse {
+    /// An EdDSA-signed JWT naming the user and the session.
     access_token: String,
+    #[schema(value_type = String, example = "bearer")]
     token_type: &'static str,
+    /// Seconds until the token (and its session) expires.
+    #[schema(example = 3600)]
     expires_in: i64,
 }
+
+/// The operations of this function, for the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(login))]
+pub struct Api;
 
 fn invalid_credentials() -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "the email or password is wrong")
 }
 
+/// Exchanges an email and password for an access token bound to a new session. At most 5
+/// attempts per email are evaluated in 15 minutes; a successful login starts the count afresh.
+#[utoipa::path(
+    post,
+    path = "/api/v1/login",
+    tag = "auth",
+    operation_id = "login",
+    request_body(content(
+        (JsonCredentials = "application/json"),
+        (FormCredentials = "application/x-www-form-urlencoded"),
+    )),
+    responses(
+        (status = 200, description = "Logged in", body = TokenResponse),
+        (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 401, description = "The email or password is wrong (the same answer for an unknown email)",
+         body = ifs_api::openapi::ErrorBody,
+         example = json!({"error": {"code": "invalid_credentials", "message": "the email or password is wrong"}})),
+        (status = 413, response = ifs_api::openapi::PayloadTooLarge),
+        (status = 415, response = ifs_api::openapi::UnsupportedMediaType),
+        (status = 429, response = ifs_api::openapi::TooManyRequests),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
 async fn login(
     State(state): State<LoginState>,
     credentials: Credentials,

@@ -19,7 +19,7 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    lambda::init_tracing();
+    let _logs = lambda::init_tracing();
     let Config { protected: mut config, jwt_private_key_parameter } = lambda::config("login");
     if let Some(name) = &jwt_private_key_parameter {
         config.tokens.jwt_private_key = Some(ifs_login::signing_key::from_parameter(name, None).await?);

@@ -27,6 +27,25 @@ pub fn router(state: LogoutState) -> Router {
     Router::new().route(LOGOUT.path, LOGOUT.to(logout)).with_state(state)
 }
 
+/// The operations of this function, for the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(logout))]
+pub struct Api;
+
+/// Revokes the session behind the token: the token is refused everywhere from then on.
+#[utoipa::path(
+    post,
+    path = "/api/v1/logout",
+    tag = "auth",
+    operation_id = "logout",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The session is revoked"),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
 async fn logout(
     AuthUser(principal): AuthUser,
     State(sessions): State<Arc<dyn SessionStore>>,

@@ -27,14 +27,38 @@ pub fn router(state: MeState) -> Router {
     Router::new().route(ME.path, ME.to(me)).with_state(state)
 }
 
-#[derive(Debug, Serialize)]
-struct MeResponse {
+/// The bearer and their session.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MeResponse {
+    #[schema(value_type = String, format = Uuid)]
     id: UserId,
+    #[schema(value_type = String, format = Email)]
     email: Email,
+    #[schema(value_type = String, format = DateTime)]
     created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     session_expires_at: Timestamp,
 }
 
+/// The operations of this function, for the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(me))]
+pub struct Api;
+
+/// Who the bearer of the token is, and until when their session lasts.
+#[utoipa::path(
+    get,
+    path = "/api/v1/me",
+    tag = "auth",
+    operation_id = "me",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The bearer", body = MeResponse),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
 async fn me(
     AuthUser(principal): AuthUser,
     State(users): State<Arc<dyn UserStore>>,

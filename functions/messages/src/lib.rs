@@ -41,13 +41,42 @@ struct MessagesQuery {
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct MessagesResponse {
+/// One page of a dialogue's messages, in list order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MessagesResponse {
+    #[schema(value_type = String, format = Uuid)]
     dialogue_id: DialogueId,
     messages: Vec<MessageView>,
+    /// Pass as `cursor` for the next page; null on the last page.
     next_cursor: Option<String>,
 }
 
+/// The operations of this function, for the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(messages))]
+pub struct Api;
+
+/// A dialogue's messages in list order (`seq` 1, 2, …), a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages",
+    tag = "dialogues",
+    operation_id = "messages",
+    security(("bearer" = [])),
+    params(
+        ("dialogue_id" = String, Query, format = Uuid, description = "The dialogue (the id of its first message)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size, 50 unless given"),
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the page before"),
+    ),
+    responses(
+        (status = 200, description = "A page of messages", body = MessagesResponse),
+        (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+        (status = 404, response = ifs_api::openapi::NotFound),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
 async fn messages(
     AuthUser(principal): AuthUser,
     State(store): State<Arc<dyn DialogueStore>>,

@@ -29,19 +29,57 @@ pub fn router(state: SignupState) -> Router {
     Router::new().route(SIGNUP.path, SIGNUP.to(signup)).with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
-struct SignupRequest {
+/// A new account.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"email": "ada@example.com", "password": "correct horse battery staple"}))]
+pub struct SignupRequest {
+    /// Normalised (NFKC, trimmed, lowercased) before it is stored; invisible characters, quoted
+    /// names, IP literals and dotless domains are refused.
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// 8 to 128 characters, any of them.
+    #[schema(min_length = 8, max_length = 128)]
     password: String,
 }
 
-#[derive(Debug, Serialize)]
-struct SignupResponse {
+/// The account created.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SignupResponse {
+    #[schema(value_type = String, format = Uuid)]
     id: UserId,
+    /// As normalised and stored.
+    #[schema(value_type = String, format = Email)]
     email: Email,
+    #[schema(value_type = String, format = DateTime)]
     created_at: Timestamp,
 }
 
+/// The operations of this function, for the OpenAPI document.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(paths(signup))]
+pub struct Api;
+
+/// Registers a user. The password is kept only as an Argon2id hash.
+#[utoipa::path(
+    post,
+    path = "/api/v1/signup",
+    tag = "auth",
+    operation_id = "signup",
+    request_body = SignupRequest,
+    responses(
+        (status = 201, description = "The account was created", body = SignupResponse,
+         links(("login" = (operation_id = "login", request_body = "$request.body",
+            description = "Log in with the same email and password")))),
+        (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 409, description = "An account with this email exists",
+         body = ifs_api::openapi::ErrorBody,
+         example = json!({"error": {"code": "email_taken", "message": "an account with this email already exists"}})),
+        (status = 413, response = ifs_api::openapi::PayloadTooLarge),
+        (status = 415, response = ifs_api::openapi::UnsupportedMediaType),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
 async fn signup(
     State(state): State<SignupState>,
     Json(request): Json<SignupRequest>,

@@ -15,7 +15,7 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    lambda::init_tracing();
+    let _logs = lambda::init_tracing();
     let config: Config = lambda::config("signup");
     // Sign-up checks no sessions: it needs DynamoDB only, and runs outside the VPC.
     let users = backends::open_users(&config.store, TableCheck::Trust).await?;
