@@ -67,6 +67,27 @@ class Client:
         return json.loads(data) if data else None
 
 
+def start_peer(peers, kind, processes):
+    """`bench_peers KIND` on a free port, appended to `processes`; answers its port."""
+    port = free_port()
+    processes.append(subprocess.Popen([peers, kind, f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL))
+    wait_port(port, processes[-1])
+    return port
+
+
+def start_serve(ifs_guide, peers, workdir, processes, **env):
+    """The agent double and `ifs-guide serve` on it (embedded store in `workdir`, logs to
+    `workdir`/server.log, `env` on top), appended to `processes`; answers serve's port."""
+    agent_port, api_port = start_peer(peers, "agent", processes), free_port()
+    env = dict(os.environ, BIND_ADDR=f"127.0.0.1:{api_port}", DATA_DIR=os.path.join(workdir, "data"),
+               AGENT_URL=f"http://127.0.0.1:{agent_port}/v1/chat/completions", STORE="embedded",
+               SESSIONS="embedded", **env)
+    log = open(os.path.join(workdir, "server.log"), "w")
+    processes.append(subprocess.Popen([ifs_guide, "serve"], env=env, stdout=log, stderr=log))
+    wait_port(api_port, processes[-1])
+    return api_port
+
+
 def lua_request(method, path, token=None, body=None):
     """A wrk script sending one fixed request."""
     lines = [f'wrk.method = "{method}"', f'wrk.path = "{path}"']
@@ -141,18 +162,9 @@ def main():
     workdir = tempfile.mkdtemp(prefix="bench-api-")
     processes = []
     try:
-        hello_port, agent_port, api_port = free_port(), free_port(), free_port()
-        for kind, port in (("hello", hello_port), ("agent", agent_port)):
-            processes.append(subprocess.Popen([peers, kind, f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL))
-            wait_port(port, processes[-1])
-        env = dict(os.environ, BIND_ADDR=f"127.0.0.1:{api_port}", DATA_DIR=os.path.join(workdir, "data"),
-                   AGENT_URL=f"http://127.0.0.1:{agent_port}/v1/chat/completions", STORE="embedded",
-                   SESSIONS="embedded",
-                   # One user sends thousands of turns a minute here; the per-user limit is lifted.
-                   DIALOGUE_RATE_LIMIT="100000")
-        log = open(os.path.join(workdir, "server.log"), "w")
-        processes.append(subprocess.Popen([ifs_guide, "serve"], env=env, stdout=log, stderr=log))
-        wait_port(api_port, processes[-1])
+        hello_port = start_peer(peers, "hello", processes)
+        # One user sends thousands of turns a minute here; the per-user limit is lifted.
+        api_port = start_serve(ifs_guide, peers, workdir, processes, DIALOGUE_RATE_LIMIT="100000")
 
         client = Client(api_port)
         tokens = {}

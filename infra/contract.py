@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The contract test: schemathesis against `ifs-guide serve`, driven by the OpenAPI document the
-server itself serves.
+"""The contract test: schemathesis against `ifs-guide serve` and the standalone agent, driven by
+the committed OpenAPI document (openapi.json), after checking that what serve serves at
+/api/v1/openapi.json is that document less the agent's operations (AGENT_URL sends them away).
 
 Starts the agent double (`bench_peers agent`, answers every chat completion at once) and
 `ifs-guide serve` on free loopback ports (embedded store in a fresh directory, AGENT_URL at the
@@ -17,13 +18,14 @@ content type or missing documented header.
   contract.py SCHEMATHESIS IFS_GUIDE BENCH_PEERS AGENT MODEL
 """
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_api import PASSWORD, Client, free_port, wait_port  # noqa: E402
+from bench_api import PASSWORD, Client, free_port, start_serve, wait_port  # noqa: E402
 
 SEED = "20261126"
 EXAMPLES = "100"
@@ -43,15 +45,8 @@ def main():
     workdir = tempfile.mkdtemp(prefix="contract-")
     processes = []
     try:
-        agent_port, api_port = free_port(), free_port()
-        processes.append(subprocess.Popen([peers, "agent", f"127.0.0.1:{agent_port}"], stdout=subprocess.DEVNULL))
-        wait_port(agent_port, processes[-1])
-        env = dict(os.environ, BIND_ADDR=f"127.0.0.1:{api_port}", DATA_DIR=os.path.join(workdir, "data"),
-                   STORE="embedded", SESSIONS="embedded",
-                   AGENT_URL=f"http://127.0.0.1:{agent_port}/v1/chat/completions", RUST_LOG="warn")
-        log = open(os.path.join(workdir, "server.log"), "w")
-        processes.append(subprocess.Popen([ifs_guide, "serve"], env=env, stdout=log, stderr=log))
-        wait_port(api_port, processes[-1])
+        api_port = start_serve(ifs_guide, peers, workdir, processes, RUST_LOG="warn")
+        log = open(os.path.join(workdir, "agent.log"), "w")
         model_port = free_port()
         agent_env = dict(os.environ, BIND_ADDR=f"127.0.0.1:{model_port}", AGENT_MODEL_PATH=model,
                          AGENT_MAX_TOKENS="4", AGENT_MAX_TOKENS_LIMIT="8", RUST_LOG="warn")
@@ -67,6 +62,13 @@ def main():
 
         # The committed document: the whole contract, the agent's operations included.
         schema = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "openapi.json")
+        with open(schema) as f:
+            committed = json.load(f)
+        served = Client(api_port).call("GET", "/api/v1/openapi.json")
+        expected = {path: item for path, item in committed["paths"].items()
+                    if not any("agent" in op.get("tags", []) for op in item.values())}
+        if served["paths"] != expected:
+            sys.exit("serve's /api/v1/openapi.json is not openapi.json less the agent's operations")
         common = [schemathesis, "run", schema, "--checks", CHECKS, "--seed", SEED, "--max-examples", EXAMPLES,
                   "--mode", "all", "--workers", "1", "--request-timeout", "30", "--no-color",
                   "--suppress-health-check", "all"]
@@ -87,8 +89,10 @@ def main():
             if result.returncode != 0:
                 failed.append(what)
         if failed:
-            with open(os.path.join(workdir, "server.log")) as f:
-                tail = f.read()[-4000:]
+            tail = ""
+            for name in ("server.log", "agent.log"):
+                with open(os.path.join(workdir, name)) as f:
+                    tail += f"[{name}]\n" + f.read()[-3000:]
             sys.exit(f"schemathesis found problems in: {', '.join(failed)}\n--- server log (tail):\n{tail}")
         print("contract: schemathesis passed")
     finally:

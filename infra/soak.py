@@ -28,10 +28,9 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_api import PASSWORD, Client, free_port, lua_logins, wait_port  # noqa: E402
+from bench_api import PASSWORD, Client, lua_logins, start_serve  # noqa: E402
 
 USERS = 16
 MIXED_CONNECTIONS = 60
@@ -142,16 +141,10 @@ def main():
     data_dir = os.path.join(workdir, "data")
     processes = []
     try:
-        agent_port, api_port = free_port(), free_port()
-        processes.append(subprocess.Popen([peers, "agent", f"127.0.0.1:{agent_port}"], stdout=subprocess.DEVNULL))
-        wait_port(agent_port, processes[-1])
-        env = dict(os.environ, BIND_ADDR=f"127.0.0.1:{api_port}", DATA_DIR=data_dir, STORE="embedded",
-                   SESSIONS="embedded", AGENT_URL=f"http://127.0.0.1:{agent_port}/v1/chat/completions",
-                   DIALOGUE_RATE_LIMIT="100000", EMBEDDED_CACHE_MB="8")
-        log = open(os.path.join(workdir, "server.log"), "w")
-        server = subprocess.Popen([ifs_guide, "serve"], env=env, stdout=log, stderr=log)
-        processes.append(server)
-        wait_port(api_port, server)
+        api_port = start_serve(ifs_guide, peers, workdir, processes, DIALOGUE_RATE_LIMIT="100000",
+                               EMBEDDED_CACHE_MB="8")
+        server = processes[-1]
+        env = dict(os.environ, DATA_DIR=data_dir)
 
         client = Client(api_port)
         emails = [f"soak{i}@example.com" for i in range(USERS)]
@@ -181,8 +174,7 @@ def main():
               f"the soak ({100 * growth:+.1f}%)")
         server.terminate()
         server.wait()
-        check = subprocess.run([ifs_guide, "check"], env=dict(env, DATA_DIR=data_dir), capture_output=True,
-                               text=True)
+        check = subprocess.run([ifs_guide, "check"], env=env, capture_output=True, text=True)
         print(f"ifs-guide check: exit {check.returncode}: {check.stdout.strip()}")
         failures = []
         in_flight = 2 * 2 * MIXED_CONNECTIONS

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -78,6 +78,48 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<T> {
     serde_json::from_slice(bytes).context("decoding a stored record")
 }
 
+/// The first byte of a session in its binary layout. Sessions are read on every authenticated
+/// request, and parsing two ids and two RFC 3339 instants out of JSON was most of that read; the
+/// layout is the version byte, the session and user ids (16 bytes each), then each instant as
+/// seconds (i64) and nanoseconds (u32), big-endian: 57 bytes. Sessions written as JSON by earlier
+/// versions (first byte `{`) still read.
+const SESSION_V1: u8 = 1;
+const SESSION_LEN: usize = 1 + 16 + 16 + 12 + 12;
+
+fn encode_session(session: &Session) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(SESSION_LEN);
+    bytes.push(SESSION_V1);
+    bytes.extend_from_slice(session.id.as_bytes());
+    bytes.extend_from_slice(session.user_id.as_bytes());
+    for at in [session.created_at, session.expires_at] {
+        bytes.extend_from_slice(&at.timestamp().to_be_bytes());
+        bytes.extend_from_slice(&at.timestamp_subsec_nanos().to_be_bytes());
+    }
+    bytes
+}
+
+fn decode_session(bytes: &[u8]) -> anyhow::Result<Session> {
+    if bytes.first() == Some(&b'{') {
+        return decode(bytes);
+    }
+    let layout = match bytes.split_first() {
+        Some((&SESSION_V1, layout)) if bytes.len() == SESSION_LEN => layout,
+        _ => anyhow::bail!("a stored session of {} bytes in no layout this version reads", bytes.len()),
+    };
+    let id = |at: usize| -> [u8; 16] { layout[at..at + 16].try_into().unwrap_or_default() };
+    let instant = |at: usize| -> anyhow::Result<Timestamp> {
+        let secs = i64::from_be_bytes(layout[at..at + 8].try_into().unwrap_or_default());
+        let nanos = u32::from_be_bytes(layout[at + 8..at + 12].try_into().unwrap_or_default());
+        chrono::DateTime::from_timestamp(secs, nanos).context("a stored session's instant is out of range")
+    };
+    Ok(Session {
+        id: SessionId::from_bytes(id(0)),
+        user_id: UserId::from_bytes(id(16)),
+        created_at: instant(32)?,
+        expires_at: instant(44)?,
+    })
+}
+
 /// An expiry-index key: the instant first, so that a range scan finds everything expired by now.
 fn expiry_key(at: Timestamp, suffix: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + suffix.len());
@@ -104,11 +146,19 @@ fn expired_keys(
 /// The embedded store's page cache unless configured (`EMBEDDED_CACHE_MB`).
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Users remembered by id at most; when full, the memory starts afresh.
+const USER_CACHE: usize = 10_000;
+
 /// All ports in one redb database file.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
     path: PathBuf,
+    /// Users by id, as read or created. A user record never changes once written and no port
+    /// deletes one, and this process is the file's only writer (redb locks it), so a remembered
+    /// record is the stored one; every `/me` read one. Sessions are never remembered: a logout
+    /// must take effect at once, however many processes serve.
+    users: Arc<Mutex<HashMap<UserId, UserRecord>>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -143,7 +193,7 @@ impl EmbeddedStore {
         txn.open_table(MESSAGES)?;
         txn.open_table(DIALOGUES_BY_OWNER)?;
         txn.commit().context("creating the tables")?;
-        Ok(Self { db: Arc::new(db), path: path.to_owned() })
+        Ok(Self { db: Arc::new(db), path: path.to_owned(), users: Arc::default() })
     }
 
     #[must_use]
@@ -249,6 +299,16 @@ fn take_page<T: DeserializeOwned>(
     Ok((items, false))
 }
 
+impl EmbeddedStore {
+    fn remember(&self, user: &UserRecord) {
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        if users.len() >= USER_CACHE {
+            users.clear();
+        }
+        users.insert(user.id, user.clone());
+    }
+}
+
 #[async_trait]
 impl UserStore for EmbeddedStore {
     async fn create_user(&self, user: &UserRecord) -> StoreResult<()> {
@@ -281,12 +341,20 @@ impl UserStore for EmbeddedStore {
     }
 
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
-        self.read(move |txn| {
-            let users = txn.open_table(USERS).context("opening users")?;
-            let user = users.get(id.as_bytes().as_slice()).context("reading user")?;
-            Ok(user.map(|bytes| decode(bytes.value())).transpose()?)
-        })
-        .await
+        if let Some(user) = self.users.lock().unwrap_or_else(PoisonError::into_inner).get(&id) {
+            return Ok(Some(user.clone()));
+        }
+        let user: Option<UserRecord> = self
+            .read(move |txn| {
+                let users = txn.open_table(USERS).context("opening users")?;
+                let user = users.get(id.as_bytes().as_slice()).context("reading user")?;
+                Ok(user.map(|bytes| decode(bytes.value())).transpose()?)
+            })
+            .await?;
+        if let Some(user) = &user {
+            self.remember(user);
+        }
+        Ok(user)
     }
 }
 
@@ -446,7 +514,7 @@ impl SessionStore for EmbeddedStore {
         self.write(move |txn| {
             let mut sessions = txn.open_table(SESSIONS).context("opening sessions")?;
             let id = session.id.as_bytes().as_slice();
-            sessions.insert(id, encode(&session)?.as_slice()).context("writing")?;
+            sessions.insert(id, encode_session(&session).as_slice()).context("writing")?;
             let mut expiry = txn.open_table(SESSION_EXPIRY).context("opening session_expiry")?;
             expiry.insert(expiry_key(session.expires_at, id).as_slice(), ()).context("indexing expiry")?;
             Ok(())
@@ -460,7 +528,7 @@ impl SessionStore for EmbeddedStore {
             let Some(bytes) = sessions.get(id.as_bytes().as_slice()).context("reading")? else {
                 return Ok(None);
             };
-            let session: Session = decode(bytes.value())?;
+            let session = decode_session(bytes.value())?;
             Ok((session.expires_at > now).then_some(session))
         })
         .await
@@ -472,7 +540,7 @@ impl SessionStore for EmbeddedStore {
             let Some(bytes) = sessions.remove(id.as_bytes().as_slice()).context("removing")? else {
                 return Ok(());
             };
-            let session: Session = decode(bytes.value())?;
+            let session = decode_session(bytes.value())?;
             let mut expiry = txn.open_table(SESSION_EXPIRY).context("opening session_expiry")?;
             expiry.remove(expiry_key(session.expires_at, id.as_bytes()).as_slice()).context("unindexing")?;
             Ok(())
@@ -631,4 +699,32 @@ fn listing_entries(txn: &ReadTransaction) -> StoreResult<HashMap<DialogueId, Vec
         entries.entry(dialogue).or_default().push((owner, activity));
     }
     Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_read_back_exactly_in_the_binary_layout_and_from_json() {
+        let created = chrono::DateTime::from_timestamp(1_795_000_000, 123_456_789).unwrap();
+        let session = Session {
+            id: SessionId::generate(),
+            user_id: UserId::generate(),
+            created_at: created,
+            expires_at: created + chrono::Duration::hours(1),
+        };
+        let bytes = encode_session(&session);
+        assert_eq!(bytes.len(), SESSION_LEN);
+        assert_eq!(decode_session(&bytes).unwrap(), session);
+        assert_eq!(
+            decode_session(&encode(&session).unwrap()).unwrap(),
+            session,
+            "as earlier versions wrote it"
+        );
+        let wrong_version = [2; SESSION_LEN];
+        for broken in [&bytes[..SESSION_LEN - 1], &[][..], &wrong_version[..], &b"not json"[..]] {
+            assert!(decode_session(broken).is_err(), "{broken:?}");
+        }
+    }
 }
