@@ -35,7 +35,8 @@ pub const OPENAPI: Route = Route::get("/api/v1/openapi.json");
     tags(
         (name = "auth", description = "Accounts and sessions"),
         (name = "dialogues", description = "Dialogues with the agent: each a doubly linked list of messages"),
-        (name = "agent", description = "The agent: OpenAI-compatible chat completions on a local model"),
+        (name = "agent", description = "The agent: OpenAI-compatible chat completions on a local model. Open \
+            on a local server; on AWS they require AWS IAM (SigV4) and only the Dialogue Manager calls them."),
         (name = "meta", description = "This document"),
     ),
 )]
