@@ -71,7 +71,7 @@ pub fn document(with_agent: bool) -> OpenApi {
         doc.merge(part);
     }
     if with_agent {
-        doc.merge(ifs_agent::router::Api::openapi());
+        doc.merge(ifs_agent::router::openapi());
     }
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(BEARER, ifs_api::openapi::bearer_scheme());
@@ -111,7 +111,8 @@ fn camel_case_links(document: &mut serde_json::Value) {
 
 /// The route serving the document.
 pub fn router(with_agent: bool) -> Router {
-    let body = json(with_agent);
+    // Rendered once; each answer shares the bytes.
+    let body = axum::body::Bytes::from(json(with_agent));
     Router::new().route(
         OPENAPI.path,
         OPENAPI.to(move || {
