@@ -18,9 +18,15 @@ pub const FLUSH_AT: usize = 64 * 1024;
 /// A buffer this full is written out by the thread that finds it so, before its own line.
 const BACKPRESSURE_AT: usize = 4 * 1024 * 1024;
 
+/// Where batches go: stderr, or a test's buffer.
+type Sink = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    /// Taken while `state` is still held and kept while writing, so that batches reach the sink
+    /// in the order they left the buffer, whichever thread writes them.
+    sink: Mutex<Sink>,
 }
 
 #[derive(Default)]
@@ -32,6 +38,10 @@ struct State {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn sink(&self) -> MutexGuard<'_, Sink> {
+        self.sink.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -72,10 +82,13 @@ impl BatchedStderr {
 
     /// [`start`](Self::start) with another destination, for tests.
     fn start_to(sink: impl Fn(&[u8]) + Send + Sync + 'static) -> std::io::Result<(Self, FlushGuard)> {
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake: Condvar::new() });
-        let sink = Arc::new(sink);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            sink: Mutex::new(Box::new(sink)),
+        });
         let writer = {
-            let (shared, sink) = (Arc::clone(&shared), Arc::clone(&sink));
+            let shared = Arc::clone(&shared);
             std::thread::Builder::new().name("log-writer".into()).spawn(move || {
                 loop {
                     let mut state = shared.lock();
@@ -88,10 +101,12 @@ impl BatchedStderr {
                     }
                     let closing = state.closing;
                     let batch = std::mem::take(&mut state.buffer);
+                    let sink = shared.sink();
                     drop(state);
                     if !batch.is_empty() {
                         sink(&batch);
                     }
+                    drop(sink);
                     if closing {
                         return;
                     }
@@ -102,12 +117,12 @@ impl BatchedStderr {
         Ok((writer_side, FlushGuard { shared, writer: Some(writer) }))
     }
 
-    fn append(&self, bytes: &[u8], sink_now: impl FnOnce(&[u8])) {
+    fn append(&self, bytes: &[u8]) {
         let mut state = self.shared.lock();
         if state.buffer.len() >= BACKPRESSURE_AT {
             // The writer has fallen far behind: this thread writes the backlog, holding the
             // lock so that lines keep their order, and everyone logging waits meanwhile.
-            sink_now(&state.buffer);
+            (self.shared.sink())(&state.buffer);
             state.buffer.clear();
         }
         state.buffer.extend_from_slice(bytes);
@@ -134,10 +149,7 @@ pub struct LineWriter<'a>(&'a BatchedStderr);
 
 impl std::io::Write for LineWriter<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.append(bytes, |backlog| {
-            let mut stderr = std::io::stderr().lock();
-            let _ = stderr.write_all(backlog);
-        });
+        self.0.append(bytes);
         Ok(bytes.len())
     }
 
@@ -191,6 +203,31 @@ mod tests {
         let expected: Vec<String> =
             std::iter::once("first".to_owned()).chain((0..10_000).map(|i| format!("line {i}"))).collect();
         assert_eq!(text.lines().collect::<Vec<_>>(), expected);
+    }
+
+    /// A writer far behind (a sink that takes its time) makes the logging thread write the
+    /// backlog itself, after the batch already on its way: every line, in order.
+    #[test]
+    fn a_slow_sink_applies_backpressure_and_keeps_the_order() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink_out = Arc::clone(&out);
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let (writer, guard) = BatchedStderr::start_to(move |bytes| {
+            // The first batch takes long enough for the rest to pile up past the bound.
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            sink_out.lock().unwrap().extend_from_slice(bytes);
+        })
+        .unwrap();
+        let lines = 2 * BACKPRESSURE_AT / 20;
+        for i in 0..lines {
+            line(&writer, &format!("{i:019}"));
+        }
+        drop(guard);
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let numbers: Vec<usize> = text.lines().map(|l| l.parse().unwrap()).collect();
+        assert_eq!(numbers, (0..lines).collect::<Vec<_>>());
     }
 
     #[test]

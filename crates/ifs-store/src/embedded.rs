@@ -154,7 +154,7 @@ const USER_CACHE: usize = 10_000;
 pub struct EmbeddedStore {
     db: Arc<Database>,
     path: PathBuf,
-    /// Users by id, as read or created. A user record never changes once written and no port
+    /// Users by id, as read. A user record never changes once written and no port
     /// deletes one, and this process is the file's only writer (redb locks it), so a remembered
     /// record is the stored one; every `/me` read one. Sessions are never remembered: a logout
     /// must take effect at once, however many processes serve.
@@ -205,13 +205,21 @@ impl EmbeddedStore {
     /// read takes microseconds — its pages come from redb's cache or the OS page cache, and
     /// readers never wait for the writer — while the hop to the blocking pool and back cost more
     /// than the read and woke two threads per request (measured in docs/benchmarks.md).
-    #[allow(clippy::unused_async)] // async like every port method, so a caller cannot tell
-    async fn read<T, F>(&self, work: F) -> StoreResult<T>
+    fn read<T, F>(&self, work: F) -> StoreResult<T>
     where
         F: FnOnce(&ReadTransaction) -> StoreResult<T>,
     {
         let txn = self.db.begin_read().context("starting a read transaction")?;
         work(&txn)
+    }
+
+    /// Keeps `user` for the next `user_by_id`; when full, the memory starts afresh.
+    fn remember(&self, user: &UserRecord) {
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        if users.len() >= USER_CACHE {
+            users.clear();
+        }
+        users.insert(user.id, user.clone());
     }
 
     /// Runs a read transaction of unbounded size (the audit's full scan) off the async runtime.
@@ -299,16 +307,6 @@ fn take_page<T: DeserializeOwned>(
     Ok((items, false))
 }
 
-impl EmbeddedStore {
-    fn remember(&self, user: &UserRecord) {
-        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        if users.len() >= USER_CACHE {
-            users.clear();
-        }
-        users.insert(user.id, user.clone());
-    }
-}
-
 #[async_trait]
 impl UserStore for EmbeddedStore {
     async fn create_user(&self, user: &UserRecord) -> StoreResult<()> {
@@ -337,20 +335,17 @@ impl UserStore for EmbeddedStore {
             let user = users.get(id.value()).context("reading user")?;
             Ok(user.map(|bytes| decode(bytes.value())).transpose()?)
         })
-        .await
     }
 
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
         if let Some(user) = self.users.lock().unwrap_or_else(PoisonError::into_inner).get(&id) {
             return Ok(Some(user.clone()));
         }
-        let user: Option<UserRecord> = self
-            .read(move |txn| {
-                let users = txn.open_table(USERS).context("opening users")?;
-                let user = users.get(id.as_bytes().as_slice()).context("reading user")?;
-                Ok(user.map(|bytes| decode(bytes.value())).transpose()?)
-            })
-            .await?;
+        let user: Option<UserRecord> = self.read(move |txn| {
+            let users = txn.open_table(USERS).context("opening users")?;
+            let user = users.get(id.as_bytes().as_slice()).context("reading user")?;
+            Ok(user.map(|bytes| decode(bytes.value())).transpose()?)
+        })?;
         if let Some(user) = &user {
             self.remember(user);
         }
@@ -439,7 +434,6 @@ impl DialogueStore for EmbeddedStore {
             let (stored, _) = take_page::<StoredMessage>(range, count)?;
             Ok(stored.into_iter().map(|s| s.message).collect())
         })
-        .await
     }
 
     async fn messages(
@@ -461,7 +455,6 @@ impl DialogueStore for EmbeddedStore {
             let next = more.then(|| items.last().map(|m| MessageCursor { after_seq: m.seq })).flatten();
             Ok(Page { items, next })
         })
-        .await
     }
 
     async fn dialogues(
@@ -503,7 +496,6 @@ impl DialogueStore for EmbeddedStore {
                 more.then(|| items.last().map(|d| DialogueCursor::after(d.updated_at, d.id))).flatten();
             Ok(Page { items, next })
         })
-        .await
     }
 }
 
@@ -531,7 +523,6 @@ impl SessionStore for EmbeddedStore {
             let session = decode_session(bytes.value())?;
             Ok((session.expires_at > now).then_some(session))
         })
-        .await
     }
 
     async fn revoke_session(&self, id: SessionId) -> StoreResult<()> {
