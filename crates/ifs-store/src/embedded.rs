@@ -22,11 +22,15 @@ use crate::{
     UserRecord, UserStore, Window,
 };
 
+mod layout;
+
+use layout::{decode_message, decode_session, encode_message, encode_session};
+
 /// user id → `UserRecord` (JSON).
 const USERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("users");
 /// normalised email → user id; the uniqueness constraint on emails.
 const USER_EMAILS: TableDefinition<&str, &[u8]> = TableDefinition::new("user_emails");
-/// session id → `Session` (JSON).
+/// session id → `Session` (binary, see `layout`; JSON from earlier versions still reads).
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
 /// expiry (ms, big-endian) ‖ session id → nothing: what the sweep deletes, oldest first.
 const SESSION_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("session_expiry");
@@ -36,14 +40,14 @@ const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
 const COUNTER_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("counter_expiry");
 /// Failure windows of earlier versions, keyed by email and never deleted; dropped at open.
 const LEGACY_LOGIN_FAILURES: &str = "login_failures";
-/// dialogue id ‖ seq (big-endian) → `StoredMessage` (JSON): a dialogue's messages are contiguous
-/// and in list order, so pages and "the last n" are range scans.
+/// dialogue id ‖ seq (big-endian) → `StoredMessage` (binary, see `layout`): a dialogue's
+/// messages are contiguous and in list order, so pages and "the last n" are range scans.
 const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
 /// owner ‖ (u64::MAX − updated ms) ‖ dialogue id → nothing: the owner's dialogues, newest first.
 const DIALOGUES_BY_OWNER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dialogues_by_owner");
 
 /// A message as kept here: the head of a dialogue also carries the dialogue's summary.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct StoredMessage {
     message: Message,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,48 +80,6 @@ fn encode<T: Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<T> {
     serde_json::from_slice(bytes).context("decoding a stored record")
-}
-
-/// The first byte of a session in its binary layout. Sessions are read on every authenticated
-/// request, and parsing two ids and two RFC 3339 instants out of JSON was most of that read; the
-/// layout is the version byte, the session and user ids (16 bytes each), then each instant as
-/// seconds (i64) and nanoseconds (u32), big-endian: 57 bytes. Sessions written as JSON by earlier
-/// versions (first byte `{`) still read.
-const SESSION_V1: u8 = 1;
-const SESSION_LEN: usize = 1 + 16 + 16 + 12 + 12;
-
-fn encode_session(session: &Session) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(SESSION_LEN);
-    bytes.push(SESSION_V1);
-    bytes.extend_from_slice(session.id.as_bytes());
-    bytes.extend_from_slice(session.user_id.as_bytes());
-    for at in [session.created_at, session.expires_at] {
-        bytes.extend_from_slice(&at.timestamp().to_be_bytes());
-        bytes.extend_from_slice(&at.timestamp_subsec_nanos().to_be_bytes());
-    }
-    bytes
-}
-
-fn decode_session(bytes: &[u8]) -> anyhow::Result<Session> {
-    if bytes.first() == Some(&b'{') {
-        return decode(bytes);
-    }
-    let layout = match bytes.split_first() {
-        Some((&SESSION_V1, layout)) if bytes.len() == SESSION_LEN => layout,
-        _ => anyhow::bail!("a stored session of {} bytes in no layout this version reads", bytes.len()),
-    };
-    let id = |at: usize| -> [u8; 16] { layout[at..at + 16].try_into().unwrap_or_default() };
-    let instant = |at: usize| -> anyhow::Result<Timestamp> {
-        let secs = i64::from_be_bytes(layout[at..at + 8].try_into().unwrap_or_default());
-        let nanos = u32::from_be_bytes(layout[at + 8..at + 12].try_into().unwrap_or_default());
-        chrono::DateTime::from_timestamp(secs, nanos).context("a stored session's instant is out of range")
-    };
-    Ok(Session {
-        id: SessionId::from_bytes(id(0)),
-        user_id: UserId::from_bytes(id(16)),
-        created_at: instant(32)?,
-        expires_at: instant(44)?,
-    })
 }
 
 /// An expiry-index key: the instant first, so that a range scan finds everything expired by now.
@@ -264,13 +226,35 @@ fn owned_head(
 ) -> StoreResult<(Message, DialogueSummary)> {
     let stored: StoredMessage =
         match table.get(message_key(dialogue, 1).as_slice()).context("reading a head")? {
-            Some(bytes) => decode(bytes.value())?,
+            Some(bytes) => decode_message(bytes.value())?,
             None => return Err(StoreError::NotFound),
         };
-    match stored.summary {
-        Some(summary) if summary.owner == owner => Ok((stored.message, summary)),
+    owns(stored.summary.as_ref(), owner, dialogue)?;
+    Ok((stored.message, stored.summary.context("summary just checked")?))
+}
+
+/// Whether the head's `summary` says that `owner` owns `dialogue`; anyone else is told that
+/// there is no such dialogue.
+fn owns(summary: Option<&DialogueSummary>, owner: UserId, dialogue: DialogueId) -> StoreResult<()> {
+    match summary {
+        Some(summary) if summary.owner == owner => Ok(()),
         Some(_) => Err(StoreError::NotFound),
         None => Err(anyhow::anyhow!("head of {dialogue} has no summary").into()),
+    }
+}
+
+/// Checks that `owner` owns `dialogue` for a range of its messages read as `page`: from the page
+/// itself when it starts at the head, which carries the summary (the head would otherwise be
+/// read and decoded twice), else by reading the head.
+fn owns_page(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    owner: UserId,
+    dialogue: DialogueId,
+    page: &[StoredMessage],
+) -> StoreResult<()> {
+    match page.first() {
+        Some(head) if head.message.seq == 1 => owns(head.summary.as_ref(), owner, dialogue),
+        _ => owned_head(table, owner, dialogue).map(drop),
     }
 }
 
@@ -283,11 +267,11 @@ fn read_message(
         .get(message_key(dialogue, seq).as_slice())
         .context("reading a message")?
         .with_context(|| format!("message {seq} of {dialogue} is missing"))?;
-    Ok(decode(bytes.value())?)
+    Ok(decode_message(bytes.value())?)
 }
 
-/// Collects up to `limit` decoded values of a key range, plus whether more followed.
-fn take_page<T: DeserializeOwned>(
+/// Collects up to `limit` messages of a key range, plus whether more followed.
+fn take_page(
     range: impl Iterator<
         Item = Result<
             (redb::AccessGuard<'static, &'static [u8]>, redb::AccessGuard<'static, &'static [u8]>),
@@ -295,14 +279,14 @@ fn take_page<T: DeserializeOwned>(
         >,
     >,
     limit: usize,
-) -> StoreResult<(Vec<T>, bool)> {
+) -> StoreResult<(Vec<StoredMessage>, bool)> {
     let mut items = Vec::with_capacity(limit);
     for entry in range {
         if items.len() == limit {
             return Ok((items, true));
         }
         let (_, value) = entry.context("scanning")?;
-        items.push(decode(value.value())?);
+        items.push(decode_message(value.value())?);
     }
     Ok((items, false))
 }
@@ -365,7 +349,7 @@ impl DialogueStore for EmbeddedStore {
                 return Err(anyhow::anyhow!("message id {} reused", head.id).into());
             }
             let stored = StoredMessage { message: head, summary: Some(summary) };
-            messages.insert(key.as_slice(), encode(&stored)?.as_slice()).context("writing head")?;
+            messages.insert(key.as_slice(), encode_message(&stored).as_slice()).context("writing head")?;
             let mut index = txn.open_table(DIALOGUES_BY_OWNER).context("opening dialogues_by_owner")?;
             let summary = stored.summary.as_ref().context("summary just set")?;
             index.insert(summary_key(summary).as_slice(), [].as_slice()).context("indexing dialogue")?;
@@ -392,7 +376,9 @@ impl DialogueStore for EmbeddedStore {
                 let mut tail = read_message(&messages, dialogue, summary.message_count)?;
                 let appended = message.link_after(&mut tail.message);
                 let key = message_key(dialogue, tail.message.seq);
-                messages.insert(key.as_slice(), encode(&tail)?.as_slice()).context("relinking the tail")?;
+                messages
+                    .insert(key.as_slice(), encode_message(&tail).as_slice())
+                    .context("relinking the tail")?;
                 appended
             };
             summary.record_append(&appended);
@@ -400,10 +386,12 @@ impl DialogueStore for EmbeddedStore {
 
             let key = message_key(dialogue, appended.seq);
             let stored = StoredMessage { message: appended, summary: None };
-            messages.insert(key.as_slice(), encode(&stored)?.as_slice()).context("writing the message")?;
+            messages
+                .insert(key.as_slice(), encode_message(&stored).as_slice())
+                .context("writing the message")?;
             let head_stored = StoredMessage { message: head, summary: Some(summary) };
             messages
-                .insert(message_key(dialogue, 1).as_slice(), encode(&head_stored)?.as_slice())
+                .insert(message_key(dialogue, 1).as_slice(), encode_message(&head_stored).as_slice())
                 .context("updating the head")?;
 
             let mut index = txn.open_table(DIALOGUES_BY_OWNER).context("opening dialogues_by_owner")?;
@@ -423,7 +411,6 @@ impl DialogueStore for EmbeddedStore {
     ) -> StoreResult<Vec<Message>> {
         self.read(move |txn| {
             let messages = txn.open_table(MESSAGES).context("opening messages")?;
-            owned_head(&messages, owner, dialogue)?;
             let first = before_seq.saturating_sub(count as u64).max(1);
             let range = messages
                 .range(
@@ -431,7 +418,8 @@ impl DialogueStore for EmbeddedStore {
                         ..message_key(dialogue, before_seq.max(1)).as_slice(),
                 )
                 .context("scanning messages")?;
-            let (stored, _) = take_page::<StoredMessage>(range, count)?;
+            let (stored, _) = take_page(range, count)?;
+            owns_page(&messages, owner, dialogue, &stored)?;
             Ok(stored.into_iter().map(|s| s.message).collect())
         })
     }
@@ -445,12 +433,12 @@ impl DialogueStore for EmbeddedStore {
     ) -> StoreResult<Page<Message, MessageCursor>> {
         self.read(move |txn| {
             let messages = txn.open_table(MESSAGES).context("opening messages")?;
-            owned_head(&messages, owner, dialogue)?;
             let from = after.map_or(1, |c| c.after_seq.saturating_add(1));
             let range = messages
                 .range(message_key(dialogue, from).as_slice()..=message_key(dialogue, u64::MAX).as_slice())
                 .context("scanning messages")?;
-            let (stored, more) = take_page::<StoredMessage>(range, limit.get())?;
+            let (stored, more) = take_page(range, limit.get())?;
+            owns_page(&messages, owner, dialogue, &stored)?;
             let items: Vec<Message> = stored.into_iter().map(|s| s.message).collect();
             let next = more.then(|| items.last().map(|m| MessageCursor { after_seq: m.seq })).flatten();
             Ok(Page { items, next })
@@ -644,7 +632,7 @@ impl Audit for EmbeddedStore {
                     current = Some(fresh);
                 }
                 let stored = current.as_mut().context("a dialogue being read")?;
-                match decode::<StoredMessage>(value.value()) {
+                match decode_message(value.value()) {
                     Ok(StoredMessage { message, summary }) => {
                         if position == 1 {
                             stored.summary = summary;
@@ -690,32 +678,4 @@ fn listing_entries(txn: &ReadTransaction) -> StoreResult<HashMap<DialogueId, Vec
         entries.entry(dialogue).or_default().push((owner, activity));
     }
     Ok(entries)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sessions_read_back_exactly_in_the_binary_layout_and_from_json() {
-        let created = chrono::DateTime::from_timestamp(1_795_000_000, 123_456_789).unwrap();
-        let session = Session {
-            id: SessionId::generate(),
-            user_id: UserId::generate(),
-            created_at: created,
-            expires_at: created + chrono::Duration::hours(1),
-        };
-        let bytes = encode_session(&session);
-        assert_eq!(bytes.len(), SESSION_LEN);
-        assert_eq!(decode_session(&bytes).unwrap(), session);
-        assert_eq!(
-            decode_session(&encode(&session).unwrap()).unwrap(),
-            session,
-            "as earlier versions wrote it"
-        );
-        let wrong_version = [2; SESSION_LEN];
-        for broken in [&bytes[..SESSION_LEN - 1], &[][..], &wrong_version[..], &b"not json"[..]] {
-            assert!(decode_session(broken).is_err(), "{broken:?}");
-        }
-    }
 }

@@ -149,3 +149,117 @@ async fn the_audit_reports_a_list_broken_behind_the_stores_back() {
     assert!(found.contains(&Finding::NoHead { positions: vec![3] }), "{found:?}");
     assert!(found.contains(&Finding::ForeignMessage { position: 3, dialogue: broken }), "{found:?}");
 }
+
+/// A store whose messages and sessions an earlier version wrote as JSON: this version reads,
+/// pages, lists, appends to and audits it as if it had written it, and nothing is lost.
+#[tokio::test]
+async fn records_earlier_versions_wrote_as_json_still_serve() {
+    use ifs_domain::{DialogueSummary, Limit, Message, MessageId, ReplyMeta, Role, SessionId, Usage, UserId};
+    use ifs_store::conformance::said;
+    use ifs_store::{Audit as _, DialogueStore as _, Session, SessionStore as _};
+    use redb::{ReadableDatabase as _, ReadableTableMetadata as _};
+
+    const MESSAGES: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("messages");
+    const BY_OWNER: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("dialogues_by_owner");
+    const SESSIONS: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("sessions");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    drop(EmbeddedStore::open(&path).unwrap());
+
+    let now = chrono::DateTime::from_timestamp(1_795_000_000, 250_000_000).unwrap();
+    let owner = UserId::generate();
+    let (head_id, reply_id) = (MessageId::generate(), MessageId::generate());
+    let dialogue = head_id.into();
+    let head = Message {
+        id: head_id,
+        dialogue_id: dialogue,
+        seq: 1,
+        role: Role::User,
+        content: "Hello from an older version.".into(),
+        created_at: now,
+        prev_id: None,
+        next_id: Some(reply_id),
+        meta: None,
+    };
+    let reply = Message {
+        id: reply_id,
+        seq: 2,
+        role: Role::Assistant,
+        content: "Hello.".into(),
+        prev_id: Some(head_id),
+        next_id: None,
+        meta: Some(ReplyMeta {
+            model: Some("smollm2".into()),
+            finish_reason: Some("stop".into()),
+            usage: Some(Usage::of(12, 3)),
+            truncated_messages: Some(1),
+        }),
+        ..head.clone()
+    };
+    let summary = DialogueSummary {
+        id: dialogue,
+        owner,
+        title: "Hello from an older version.".into(),
+        created_at: now,
+        updated_at: now,
+        message_count: 2,
+        tail_id: reply_id,
+    };
+    let session = Session {
+        id: SessionId::generate(),
+        user_id: owner,
+        created_at: now,
+        expires_at: now + chrono::Duration::hours(1),
+    };
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let key = |seq: u64| [dialogue.as_bytes().as_slice(), &seq.to_be_bytes()].concat();
+            let json = |value: serde_json::Value| serde_json::to_vec(&value).unwrap();
+            let mut messages = txn.open_table(MESSAGES).unwrap();
+            messages
+                .insert(
+                    key(1).as_slice(),
+                    json(serde_json::json!({"message": head, "summary": summary})).as_slice(),
+                )
+                .unwrap();
+            messages
+                .insert(key(2).as_slice(), json(serde_json::json!({"message": reply})).as_slice())
+                .unwrap();
+            let newest_first = u64::MAX - u64::try_from(now.timestamp_millis()).unwrap();
+            let index_key =
+                [owner.as_bytes().as_slice(), &newest_first.to_be_bytes(), dialogue.as_bytes()].concat();
+            txn.open_table(BY_OWNER).unwrap().insert(index_key.as_slice(), [].as_slice()).unwrap();
+            let session_json = serde_json::to_vec(&session).unwrap();
+            txn.open_table(SESSIONS)
+                .unwrap()
+                .insert(session.id.as_bytes().as_slice(), session_json.as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        assert_eq!(db.begin_read().unwrap().open_table(MESSAGES).unwrap().len().unwrap(), 2);
+    }
+
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(store.session(session.id, now).await.unwrap(), Some(session));
+    let page = |limit| Limit::parse(Some(limit), 50, 200).unwrap();
+    let listed = store.messages(owner, dialogue, page("50"), None).await.unwrap();
+    assert_eq!(listed.items, [head.clone(), reply.clone()]);
+    assert_eq!(store.dialogues(owner, page("50"), None).await.unwrap().items, [summary]);
+    assert_eq!(store.messages_before(owner, dialogue, 3, 10).await.unwrap(), [head.clone(), reply.clone()]);
+
+    let later = now + chrono::Duration::seconds(5);
+    let third = store.append_message(owner, dialogue, said(Role::User, "And now?", later)).await.unwrap();
+    assert_eq!((third.seq, third.prev_id), (3, Some(reply_id)));
+    let all = store.messages(owner, dialogue, page("50"), None).await.unwrap().items;
+    assert_eq!(all[..2], [head, Message { next_id: Some(third.id), ..reply }]);
+    assert_eq!(all[2], third);
+    let listed = store.dialogues(owner, page("50"), None).await.unwrap().items;
+    assert_eq!((listed[0].message_count, listed[0].tail_id, listed[0].updated_at), (3, third.id, later));
+
+    let report = store.audit().await.unwrap();
+    assert_eq!((report.dialogues, report.messages), (1, 3));
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
