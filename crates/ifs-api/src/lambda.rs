@@ -38,7 +38,10 @@ pub fn init_tracing() -> LogGuard {
         return LogGuard { _writer: None };
     };
     // A second call (tests) keeps the first subscriber.
-    match builder.with_writer(writer).with_ansi(ansi).try_init() {
+    let builder = builder.with_writer(writer).with_ansi(ansi);
+    let installed =
+        if ansi { builder.try_init() } else { builder.fmt_fields(crate::logs::plain_fields()).try_init() };
+    match installed {
         Ok(()) => LogGuard { _writer: Some(guard) },
         Err(_) => LogGuard { _writer: None },
     }

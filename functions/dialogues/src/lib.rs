@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::State;
-use axum::{Json, Router};
 use ifs_api::extract::Query;
+use ifs_api::views::SizedJson;
 use ifs_api::{ApiError, AuthUser, Route};
 use ifs_auth::Authenticator;
 use ifs_domain::{DialogueCursor, DialogueId, DialogueSummary, Limit, Timestamp};
@@ -48,8 +49,10 @@ pub struct DialogueView {
     /// The first message, whitespace folded, at most 80 characters.
     title: String,
     #[schema(value_type = String, format = DateTime)]
+    #[serde(serialize_with = "ifs_api::views::rfc3339")]
     created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
+    #[serde(serialize_with = "ifs_api::views::rfc3339")]
     updated_at: Timestamp,
     #[schema(minimum = 1)]
     message_count: u64,
@@ -103,7 +106,7 @@ async fn dialogues(
     AuthUser(principal): AuthUser,
     State(store): State<Arc<dyn DialogueStore>>,
     Query(query): Query<ListQuery>,
-) -> Result<Json<ListResponse>, ApiError> {
+) -> Result<SizedJson<ListResponse>, ApiError> {
     let limit = Limit::parse(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)
         .map_err(|e| ApiError::invalid_field("limit", e))?;
     let cursor = query
@@ -113,10 +116,15 @@ async fn dialogues(
         .transpose()
         .map_err(|e| ApiError::invalid_field("cursor", e))?;
     let page = store.dialogues(principal.user_id, limit, cursor).await?;
-    Ok(Json(ListResponse {
-        dialogues: page.items.into_iter().map(DialogueView::from).collect(),
-        next_cursor: page.next.map(|c| c.encode()),
-    }))
+    // Titles may grow when escaped; the buffer grows then.
+    let capacity = page.items.iter().map(|d| d.title.len() + 160).sum::<usize>() + 200;
+    Ok(SizedJson {
+        body: ListResponse {
+            dialogues: page.items.into_iter().map(DialogueView::from).collect(),
+            next_cursor: page.next.map(|c| c.encode()),
+        },
+        capacity,
+    })
 }
 
 #[cfg(test)]

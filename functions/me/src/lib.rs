@@ -35,8 +35,10 @@ pub struct MeResponse {
     #[schema(value_type = String, format = Email)]
     email: Email,
     #[schema(value_type = String, format = DateTime)]
+    #[serde(serialize_with = "ifs_api::views::rfc3339")]
     created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
+    #[serde(serialize_with = "ifs_api::views::rfc3339")]
     session_expires_at: Timestamp,
 }
 

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::State;
-use axum::{Json, Router};
 use ifs_api::extract::Query;
-use ifs_api::views::MessageView;
+use ifs_api::views::{MessageView, SizedJson};
 use ifs_api::{ApiError, AuthUser, Route};
 use ifs_auth::Authenticator;
 use ifs_domain::{DialogueId, Limit, MessageCursor};
@@ -81,7 +81,7 @@ async fn messages(
     AuthUser(principal): AuthUser,
     State(store): State<Arc<dyn DialogueStore>>,
     Query(query): Query<MessagesQuery>,
-) -> Result<Json<MessagesResponse>, ApiError> {
+) -> Result<SizedJson<MessagesResponse>, ApiError> {
     let dialogue_id =
         query.dialogue_id.as_deref().ok_or_else(|| ApiError::invalid_field("dialogue_id", "is required"))?;
     let dialogue_id =
@@ -95,11 +95,17 @@ async fn messages(
         .transpose()
         .map_err(|e| ApiError::invalid_field("cursor", e))?;
     let page = store.messages(principal.user_id, dialogue_id, limit, cursor).await?;
-    Ok(Json(MessagesResponse {
-        dialogue_id,
-        messages: page.items.into_iter().map(MessageView::from).collect(),
-        next_cursor: page.next.map(|c| c.encode()),
-    }))
+    // Text may grow when escaped; the buffer grows then.
+    let capacity =
+        page.items.iter().map(|m| m.content.len() + MessageView::JSON_OVERHEAD).sum::<usize>() + 200;
+    Ok(SizedJson {
+        body: MessagesResponse {
+            dialogue_id,
+            messages: page.items.into_iter().map(MessageView::from).collect(),
+            next_cursor: page.next.map(|c| c.encode()),
+        },
+        capacity,
+    })
 }
 
 #[cfg(test)]

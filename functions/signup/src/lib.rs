@@ -51,6 +51,7 @@ pub struct SignupResponse {
     #[schema(value_type = String, format = Email)]
     email: Email,
     #[schema(value_type = String, format = DateTime)]
+    #[serde(serialize_with = "ifs_api::views::rfc3339")]
     created_at: Timestamp,
 }
 
