@@ -229,15 +229,19 @@ fn owned_head(
             Some(bytes) => decode_message(bytes.value())?,
             None => return Err(StoreError::NotFound),
         };
-    owns(stored.summary.as_ref(), owner, dialogue)?;
-    Ok((stored.message, stored.summary.context("summary just checked")?))
+    let summary = owns(stored.summary, owner, dialogue)?;
+    Ok((stored.message, summary))
 }
 
-/// Whether the head's `summary` says that `owner` owns `dialogue`; anyone else is told that
-/// there is no such dialogue.
-fn owns(summary: Option<&DialogueSummary>, owner: UserId, dialogue: DialogueId) -> StoreResult<()> {
+/// The head's `summary` (owned or borrowed) if it says that `owner` owns `dialogue`; anyone
+/// else is told that there is no such dialogue.
+fn owns<S: std::borrow::Borrow<DialogueSummary>>(
+    summary: Option<S>,
+    owner: UserId,
+    dialogue: DialogueId,
+) -> StoreResult<S> {
     match summary {
-        Some(summary) if summary.owner == owner => Ok(()),
+        Some(summary) if summary.borrow().owner == owner => Ok(summary),
         Some(_) => Err(StoreError::NotFound),
         None => Err(anyhow::anyhow!("head of {dialogue} has no summary").into()),
     }
@@ -253,7 +257,7 @@ fn owns_page(
     page: &[StoredMessage],
 ) -> StoreResult<()> {
     match page.first() {
-        Some(head) if head.message.seq == 1 => owns(head.summary.as_ref(), owner, dialogue),
+        Some(head) if head.message.seq == 1 => owns(head.summary.as_ref(), owner, dialogue).map(drop),
         _ => owned_head(table, owner, dialogue).map(drop),
     }
 }

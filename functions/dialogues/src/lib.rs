@@ -58,6 +58,11 @@ pub struct DialogueView {
     message_count: u64,
 }
 
+impl DialogueView {
+    /// About what one dialogue takes as JSON besides its title: its id, instants and names.
+    const JSON_OVERHEAD: usize = 160;
+}
+
 impl From<DialogueSummary> for DialogueView {
     fn from(d: DialogueSummary) -> Self {
         Self {
@@ -117,7 +122,8 @@ async fn dialogues(
         .map_err(|e| ApiError::invalid_field("cursor", e))?;
     let page = store.dialogues(principal.user_id, limit, cursor).await?;
     // Titles may grow when escaped; the buffer grows then.
-    let capacity = page.items.iter().map(|d| d.title.len() + 160).sum::<usize>() + 200;
+    let capacity =
+        page.items.iter().map(|d| d.title.len() + DialogueView::JSON_OVERHEAD).sum::<usize>() + 200;
     Ok(SizedJson {
         body: ListResponse {
             dialogues: page.items.into_iter().map(DialogueView::from).collect(),

@@ -33,18 +33,14 @@ pub(super) fn encode_session(session: &Session) -> Vec<u8> {
 }
 
 pub(super) fn decode_session(bytes: &[u8]) -> anyhow::Result<Session> {
-    if bytes.first() == Some(&b'{') {
-        return super::decode(bytes);
-    }
-    let mut input = Reader::new(bytes, SESSION_V1, "session")?;
-    let session = Session {
-        id: SessionId::from_bytes(input.id()?),
-        user_id: UserId::from_bytes(input.id()?),
-        created_at: input.instant()?,
-        expires_at: input.instant()?,
-    };
-    input.finish()?;
-    Ok(session)
+    decode(bytes, SESSION_V1, "session", |input| {
+        Ok(Session {
+            id: SessionId::from_bytes(input.id()?),
+            user_id: UserId::from_bytes(input.id()?),
+            created_at: input.instant()?,
+            expires_at: input.instant()?,
+        })
+    })
 }
 
 /// A message: version; id, dialogue id, seq, role (0 user, 1 assistant), created, prev, next,
@@ -88,10 +84,10 @@ pub(super) fn encode_message(stored: &StoredMessage) -> Vec<u8> {
 }
 
 pub(super) fn decode_message(bytes: &[u8]) -> anyhow::Result<StoredMessage> {
-    if bytes.first() == Some(&b'{') {
-        return super::decode(bytes);
-    }
-    let mut input = Reader::new(bytes, MESSAGE_V1, "message")?;
+    decode(bytes, MESSAGE_V1, "message", message_from)
+}
+
+fn message_from(input: &mut Reader<'_>) -> anyhow::Result<StoredMessage> {
     let id = MessageId::from_bytes(input.id()?);
     let dialogue_id = DialogueId::from_bytes(input.id()?);
     let seq = input.u64()?;
@@ -129,11 +125,27 @@ pub(super) fn decode_message(bytes: &[u8]) -> anyhow::Result<StoredMessage> {
             tail_id: MessageId::from_bytes(input.id()?),
         })
     })?;
-    input.finish()?;
     Ok(StoredMessage {
         message: Message { id, dialogue_id, seq, role, content, created_at, prev_id, next_id, meta },
         summary,
     })
+}
+
+/// A record in the layout `version` read by `read`, which must use it to its last byte; or, if it
+/// is JSON, as an earlier version wrote it.
+fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    version: u8,
+    what: &'static str,
+    read: impl FnOnce(&mut Reader<'_>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if bytes.first() == Some(&b'{') {
+        return super::decode(bytes);
+    }
+    let mut input = Reader::new(bytes, version, what)?;
+    let value = read(&mut input)?;
+    input.finish()?;
+    Ok(value)
 }
 
 struct Writer(Vec<u8>);
