@@ -9,8 +9,16 @@ VENV := .cache/venv/bin
 SAM := SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(VENV)/sam
 ZIP_FUNCTIONS := SignupFunction LoginFunction MeFunction LogoutFunction DialogueFunction DialoguesFunction MessagesFunction
 
-# Every binary the local Lambda path runs, built once (debug, as the tests build them).
-LAMBDA_PACKAGES := -p ifs-signup -p ifs-login -p ifs-me -p ifs-logout -p ifs-dialogue -p ifs-dialogues -p ifs-messages -p ifs-agent-container -p ifs-guide
+# Every debug build selects the whole workspace with its dev-dependencies, so that cargo unifies
+# features the same way each time and no crate is compiled twice: `-p X` or `--bins` alone would
+# resolve features afresh and rebuild most of the tree (the AWS SDK among it). BUILD compiles every
+# test, binary and example once; the stages after it only run what BUILD made.
+BUILD := $(CARGO) build --workspace --bins --tests --examples --locked
+# The binaries and examples (the servers the contract and Lambda stages start): a subset of BUILD.
+BINARIES := $(CARGO) build --workspace --bins --examples --locked
+# Runs BUILD's tests: `--tests` is every target with tests (libraries, integration tests; the
+# binaries' main.rs have none and say `test = false`). There are no doctests to compile.
+TEST := $(CARGO) test --workspace --locked --tests
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 
 .PHONY: help run agent services test lint deps model dynamodb-local bench-agent check-deploy lambda-build sam-build sam-build-zips lambda-local test-lambda bench-cold-start agent-build bench-api soak test-contract openapi
@@ -25,19 +33,26 @@ agent: deps model ## Build in release and serve only the agent on http://127.0.0
 	$(CARGO) run --release --locked -p ifs-agent-container --bin agent
 
 test: deps model dynamodb-local check-deploy ## Every test: unit, property, router, store conformance, Lambda events, model, API (embedded and AWS-like), template lint, the OpenAPI contract (schemathesis), end to end through cargo lambda watch
-	$(CARGO) test --workspace --locked
-	TEST_BACKENDS=aws $(CARGO) test --locked -p ifs-guide --test api
+	@echo "== make test: build every test, binary and example once"
+	$(BUILD)
+	@echo "== make test: unit, router, conformance (embedded, DynamoDB Local, redis-server), Lambda events, the model, the API on the embedded store"
+	$(TEST)
+	@echo "== make test: the API again on DynamoDB Local + redis-server (its model tests ran above)"
+	TEST_BACKENDS=aws $(CARGO) test --workspace --locked --test api -- --skip model::
+	@echo "== make test: the OpenAPI contract (schemathesis)"
 	$(MAKE) --no-print-directory test-contract
+	@echo "== make test: end to end through cargo lambda watch"
 	$(MAKE) --no-print-directory test-lambda
 
 test-contract: deps model ## schemathesis against `ifs-guide serve` and the agent, from openapi.json (fixed seed)
 	@infra/python-tools.sh >/dev/null
-	$(CARGO) build --locked -p ifs-guide --bin ifs-guide --example bench_peers -p ifs-agent-container --bin agent
+	$(BINARIES)
 	$(VENV)/python infra/contract.py $(VENV)/schemathesis "$(TARGET_DIR)/debug/ifs-guide" \
 	  "$(TARGET_DIR)/debug/examples/bench_peers" "$(TARGET_DIR)/debug/agent" $(MODEL)
 
 openapi: ## Regenerate openapi.json from the code (a test fails while it is out of date)
-	$(CARGO) run --locked -q -p ifs-guide -- openapi > openapi.json
+	$(BINARIES)
+	"$(TARGET_DIR)/debug/ifs-guide" openapi > openapi.json
 
 check-deploy: ## Lint template.yaml (cfn-lint, sam validate --lint) and the agent's Dockerfile (hadolint)
 	@infra/python-tools.sh >/dev/null
@@ -64,12 +79,12 @@ sam-build-zips: deps ## sam build each zip function on its own (no Docker needed
 
 lambda-local: deps model dynamodb-local ## The whole API through cargo lambda watch on http://127.0.0.1:9000 (LAMBDA_PORT), AWS-like
 	@infra/python-tools.sh >/dev/null
-	$(CARGO) build --locked --bins $(LAMBDA_PACKAGES)
+	$(BINARIES)
 	$(VENV)/python infra/lambda_local.py "$(TARGET_DIR)/debug"
 
 test-lambda: deps model dynamodb-local ## End to end through cargo lambda watch (signup … logout) against DynamoDB Local and redis-server
 	@infra/python-tools.sh >/dev/null
-	$(CARGO) build --locked --bins $(LAMBDA_PACKAGES)
+	$(BINARIES)
 	$(VENV)/python infra/lambda_local.py "$(TARGET_DIR)/debug" --test
 
 agent-build: deps model ## Build the agent's Lambda binary as its Dockerfile does (release, x86-64-v3) into target/lambda/agent; check the CPU target
