@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and the tests need, only if something is missing:
-# cmake and a C/C++ toolchain for llama.cpp, clang/libclang for its Rust bindings, and
+# cmake and a C/C++ toolchain for llama.cpp, clang/libclang for its Rust bindings, lld (the
+# linker .cargo/config.toml names), and
 # redis-server, which the tests start on their own ports (`SESSIONS=redis`), and openssl, which
 # makes the certificates of the TLS one. Commands named as arguments are installed too, as
 # packages of the same name (the benchmarks ask for `wrk`).
@@ -9,6 +10,7 @@ set -euo pipefail
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 command -v clang >/dev/null || missing+=(clang)
+command -v ld.lld >/dev/null || missing+=(lld)
 command -v c++ >/dev/null || missing+=(g++)
 ldconfig -p 2>/dev/null | grep -q 'libclang' || missing+=(libclang-dev)
 command -v redis-server >/dev/null || missing+=(redis-server)
