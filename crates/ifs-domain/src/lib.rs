@@ -17,7 +17,7 @@ pub use dialogue::{
     check_chain, title_for,
 };
 pub use id::{DialogueId, IdError, MessageId, SessionId, UserId};
-pub use page::{CursorError, DialogueCursor, Limit, LimitError, MessageCursor, Page};
+pub use page::{CursorError, DialogueCursor, Limit, LimitError, MessageCursor, PAGE_BYTES, Page, PageFill};
 
 /// A point in time as the domain sees it: UTC, millisecond precision.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;

@@ -105,6 +105,56 @@ impl DialogueCursor {
     }
 }
 
+/// The most bytes of message text one page gathers: past it the page ends early, with a cursor
+/// to the rest. A page of 200 messages of 16,000 emoji each is 12.8 MB; built whole for a client
+/// that never reads it, a few hundred such requests held gigabytes (docs/decisions.md).
+pub const PAGE_BYTES: usize = 256 * 1024;
+
+/// What a page has gathered so far, against its limit and [`PAGE_BYTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageFill {
+    limit: usize,
+    budget: usize,
+    items: usize,
+    bytes: usize,
+}
+
+impl PageFill {
+    /// About what one message takes in an answer besides its text: ids, instants, names, usage.
+    pub const ITEM_OVERHEAD: usize = 400;
+
+    /// A page of at most `limit` items and [`PAGE_BYTES`].
+    #[must_use]
+    pub const fn new(limit: Limit) -> Self {
+        Self { limit: limit.get(), budget: PAGE_BYTES, items: 0, bytes: 0 }
+    }
+
+    /// A run of at most `count` items, however large (the memory sent to the agent, which the
+    /// agent itself trims to its context).
+    #[must_use]
+    pub const fn counting(count: usize) -> Self {
+        Self { limit: count, budget: usize::MAX, items: 0, bytes: 0 }
+    }
+
+    /// Takes an item whose text is `text_bytes` long if the page has room for it. The first item
+    /// always fits, so that every page moves a reader forward.
+    pub const fn admit(&mut self, text_bytes: usize) -> bool {
+        let bytes = self.bytes.saturating_add(text_bytes).saturating_add(Self::ITEM_OVERHEAD);
+        if self.items >= self.limit || (self.items > 0 && bytes > self.budget) {
+            return false;
+        }
+        self.items += 1;
+        self.bytes = bytes;
+        true
+    }
+
+    /// How many more items the page could take, were they small.
+    #[must_use]
+    pub const fn room(&self) -> usize {
+        self.limit.saturating_sub(self.items)
+    }
+}
+
 /// One page of results and where the next one starts, if there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T, C> {
@@ -124,6 +174,23 @@ mod tests {
         for bad in ["0", "101", "-1", "ten", "", "1.5"] {
             assert_eq!(Limit::parse(Some(bad), 20, 100), Err(LimitError { max: 100 }), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_page_ends_at_its_limit_or_its_bytes_but_always_takes_one_item() {
+        let mut fill = PageFill::new(Limit(3));
+        assert!((0..3).all(|_| fill.admit(10)));
+        assert!(!fill.admit(0), "the limit");
+        let mut fill = PageFill::new(Limit(200));
+        assert!(fill.admit(10 * PAGE_BYTES), "one item, however large");
+        assert!(!fill.admit(0), "the byte budget is spent");
+        let mut fill = PageFill::new(Limit(200));
+        let each = PAGE_BYTES / 4 - PageFill::ITEM_OVERHEAD;
+        assert!((0..4).all(|_| fill.admit(each)));
+        assert!(!fill.admit(1));
+        assert_eq!(fill.room(), 196);
+        let mut fill = PageFill::counting(2);
+        assert!(fill.admit(usize::MAX) && fill.admit(usize::MAX) && !fill.admit(0));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use chrono::TimeZone as _;
 use ifs_domain::{
-    DialogueId, Email, Limit, Message, MessageCursor, MessageId, MessageText, NewMessage, Role, SessionId,
-    Timestamp, UserId, check_chain,
+    DialogueId, Email, Limit, Message, MessageCursor, MessageId, MessageText, NewMessage, PAGE_BYTES, Role,
+    SessionId, Timestamp, UserId, check_chain,
 };
 
 use crate::{
@@ -51,6 +51,8 @@ macro_rules! conformance_suite {
             hits_count_within_a_fixed_window_and_then_start_again,
             a_reset_counter_starts_afresh,
             parallel_hits_each_see_a_different_count,
+            leases_are_held_until_released_or_expired,
+            parallel_leases_admit_exactly_max,
             a_started_dialogue_is_a_one_message_list,
             appends_keep_the_list_valid_and_the_summary_current,
             concurrent_appends_all_land_in_one_list,
@@ -58,7 +60,8 @@ macro_rules! conformance_suite {
             messages_page_in_list_order,
             messages_before_gives_the_latest_ones_oldest_first,
             dialogues_are_listed_newest_activity_first_in_pages,
-            dialogues_are_private_to_their_owner
+            dialogues_are_private_to_their_owner,
+            pages_of_large_messages_reach_every_message
         );
     };
     (@cases $make:path; $($case:ident),*) => {
@@ -124,11 +127,19 @@ async fn assert_audit_clean(stores: &Stores, dialogues: u64, messages: u64) {
     assert_eq!((report.dialogues, report.messages), (dialogues, messages));
 }
 
+/// Every message of a dialogue, page after page.
 async fn whole(stores: &Stores, owner: UserId, dialogue: DialogueId) -> Vec<Message> {
-    let page =
-        stores.dialogues.messages(owner, dialogue, Limit::new_clamped(10_000, 10_000), None).await.unwrap();
-    assert_eq!(page.next, None);
-    page.items
+    let mut messages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page =
+            stores.dialogues.messages(owner, dialogue, Limit::new_clamped(200, 200), cursor).await.unwrap();
+        messages.extend(page.items);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return messages,
+        }
+    }
 }
 
 pub async fn users_are_found_by_id_and_by_email(stores: Stores) {
@@ -242,6 +253,50 @@ pub async fn parallel_hits_each_see_a_different_count(stores: Stores) {
     }
     seen.sort_unstable();
     assert_eq!(seen, (1..=60).collect::<Vec<u32>>());
+}
+
+pub async fn leases_are_held_until_released_or_expired(stores: Stores) {
+    let user = UserId::generate();
+    let counter = Counter::TurnsInFlight(user);
+    let minute = Duration::from_secs(60);
+    let leases = &stores.counters;
+    assert!(leases.lease(counter, "a", at(0), minute, 2).await.unwrap());
+    assert!(leases.lease(counter, "b", at(1), minute, 2).await.unwrap());
+    assert!(!leases.lease(counter, "c", at(2), minute, 2).await.unwrap(), "two are held");
+    assert!(leases.lease(counter, "a", at(3), minute, 2).await.unwrap(), "a holder renews its own");
+    let other = Counter::TurnsInFlight(UserId::generate());
+    assert!(leases.lease(other, "c", at(3), minute, 2).await.unwrap(), "counters are apart");
+    assert!(!leases.lease(Counter::TurnsInFlight(user), "c", at(3), minute, 2).await.unwrap());
+
+    leases.release(counter, "b").await.unwrap();
+    leases.release(counter, "b").await.unwrap();
+    leases.release(counter, "never").await.unwrap();
+    assert!(leases.lease(counter, "c", at(4), minute, 2).await.unwrap(), "b's place is free");
+    assert!(!leases.lease(counter, "d", at(5), minute, 2).await.unwrap());
+    // c's lease (from 4 s) is live at 62 s; a's, renewed at 3 s, has expired.
+    assert!(leases.lease(counter, "d", at(63), minute, 2).await.unwrap(), "a's lease ended by itself");
+    assert!(!leases.lease(counter, "e", at(63), minute, 2).await.unwrap());
+}
+
+pub async fn parallel_leases_admit_exactly_max(stores: Stores) {
+    let counter_of = UserId::generate();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let counters = Arc::clone(&stores.counters);
+            tokio::spawn(async move {
+                let counter = Counter::TurnsInFlight(counter_of);
+                counters
+                    .lease(counter, &format!("turn {i}"), at(0), Duration::from_secs(60), 3)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut held = 0;
+    for task in tasks {
+        held += usize::from(task.await.unwrap());
+    }
+    assert_eq!(held, 3);
 }
 
 pub async fn a_started_dialogue_is_a_one_message_list(stores: Stores) {
@@ -406,4 +461,60 @@ pub async fn dialogues_are_private_to_their_owner(stores: Stores) {
     let nobody =
         stores.dialogues.dialogues(UserId::generate(), Limit::new_clamped(100, 100), None).await.unwrap();
     assert!(nobody.items.is_empty() && nobody.next.is_none());
+}
+
+/// Pages of long messages end at [`PAGE_BYTES`] with a cursor, and every read goes on past
+/// DynamoDB's 1 MB per response: 20 dialogues of 16,000 emoji each once listed 17, and their
+/// messages 33 of 40, with no cursor to the rest.
+pub async fn pages_of_large_messages_reach_every_message(stores: Stores) {
+    let owner = UserId::generate();
+    let long = "🦀".repeat(16_000);
+    let mut dialogues = Vec::new();
+    for k in 0..20 {
+        let head = stores.dialogues.start_dialogue(owner, said(Role::User, &long, at(k))).await.unwrap();
+        dialogues.push(head.dialogue_id);
+    }
+    let dialogue = dialogues[0];
+    for k in 2..=40 {
+        let role = if k % 2 == 0 { Role::Assistant } else { Role::User };
+        stores.dialogues.append_message(owner, dialogue, said(role, &long, at(100 + k))).await.unwrap();
+    }
+
+    let mut seqs = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page =
+            stores.dialogues.messages(owner, dialogue, Limit::new_clamped(200, 200), cursor).await.unwrap();
+        let bytes: usize = page.items.iter().map(|m| m.content.len()).sum();
+        assert!(bytes <= PAGE_BYTES, "a page of {} messages holds {bytes} bytes", page.items.len());
+        assert!(!page.items.is_empty(), "a cursor led to an empty page");
+        seqs.extend(page.items.iter().map(|m| m.seq));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+    let memory = stores.dialogues.messages_before(owner, dialogue, 41, 40).await.unwrap();
+    assert_eq!(memory.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=40).collect::<Vec<_>>());
+    assert!(memory.iter().all(|m| m.content == long));
+
+    let listed = stores.dialogues.dialogues(owner, Limit::new_clamped(100, 100), None).await.unwrap();
+    assert_eq!(listed.next, None);
+    let mut ids: Vec<_> = listed.items.iter().map(|d| d.id).collect();
+    ids.sort_unstable();
+    dialogues.sort_unstable();
+    assert_eq!(ids, dialogues);
+    let mut cursor = None;
+    let mut walked = 0;
+    loop {
+        let page = stores.dialogues.dialogues(owner, Limit::new_clamped(7, 100), cursor).await.unwrap();
+        walked += page.items.len();
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(walked, 20);
+    assert_audit_clean(&stores, 20, 59).await;
 }

@@ -15,6 +15,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef;
 use aws_sdk_dynamodb::config::{ConfigBag, Credentials, Intercept, Region};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
@@ -22,7 +23,7 @@ use aws_sdk_dynamodb::types::{
 };
 use ifs_domain::{
     AuditReport, DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor,
-    MessageId, NewMessage, Page, ReplyMeta, Role, StoredDialogue, StoredLink, Timestamp, UserId,
+    MessageId, NewMessage, Page, PageFill, ReplyMeta, Role, StoredDialogue, StoredLink, Timestamp, UserId,
 };
 
 use crate::{Audit, DialogueStore, StoreError, StoreResult, UserRecord, UserStore};
@@ -621,8 +622,8 @@ impl DialogueStore for DynamoStore {
             self.owned_summary(owner, dialogue).await?;
             return Ok(Vec::new());
         }
-        // Newest first from just before `before_seq`, then turned around: one query.
-        let output = self
+        // Newest first from just before `before_seq`, then turned around.
+        let query = self
             .client
             .query()
             .table_name(&self.table)
@@ -630,16 +631,13 @@ impl DialogueStore for DynamoStore {
             .expression_attribute_values(":pk", s(dialogue_pk(dialogue)))
             .expression_attribute_values(":before", s(message_sk(before_seq)))
             .scan_index_forward(false)
-            .limit(i32::try_from(count).unwrap_or(i32::MAX))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| failure("reading memory", &e))?;
-        let items = output.items();
-        if !items.first().is_some_and(|first| owned_by(first, owner)) {
+            .consistent_read(true);
+        let (mut messages, _) = self
+            .read_page(query, None, owner, PageFill::counting(count), message_from, "reading memory")
+            .await?;
+        if messages.is_empty() {
             return Err(StoreError::NotFound);
         }
-        let mut messages = items.iter().map(message_from).collect::<anyhow::Result<Vec<_>>>()?;
         messages.reverse();
         Ok(messages)
     }
@@ -651,33 +649,25 @@ impl DialogueStore for DynamoStore {
         limit: Limit,
         after: Option<MessageCursor>,
     ) -> StoreResult<Page<Message, MessageCursor>> {
-        // One more than the page, to know whether another page follows.
-        let output = self
+        let query = self
             .client
             .query()
             .table_name(&self.table)
             .key_condition_expression("pk = :pk AND sk > :after")
             .expression_attribute_values(":pk", s(dialogue_pk(dialogue)))
             .expression_attribute_values(":after", s(message_sk(after.map_or(0, |c| c.after_seq))))
-            .limit(i32::try_from(limit.get() + 1).unwrap_or(i32::MAX))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| failure("reading messages", &e))?;
-        let items = output.items();
-        match items.first() {
-            Some(first) if owned_by(first, owner) => {}
-            Some(_) => return Err(StoreError::NotFound),
+            .consistent_read(true);
+        let (items, more) = self
+            .read_page(query, None, owner, PageFill::new(limit), message_from, "reading messages")
+            .await?;
+        if items.is_empty() {
             // Past the end of a dialogue, or no dialogue at all: only the head can tell.
-            None if after.is_some() => {
+            if after.is_some() {
                 self.owned_summary(owner, dialogue).await?;
-                return Ok(Page { items: Vec::new(), next: None });
+                return Ok(Page { items, next: None });
             }
-            None => return Err(StoreError::NotFound),
+            return Err(StoreError::NotFound);
         }
-        let more = items.len() > limit.get();
-        let items =
-            items.iter().take(limit.get()).map(message_from).collect::<anyhow::Result<Vec<Message>>>()?;
         let next = more.then(|| items.last().map(|m| MessageCursor { after_seq: m.seq })).flatten();
         Ok(Page { items, next })
     }
@@ -694,32 +684,80 @@ impl DialogueStore for DynamoStore {
             start.insert("gsi1sk".into(), s(activity_sk(cursor.updated_at_ms, cursor.id)));
             start
         });
-        let output = self
+        // The index holds whole heads, text included; only the summary is read back.
+        let query = self
             .client
             .query()
             .table_name(&self.table)
             .index_name(BY_ACTIVITY)
             .key_condition_expression("gsi1pk = :owner")
             .expression_attribute_values(":owner", s(owner_pk(owner)))
-            .scan_index_forward(false)
-            .limit(i32::try_from(limit.get() + 1).unwrap_or(i32::MAX))
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| failure("listing dialogues", &e))?;
-        let items = output.items();
-        let more = items.len() > limit.get();
-        let items = items.iter().take(limit.get()).map(summary_from).collect::<anyhow::Result<Vec<_>>>()?;
+            .projection_expression(SUMMARY)
+            .set_expression_attribute_names(Some(attribute_names(SUMMARY)))
+            .scan_index_forward(false);
+        // Titles are short, so the limit alone bounds the page.
+        let fill = PageFill::counting(limit.get());
+        let (items, more) =
+            self.read_page(query, start, owner, fill, summary_from, "listing dialogues").await?;
         let next = more.then(|| items.last().map(|d| DialogueCursor::after(d.updated_at, d.id))).flatten();
         Ok(Page { items, next })
     }
 }
 
+impl DynamoStore {
+    /// Runs `query` from `start` until `fill` is full or the items run out, following
+    /// `LastEvaluatedKey`: DynamoDB stops each response at 1 MB read, and a page that stopped
+    /// there lost the rest of the dialogue (20 turns of 16,000 emoji answered 33 of 40 messages
+    /// and no cursor). Answers the items and whether more follow them. Every item must belong to
+    /// `owner`, and the first that does not ends the read as not found: a dialogue is one
+    /// owner's throughout.
+    async fn read_page<T>(
+        &self,
+        query: QueryFluentBuilder,
+        mut start: Option<Item>,
+        owner: UserId,
+        mut fill: PageFill,
+        decode: fn(&Item) -> anyhow::Result<T>,
+        what: &str,
+    ) -> StoreResult<(Vec<T>, bool)> {
+        let mut items = Vec::with_capacity(fill.room());
+        loop {
+            // One more than the room, to know whether another page follows.
+            let asked = i32::try_from(fill.room().saturating_add(1)).unwrap_or(i32::MAX);
+            let output = query
+                .clone()
+                .limit(asked)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| failure(what, &e))?;
+            for item in output.items() {
+                if !owned_by(item, owner) {
+                    return Err(StoreError::NotFound);
+                }
+                let content = optional_text(item, "content")?.map_or(0, str::len);
+                if !fill.admit(content) {
+                    return Ok((items, true));
+                }
+                items.push(decode(item)?);
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok((items, false));
+            }
+        }
+    }
+}
+
+/// What a dialogue listing reads of a head: its summary, not its text.
+const SUMMARY: &str = "#pk, #id, #owner, #title, #created, #updated, #count, #tail";
+
 /// What the audit reads of an item: the links and the summary, never the content.
 const AUDITED: &str = "#pk, #sk, #id, #seq, #prev, #next, #created, #owner, #title, #updated, #count, #tail, \
                        #gpk, #gsk";
 
-fn audited_names() -> HashMap<String, String> {
+/// The names behind the aliases a projection uses (`#pk` and the rest).
+fn attribute_names(projection: &str) -> HashMap<String, String> {
     [
         ("#pk", "pk"),
         ("#sk", "sk"),
@@ -737,6 +775,7 @@ fn audited_names() -> HashMap<String, String> {
         ("#gsk", "gsi1sk"),
     ]
     .into_iter()
+    .filter(|(alias, _)| projection.split(", ").any(|used| used == *alias))
     .map(|(alias, name)| (alias.to_owned(), name.to_owned()))
     .collect()
 }
@@ -809,7 +848,7 @@ impl DynamoStore {
                 .key_condition_expression("#pk = :pk")
                 .expression_attribute_values(":pk", s(dialogue_pk(dialogue)))
                 .projection_expression(AUDITED)
-                .set_expression_attribute_names(Some(audited_names()))
+                .set_expression_attribute_names(Some(attribute_names(AUDITED)))
                 .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()
@@ -864,7 +903,7 @@ impl Audit for DynamoStore {
                 .filter_expression("begins_with(#pk, :dialogues)")
                 .expression_attribute_values(":dialogues", s("DLG#"))
                 .projection_expression(AUDITED)
-                .set_expression_attribute_names(Some(audited_names()))
+                .set_expression_attribute_names(Some(attribute_names(AUDITED)))
                 .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()

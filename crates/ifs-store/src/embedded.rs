@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use ifs_domain::{
     AuditReport, DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor,
-    NewMessage, Page, SessionId, StoredDialogue, StoredLink, Timestamp, UserId,
+    NewMessage, Page, PageFill, SessionId, StoredDialogue, StoredLink, Timestamp, UserId,
 };
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -111,6 +111,9 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Users remembered by id at most; when full, the memory starts afresh.
 const USER_CACHE: usize = 10_000;
 
+/// The leases on one counter: each holder and when its lease ends.
+type Leases = Vec<(String, Timestamp)>;
+
 /// All ports in one redb database file.
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -121,6 +124,9 @@ pub struct EmbeddedStore {
     /// record is the stored one; every `/me` read one. Sessions are never remembered: a logout
     /// must take effect at once, however many processes serve.
     users: Arc<Mutex<HashMap<UserId, UserRecord>>>,
+    /// Leases by counter: holder and expiry. Kept in memory, not in the file: a lease stands for
+    /// work under way in this process (the file's only user), which ends with it.
+    leases: Arc<Mutex<HashMap<String, Leases>>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -155,7 +161,7 @@ impl EmbeddedStore {
         txn.open_table(MESSAGES)?;
         txn.open_table(DIALOGUES_BY_OWNER)?;
         txn.commit().context("creating the tables")?;
-        Ok(Self { db: Arc::new(db), path: path.to_owned(), users: Arc::default() })
+        Ok(Self { db: Arc::new(db), path: path.to_owned(), users: Arc::default(), leases: Arc::default() })
     }
 
     #[must_use]
@@ -282,15 +288,16 @@ fn take_page(
             redb::StorageError,
         >,
     >,
-    limit: usize,
+    mut fill: PageFill,
 ) -> StoreResult<(Vec<StoredMessage>, bool)> {
-    let mut items = Vec::with_capacity(limit);
+    let mut items = Vec::with_capacity(fill.room());
     for entry in range {
-        if items.len() == limit {
+        let (_, value) = entry.context("scanning")?;
+        let stored = decode_message(value.value())?;
+        if !fill.admit(stored.message.content.len()) {
             return Ok((items, true));
         }
-        let (_, value) = entry.context("scanning")?;
-        items.push(decode_message(value.value())?);
+        items.push(stored);
     }
     Ok((items, false))
 }
@@ -422,7 +429,7 @@ impl DialogueStore for EmbeddedStore {
                         ..message_key(dialogue, before_seq.max(1)).as_slice(),
                 )
                 .context("scanning messages")?;
-            let (stored, _) = take_page(range, count)?;
+            let (stored, _) = take_page(range, PageFill::counting(count))?;
             owns_page(&messages, owner, dialogue, &stored)?;
             Ok(stored.into_iter().map(|s| s.message).collect())
         })
@@ -441,7 +448,7 @@ impl DialogueStore for EmbeddedStore {
             let range = messages
                 .range(message_key(dialogue, from).as_slice()..=message_key(dialogue, u64::MAX).as_slice())
                 .context("scanning messages")?;
-            let (stored, more) = take_page(range, limit.get())?;
+            let (stored, more) = take_page(range, PageFill::new(limit))?;
             owns_page(&messages, owner, dialogue, &stored)?;
             let items: Vec<Message> = stored.into_iter().map(|s| s.message).collect();
             let next = more.then(|| items.last().map(|m| MessageCursor { after_seq: m.seq })).flatten();
@@ -580,6 +587,43 @@ impl Counters for EmbeddedStore {
             Ok(())
         })
         .await
+    }
+
+    async fn lease(
+        &self,
+        counter: Counter<'_>,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+        max: u32,
+    ) -> StoreResult<bool> {
+        let until = now + chrono::Duration::from_std(ttl).context("lease length")?;
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        // Expired leases are dropped when their counter is next used; one that outlives its
+        // holder costs a few bytes until then.
+        let held = leases.entry(counter.key()).or_default();
+        held.retain(|(_, expires)| *expires > now);
+        if let Some(mine) = held.iter_mut().find(|(name, _)| name == holder) {
+            mine.1 = until;
+            return Ok(true);
+        }
+        if held.len() >= max as usize {
+            return Ok(false);
+        }
+        held.push((holder.to_owned(), until));
+        Ok(true)
+    }
+
+    async fn release(&self, counter: Counter<'_>, holder: &str) -> StoreResult<()> {
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = counter.key();
+        if let Some(held) = leases.get_mut(&key) {
+            held.retain(|(name, _)| name != holder);
+            if held.is_empty() {
+                leases.remove(&key);
+            }
+        }
+        Ok(())
     }
 }
 

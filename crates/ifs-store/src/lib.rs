@@ -68,6 +68,8 @@ pub enum Counter<'a> {
     LoginAttempts(&'a Email),
     /// Dialogue turns one user has sent.
     DialogueTurns(UserId),
+    /// Dialogue turns of one user being answered right now (a lease per turn).
+    TurnsInFlight(UserId),
 }
 
 impl Counter<'_> {
@@ -77,6 +79,7 @@ impl Counter<'_> {
         match self {
             Self::LoginAttempts(email) => format!("login:{email}"),
             Self::DialogueTurns(user) => format!("turns:{user}"),
+            Self::TurnsInFlight(user) => format!("in-flight:{user}"),
         }
     }
 }
@@ -176,6 +179,22 @@ pub trait Counters: Send + Sync + std::fmt::Debug + 'static {
     async fn hit(&self, counter: Counter<'_>, now: Timestamp, window: Duration) -> StoreResult<Window>;
     /// Closes the counter's window; resetting a counter that has none is not an error.
     async fn reset(&self, counter: Counter<'_>) -> StoreResult<()>;
+
+    /// Takes a lease on `counter` for `holder` until `now + ttl`, or renews the one it holds, if
+    /// fewer than `max` other leases on it are held and unexpired at `now`; answers whether
+    /// `holder` holds one now. Atomic: of n parallel takers with room for m, m succeed. A lease
+    /// that is never released ends by itself, so a process that dies holding one blocks nobody
+    /// for longer than `ttl`.
+    async fn lease(
+        &self,
+        counter: Counter<'_>,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+        max: u32,
+    ) -> StoreResult<bool>;
+    /// Ends `holder`'s lease on `counter`; releasing a lease not held is not an error.
+    async fn release(&self, counter: Counter<'_>, holder: &str) -> StoreResult<()>;
 }
 
 /// Stores that must delete expired sessions and counter windows themselves (Redis and DynamoDB

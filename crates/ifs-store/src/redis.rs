@@ -39,12 +39,26 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {1, tonumber(ARGV[2])}
 ";
 
+/// Takes or renews a lease, atomically. `KEYS[1]` the leases, a sorted set of holders scored by
+/// expiry; `ARGV` now (ms), the lease's expiry (ms), the holder, the most leases, the lease's
+/// length (ms). The set expires with its newest lease.
+const LEASE: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return 1
+end
+return 0
+";
+
 /// Sessions and counters in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
     connection: ConnectionManager,
     endpoint: String,
     hit: Script,
+    lease: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -86,7 +100,7 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(200));
         let connection = ConnectionManager::new_lazy_with_config(client, config)
             .context("setting up the Redis connection")?;
-        Ok(Self { connection, endpoint, hit: Script::new(HIT) })
+        Ok(Self { connection, endpoint, hit: Script::new(HIT), lease: Script::new(LEASE) })
     }
 
     /// `redis://host:port` or `rediss://host:port`, for the start-up banner (never the password).
@@ -179,5 +193,26 @@ impl Counters for RedisStore {
     async fn reset(&self, counter: Counter<'_>) -> StoreResult<()> {
         let mut connection = self.connection.clone();
         self.run("resetting a counter", connection.del::<_, ()>(counter_key(counter))).await
+    }
+
+    async fn lease(
+        &self,
+        counter: Counter<'_>,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+        max: u32,
+    ) -> StoreResult<bool> {
+        let length = i64::try_from(ttl.as_millis()).context("lease length")?;
+        let mut connection = self.connection.clone();
+        let mut invocation = self.lease.key(counter_key(counter));
+        invocation.arg(millis(now)).arg(millis(now) + length).arg(holder).arg(max).arg(length);
+        let held: i64 = self.run("taking a lease", invocation.invoke_async(&mut connection)).await?;
+        Ok(held == 1)
+    }
+
+    async fn release(&self, counter: Counter<'_>, holder: &str) -> StoreResult<()> {
+        let mut connection = self.connection.clone();
+        self.run("releasing a lease", connection.zrem::<_, _, ()>(counter_key(counter), holder)).await
     }
 }
