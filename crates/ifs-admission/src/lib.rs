@@ -38,6 +38,13 @@ impl Admission {
         self.queue
     }
 
+    /// Whether [`Admission::enter`] would find a place now, running or waiting: for callers that
+    /// must not begin anything (store a message) that a refusal would leave half done.
+    #[must_use]
+    pub fn has_room(&self) -> bool {
+        self.running.available_permits() > 0 || self.waiting.load(Ordering::SeqCst) < self.queue
+    }
+
     /// A place to run, possibly after waiting in the queue. The permit is owned so that it can
     /// travel with the blocking work and be released only when the work really ends.
     pub async fn enter(&self) -> Result<OwnedSemaphorePermit, Busy> {
@@ -69,9 +76,12 @@ mod tests {
     #[tokio::test]
     async fn with_no_queue_the_second_caller_is_turned_away_until_the_first_leaves() {
         let gate = Admission::new(1, 0);
+        assert!(gate.has_room());
         let first = gate.enter().await.unwrap();
+        assert!(!gate.has_room());
         assert_eq!(gate.enter().await.unwrap_err(), Busy);
         drop(first);
+        assert!(gate.has_room());
         assert!(gate.enter().await.is_ok());
     }
 

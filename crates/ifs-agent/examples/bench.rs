@@ -58,8 +58,9 @@ fn main() {
         top_p: 1.0,
         seed: None,
         stop: Vec::new(),
+        cache_key: None,
     };
-    while engine.fit(&job(&text).turns, 1).expect("fits").1.len() < args.prompt_tokens {
+    while engine.fit(&job(&text).turns, 1).expect("fits").tokens.len() < args.prompt_tokens {
         text.push_str(sentence);
     }
     let job = job(&text);

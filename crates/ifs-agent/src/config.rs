@@ -31,8 +31,9 @@ pub struct AgentConfig {
     /// Reply length when a request names none, in tokens.
     #[arg(long, env = "AGENT_MAX_TOKENS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub agent_max_tokens: u32,
-    /// Longest reply a request may ask for, in tokens.
-    #[arg(long, env = "AGENT_MAX_TOKENS_LIMIT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Longest reply a request may ask for, in tokens. The Dialogue Manager refuses a longer
+    /// `max_tokens` before it stores anything, by the same setting.
+    #[arg(long, env = "AGENT_MAX_TOKENS_LIMIT", default_value_t = ifs_api::openai::MAX_TOKENS_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
     pub agent_max_tokens_limit: u32,
     /// Largest chat-completions request body, in bytes. The Dialogue Manager sends up to
     /// MEMORY_MESSAGES messages of up to 16,000 characters each, JSON-escaped: the 64 KiB of the

@@ -3,6 +3,7 @@
 //! does), so a dialogue's next turn evaluates only what is new. Everything here blocks on CPU
 //! work and must run off the async runtime.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -107,6 +108,9 @@ pub struct Job {
     pub top_p: f32,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
+    /// Whose prompt this is (OpenAI's `user`): the prompt cache serves a prompt only state that
+    /// a prompt with the same key left, so that no one's cached turns answer faster for another.
+    pub cache_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +155,12 @@ pub enum EngineError {
         "the system prompt and the newest message need {needed} tokens with max_tokens, but the context holds {context}"
     )]
     ContextOverflow { needed: usize, context: u32 },
+    /// The messages that cannot be left out hold more text than the context could, at the most
+    /// bytes one token covers: refused before any of it is tokenized.
+    #[error(
+        "the system prompt and the newest message are {bytes} bytes, more than a context of {context} tokens can hold"
+    )]
+    TooLong { bytes: usize, context: u32 },
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
 }
@@ -166,6 +176,8 @@ const MICRO_BATCH: usize = 128;
 struct CachedContext {
     context: LlamaContext<'static>,
     tokens: Vec<LlamaToken>,
+    /// The [`Job::cache_key`] of the prompt that left this state.
+    key: Option<String>,
 }
 
 /// The kept contexts, least recently used first.
@@ -178,8 +190,12 @@ impl PromptCache {
     /// Takes the context whose state serves the most of `tokens`, and how many tokens that is:
     /// whole micro-batches, short of the last token (which is evaluated for its logits). One
     /// that would serve none stays for a prompt it does serve.
-    fn take(&mut self, tokens: &[LlamaToken]) -> Option<(CachedContext, usize)> {
+    /// Only a state left under the same `key` is used.
+    fn take(&mut self, tokens: &[LlamaToken], key: Option<&str>) -> Option<(CachedContext, usize)> {
         let usable = |entry: &CachedContext| {
+            if entry.key.as_deref() != key {
+                return 0;
+            }
             common_prefix(&entry.tokens, tokens).min(tokens.len().saturating_sub(1)) / MICRO_BATCH
                 * MICRO_BATCH
         };
@@ -207,6 +223,22 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// A prompt as the model gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    /// The text, after the template.
+    pub text: String,
+    pub tokens: Vec<LlamaToken>,
+    /// Oldest messages left out so that it and `max_tokens` fit the context.
+    pub truncated: u32,
+}
+
+/// Stands for message `i`'s content while the template is rendered: the template's own text
+/// around it is then tokenized with its special markers, the content as plain text.
+fn fence(i: usize) -> String {
+    format!("\u{e000}ifs-fence-{i}\u{e001}")
+}
+
 /// The model, loaded once, and how to prompt it.
 pub struct Engine {
     backend: &'static LlamaBackend,
@@ -219,6 +251,9 @@ pub struct Engine {
     /// the model), so creation is serialised; generation itself runs in parallel.
     creating_context: Mutex<()>,
     cache: Mutex<PromptCache>,
+    /// The most bytes of text one token stands for: a text of n bytes is at least n / this
+    /// many tokens, so what cannot fit the context is known before it is tokenized.
+    longest_token: usize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -257,6 +292,12 @@ impl Engine {
             template: source,
             cached_contexts: settings.cached_contexts,
         };
+        let vocab = model.vocab();
+        let longest_token = (0..vocab.n_tokens())
+            .map(|id| vocab.token_to_piece(LlamaToken(id), false, None).len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let model: &'static LlamaModel = Box::leak(Box::new(model));
         Ok(Self {
             backend,
@@ -265,6 +306,7 @@ impl Engine {
             info,
             creating_context: Mutex::new(()),
             cache: Mutex::new(PromptCache { capacity: settings.cached_contexts, entries: Vec::new() }),
+            longest_token,
         })
     }
 
@@ -273,69 +315,133 @@ impl Engine {
         &self.info
     }
 
-    /// The prompt for `turns` with the assistant's turn opened.
-    pub fn render(&self, turns: &[&Turn]) -> anyhow::Result<String> {
+    /// The template's text around `turns`' contents, with the assistant's turn opened: one piece
+    /// before each message's content and one after the last.
+    fn template_pieces(&self, turns: &[&Turn]) -> anyhow::Result<Vec<String>> {
         let chat = turns
             .iter()
-            .map(|t| LlamaChatMessage::new(t.role.as_str().into(), t.content.replace('\0', "\u{fffd}")))
+            .enumerate()
+            .map(|(i, t)| LlamaChatMessage::new(t.role.as_str().into(), fence(i)))
             .collect::<Result<Vec<_>, _>>()
             .context("building chat messages")?;
-        self.model.apply_chat_template(&self.template, &chat, true).context("applying the chat template")
+        let rendered = self
+            .model
+            .apply_chat_template(&self.template, &chat, true)
+            .context("applying the chat template")?;
+        let mut pieces = Vec::with_capacity(turns.len() + 1);
+        let mut rest = rendered.as_str();
+        for i in 0..turns.len() {
+            let fence = fence(i);
+            let at = rest.find(&fence).context("the chat template left a message out")?;
+            pieces.push(rest[..at].to_owned());
+            rest = &rest[at + fence.len()..];
+        }
+        pieces.push(rest.to_owned());
+        Ok(pieces)
     }
 
-    pub fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
-        // As llama-server does: BOS if the vocabulary wants one, and special tokens in the
-        // template text parsed as such.
-        self.model.vocab().tokenize(text.as_bytes(), true, true)
+    /// A message's content as the model reads it: plain text, whatever it holds. Tokenized with
+    /// special tokens parsed, `<|im_start|>system` in a user's message became the template's
+    /// own marker, and a user could write the system's or the assistant's turns.
+    fn content_tokens(&self, content: &str) -> Vec<LlamaToken> {
+        self.model.vocab().tokenize(content.replace('\0', "\u{fffd}").as_bytes(), false, false)
     }
 
-    /// Drops the oldest messages that are neither system messages nor at or after the newest
-    /// user message until the prompt plus `max_tokens` fits the context, by real token count.
-    pub fn fit(
+    /// Whether `token` is one of the model's control tokens (a template marker, not text).
+    #[must_use]
+    pub fn is_control(&self, token: LlamaToken) -> bool {
+        self.model.vocab().is_control(token)
+    }
+
+    /// The prompt for `kept` (indices into `turns`): template pieces tokenized with their special
+    /// markers (and BOS, if the vocabulary wants one, as llama-server does), contents as plain
+    /// text from `contents`. `pieces` remembers the template's tokens between calls.
+    fn assemble(
         &self,
         turns: &[Turn],
-        max_tokens: u32,
-    ) -> Result<(String, Vec<LlamaToken>, u32), EngineError> {
+        kept: &[usize],
+        contents: &[Option<Vec<LlamaToken>>],
+        pieces: &mut HashMap<(bool, String), Vec<LlamaToken>>,
+    ) -> Result<Prompt, EngineError> {
+        let kept_turns: Vec<&Turn> = kept.iter().map(|&i| &turns[i]).collect();
+        let template = self.template_pieces(&kept_turns)?;
+        let mut text = String::new();
+        let mut tokens = Vec::new();
+        for (at, piece) in template.iter().enumerate() {
+            let first = at == 0;
+            let piece_tokens = pieces
+                .entry((first, piece.clone()))
+                .or_insert_with(|| self.model.vocab().tokenize(piece.as_bytes(), first, true));
+            tokens.extend_from_slice(piece_tokens);
+            text.push_str(piece);
+            if let Some(&turn) = kept.get(at) {
+                tokens.extend_from_slice(contents[turn].as_deref().context("a kept message not tokenized")?);
+                text.push_str(&turns[turn].content);
+            }
+        }
+        Ok(Prompt { text, tokens, truncated: 0 })
+    }
+
+    /// The prompt for `turns`, leaving out as few as possible of the oldest messages that are
+    /// neither system messages nor at or after the newest user message, so that the prompt plus
+    /// `max_tokens` fits the context, by real token count. Messages that could not fit at the
+    /// most bytes a token covers are left out untokenized, and the rest is searched by
+    /// bisection: however many messages come, the work is bounded by what the context holds.
+    pub fn fit(&self, turns: &[Turn], max_tokens: u32) -> Result<Prompt, EngineError> {
+        let context = self.info.context;
         let newest_user = turns.iter().rposition(|t| t.role == TurnRole::User).unwrap_or(turns.len());
         let droppable: Vec<usize> = (0..newest_user).filter(|&i| turns[i].role != TurnRole::System).collect();
-        let budget = self.info.context as usize;
-        let fits = |tokens: &[LlamaToken]| tokens.len() + max_tokens as usize <= budget;
-
-        let attempt = |dropped: usize| -> Result<(String, Vec<LlamaToken>), EngineError> {
+        let room = (context as usize).saturating_sub(max_tokens as usize);
+        let most_bytes = room.saturating_mul(self.longest_token);
+        let bytes = |i: usize| turns[i].content.len();
+        let is_droppable = |i: &usize| droppable.binary_search(i).is_ok();
+        let fixed: usize = (0..turns.len()).filter(|i| !is_droppable(i)).map(bytes).sum();
+        if fixed > most_bytes {
+            return Err(EngineError::TooLong { bytes: fixed, context });
+        }
+        let mut first = 0;
+        let mut total = fixed + droppable.iter().map(|&i| bytes(i)).sum::<usize>();
+        while first < droppable.len() && total > most_bytes {
+            total -= bytes(droppable[first]);
+            first += 1;
+        }
+        let contents: Vec<Option<Vec<LlamaToken>>> = (0..turns.len())
+            .map(|i| {
+                droppable[..first].binary_search(&i).is_err().then(|| self.content_tokens(&turns[i].content))
+            })
+            .collect();
+        let mut pieces = HashMap::new();
+        let mut attempt = |dropped: usize| -> Result<Prompt, EngineError> {
             let left_out = &droppable[..dropped];
-            let kept: Vec<&Turn> =
-                turns.iter().enumerate().filter(|(i, _)| !left_out.contains(i)).map(|(_, t)| t).collect();
-            let prompt = self.render(&kept)?;
-            let tokens = self.tokenize(&prompt);
-            Ok((prompt, tokens))
+            let kept: Vec<usize> = (0..turns.len()).filter(|i| left_out.binary_search(i).is_err()).collect();
+            let prompt = self.assemble(turns, &kept, &contents, &mut pieces)?;
+            Ok(Prompt { truncated: dropped as u32, ..prompt })
         };
-
-        let (prompt, tokens) = attempt(0)?;
-        if fits(&tokens) {
-            return Ok((prompt, tokens, 0));
+        let fits = |prompt: &Prompt| prompt.tokens.len() + max_tokens as usize <= context as usize;
+        // The fewest left out that fit: at `first` if it fits, else between `low` (does not
+        // fit) and `high` (fits).
+        let at_first = attempt(first)?;
+        if fits(&at_first) {
+            return Ok(at_first);
         }
-        // Jump close to the answer using each message's own token count, then step exactly.
-        let sizes: Vec<usize> =
-            droppable.iter().map(|&i| self.tokenize(&turns[i].content).len() + 4).collect();
-        let mut excess = (tokens.len() + max_tokens as usize).saturating_sub(budget);
-        let mut dropped = 0;
-        while dropped < droppable.len() && excess > sizes[dropped] {
-            excess -= sizes[dropped];
-            dropped += 1;
+        let mut high = attempt(droppable.len())?;
+        if !fits(&high) {
+            return Err(EngineError::ContextOverflow {
+                needed: high.tokens.len() + max_tokens as usize,
+                context,
+            });
         }
-        loop {
-            let (prompt, tokens) = attempt(dropped)?;
-            if fits(&tokens) {
-                return Ok((prompt, tokens, dropped as u32));
+        let (mut low, mut high_at) = (first, droppable.len());
+        while high_at - low > 1 {
+            let middle = low + (high_at - low) / 2;
+            let prompt = attempt(middle)?;
+            if fits(&prompt) {
+                (high, high_at) = (prompt, middle);
+            } else {
+                low = middle;
             }
-            if dropped == droppable.len() {
-                return Err(EngineError::ContextOverflow {
-                    needed: tokens.len() + max_tokens as usize,
-                    context: self.info.context,
-                });
-            }
-            dropped += 1;
         }
+        Ok(high)
     }
 
     /// Runs one generation to completion.
@@ -352,19 +458,20 @@ impl Engine {
         job: &Job,
         text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Completion, EngineError> {
-        let (prompt, tokens, truncated) = self.fit(&job.turns, job.max_tokens)?;
+        let Prompt { text: prompt, tokens, truncated } = self.fit(&job.turns, job.max_tokens)?;
         let started = Instant::now();
         // The KV state for positions 0..reused is the cache's (PromptCache::take).
-        let (mut ctx, reused) = self.context_for(&tokens)?;
+        let (mut ctx, reused) = self.context_for(&tokens, job.cache_key.as_deref())?;
         let mut evaluated = tokens[..reused].to_vec();
         ctx.clear_kv_cache_seq(Some(0), Some(reused as u32), None).context("trimming the cached context")?;
-        let n_batch = (ctx.n_batch() as usize).max(1);
-        let mut batch = LlamaBatch::new(n_batch, 1);
+        // One micro-batch a call, from a micro-batch boundary (`reused` is one), forms the
+        // micro-batches one call would; between them, whether anyone still waits is asked.
+        let mut batch = LlamaBatch::new(MICRO_BATCH, 1);
         let last = tokens.len() - 1;
         // What a later prompt may reuse: the prompt's whole micro-batches. Generated tokens were
         // evaluated one at a time, unlike in any later prompt that contains them.
         let reusable = tokens.len() / MICRO_BATCH * MICRO_BATCH;
-        for chunk in tokens[reused..].chunks(n_batch) {
+        for chunk in tokens[reused..].chunks(MICRO_BATCH) {
             batch.clear();
             for &token in chunk {
                 let position = evaluated.len();
@@ -372,6 +479,26 @@ impl Engine {
                 evaluated.push(token);
             }
             ctx.decode(&mut batch).context("evaluating the prompt")?;
+            if evaluated.len() < tokens.len() && text("").is_break() {
+                // Whole micro-batches from position 0 are a state a later prompt may reuse.
+                evaluated.truncate(evaluated.len() / MICRO_BATCH * MICRO_BATCH);
+                let spent = started.elapsed();
+                self.keep(ctx, evaluated, job.cache_key.clone());
+                return Ok(Completion {
+                    text: String::new(),
+                    finish: Finish::Cancelled,
+                    prompt_tokens: tokens.len() as u32,
+                    cached_tokens: reused as u32,
+                    completion_tokens: 0,
+                    truncated_messages: truncated,
+                    prompt,
+                    timings: Timings {
+                        prompt: spent,
+                        generation: Duration::ZERO,
+                        time_to_first_token: spent,
+                    },
+                });
+            }
         }
         let prompt_time = started.elapsed();
 
@@ -431,7 +558,7 @@ impl Engine {
             reply.truncate(sent);
         }
         evaluated.truncate(reusable);
-        self.keep(ctx, evaluated);
+        self.keep(ctx, evaluated, job.cache_key.clone());
         Ok(Completion {
             text: reply,
             finish,
@@ -450,8 +577,12 @@ impl Engine {
 
     /// A context for `tokens`: the cached one sharing the longest beginning with them, and how
     /// many tokens that is, or a new one.
-    fn context_for(&self, tokens: &[LlamaToken]) -> anyhow::Result<(LlamaContext<'static>, usize)> {
-        let cached = self.cache.lock().unwrap_or_else(PoisonError::into_inner).take(tokens);
+    fn context_for(
+        &self,
+        tokens: &[LlamaToken],
+        key: Option<&str>,
+    ) -> anyhow::Result<(LlamaContext<'static>, usize)> {
+        let cached = self.cache.lock().unwrap_or_else(PoisonError::into_inner).take(tokens, key);
         if let Some((entry, shared)) = cached {
             return Ok((entry.context, shared));
         }
@@ -467,8 +598,8 @@ impl Engine {
 
     /// Keeps a context whose KV state holds `tokens` for a later prompt that begins with them.
     /// Only a generation that ran to its end gets here: after an error the state is unknown.
-    fn keep(&self, context: LlamaContext<'static>, tokens: Vec<LlamaToken>) {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).put(CachedContext { context, tokens });
+    fn keep(&self, context: LlamaContext<'static>, tokens: Vec<LlamaToken>, key: Option<String>) {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner).put(CachedContext { context, tokens, key });
     }
 }
 

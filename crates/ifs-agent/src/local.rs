@@ -48,6 +48,14 @@ impl Agent for LocalAgent {
         })))
     }
 
+    fn admits(&self) -> Result<(), AgentError> {
+        if self.0.admission().has_room() {
+            Ok(())
+        } else {
+            Err(AgentError::Busy { retry_after: crate::service::BUSY_RETRY_AFTER })
+        }
+    }
+
     fn describe(&self) -> String {
         let info = self.0.engine().info();
         format!(

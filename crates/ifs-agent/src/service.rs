@@ -19,6 +19,14 @@ use ifs_admission::{Admission, Busy};
 pub const BUSY_RETRY_AFTER: u64 = 2;
 /// OpenAI accepts at most this many stop strings.
 const MAX_STOPS: usize = 4;
+/// The longest stop string, in characters: every token is searched for each, and four of a
+/// million characters made each token cost two seconds.
+pub const MAX_STOP_CHARS: usize = 64;
+/// The most messages one request may hold: twice the Dialogue Manager's longest memory is far
+/// beyond any dialogue it sends, and 50,000 one-character messages took two minutes to trim.
+pub const MAX_MESSAGES: usize = 2048;
+/// The longest `user`, in characters.
+pub const MAX_USER_CHARS: usize = 256;
 
 /// Limits for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +194,9 @@ impl AgentService {
                 observer(&completion.prompt);
             }
             let end = result.map_err(|e| match e {
-                overflow @ EngineError::ContextOverflow { .. } => ChatError::ContextOverflow(overflow),
+                overflow @ (EngineError::ContextOverflow { .. } | EngineError::TooLong { .. }) => {
+                    ChatError::ContextOverflow(overflow)
+                }
                 EngineError::Failed(cause) => ChatError::Failed(cause),
             });
             // The slot is free before anyone hears the generation ended: whoever asks next as
@@ -260,6 +270,12 @@ fn job(request: ChatRequest, limits: Limits) -> Result<Job, ChatError> {
     if request.messages.is_empty() {
         return Err(ChatError::invalid("messages", "must not be empty"));
     }
+    if request.messages.len() > MAX_MESSAGES {
+        return Err(ChatError::invalid("messages", format!("must be at most {MAX_MESSAGES}")));
+    }
+    if request.user.as_ref().is_some_and(|user| user.chars().count() > MAX_USER_CHARS) {
+        return Err(ChatError::invalid("user", format!("must be at most {MAX_USER_CHARS} characters")));
+    }
     let mut turns = Vec::with_capacity(request.messages.len());
     for (i, message) in request.messages.into_iter().enumerate() {
         if message.content.trim().is_empty() {
@@ -296,10 +312,13 @@ fn job(request: ChatRequest, limits: Limits) -> Result<Job, ChatError> {
         Some(Stop::One(one)) => vec![one],
         Some(Stop::Many(many)) => many,
     };
-    if stop.len() > MAX_STOPS || stop.iter().any(String::is_empty) {
-        return Err(ChatError::invalid("stop", format!("must be at most {MAX_STOPS} non-empty strings")));
+    if stop.len() > MAX_STOPS || stop.iter().any(|s| s.is_empty() || s.chars().count() > MAX_STOP_CHARS) {
+        return Err(ChatError::invalid(
+            "stop",
+            format!("must be at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} characters"),
+        ));
     }
-    Ok(Job { turns, max_tokens, temperature, top_p, seed: request.seed, stop })
+    Ok(Job { turns, max_tokens, temperature, top_p, seed: request.seed, stop, cache_key: request.user })
 }
 
 #[cfg(test)]
@@ -348,6 +367,7 @@ mod tests {
         let stop = prop_oneof![
             ".{0,4}".prop_map(Value::from),
             prop::collection::vec(".{0,4}", 0..6).prop_map(Value::from),
+            prop::collection::vec(".{60,70}", 1..3).prop_map(Value::from),
         ];
         (
             prop::collection::vec(message(), 0..4),
@@ -356,13 +376,14 @@ mod tests {
                 field(stop),
                 field(any::<u64>().prop_map(Value::from)),
                 field(any::<bool>().prop_map(Value::from)),
+                field(prop_oneof![".{0,3}".prop_map(Value::from), ".{250,260}".prop_map(Value::from)]),
             ),
         )
             .prop_map(
                 |(
                     messages,
                     (max_tokens, max_completion_tokens, temperature, top_p),
-                    (stop, seed, stream),
+                    (stop, seed, stream, user),
                 )| {
                     let mut request = json!({"messages": messages});
                     for (name, value) in [
@@ -373,6 +394,7 @@ mod tests {
                         ("stop", stop),
                         ("seed", seed),
                         ("stream", stream),
+                        ("user", user),
                     ] {
                         if let Some(value) = value {
                             request[name] = value;
@@ -381,6 +403,23 @@ mod tests {
                     request
                 },
             )
+    }
+
+    #[test]
+    fn too_many_messages_long_stops_and_long_users_are_refused_before_any_work() {
+        let say = |n: usize| json!({"messages": vec![json!({"role": "user", "content": "x"}); n]});
+        let refused = |body: Value| match job(serde_json::from_value(body).unwrap(), LIMITS) {
+            Err(ChatError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert!(job(serde_json::from_value(say(MAX_MESSAGES)).unwrap(), LIMITS).is_ok());
+        assert_eq!(refused(say(MAX_MESSAGES + 1)), "messages");
+        let mut body = say(1);
+        body["stop"] = json!(["x".repeat(MAX_STOP_CHARS + 1)]);
+        assert_eq!(refused(body), "stop");
+        let mut body = say(1);
+        body["user"] = json!("u".repeat(MAX_USER_CHARS + 1));
+        assert_eq!(refused(body), "user");
     }
 
     proptest! {
@@ -397,13 +436,17 @@ mod tests {
                     prop_assert!((0.0..=2.0).contains(&job.temperature) && job.top_p > 0.0 && job.top_p <= 1.0);
                     prop_assert!(job.turns.iter().any(|t| t.role == TurnRole::User));
                     prop_assert!(job.turns.iter().all(|t| !t.content.trim().is_empty()));
-                    prop_assert!(job.stop.len() <= MAX_STOPS && job.stop.iter().all(|s| !s.is_empty()));
+                    prop_assert!(job.stop.len() <= MAX_STOPS && job.stop.iter().all(|s| !s.is_empty() && s.chars().count() <= MAX_STOP_CHARS));
+                    prop_assert!(job.turns.len() <= MAX_MESSAGES);
+                    prop_assert_eq!(job.cache_key, request.user.clone());
                     prop_assert_eq!(job.turns.len(), request.messages.len());
                 }
                 Err(ChatError::Invalid { field, problem }) => {
                     let at_fault = match field.as_str() {
                         "messages" => request.messages.is_empty()
+                            || request.messages.len() > MAX_MESSAGES
                             || !request.messages.iter().any(|m| m.role == ChatRole::User),
+                        "user" => request.user.as_ref().is_some_and(|u| u.chars().count() > MAX_USER_CHARS),
                         "max_tokens" | "max_completion_tokens" => {
                             let n = request.max_completion_tokens.or(request.max_tokens).unwrap_or(0);
                             n == 0 || n > LIMITS.max_tokens_limit

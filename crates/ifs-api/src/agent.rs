@@ -71,6 +71,14 @@ pub trait Agent: Send + Sync + std::fmt::Debug + 'static {
 
     /// One line for the start-up banner.
     fn describe(&self) -> String;
+
+    /// Whether a request now would be let in, where the agent can tell without being asked (it
+    /// runs in this process); [`AgentError::Busy`] if it would be turned away. The Dialogue
+    /// Manager asks before it stores the user's message, so that a busy agent leaves nothing
+    /// behind. A remote agent cannot tell: it answers busy after, and the message is kept.
+    fn admits(&self) -> Result<(), AgentError> {
+        Ok(())
+    }
 }
 
 /// An OpenAI-compatible chat-completions endpoint over HTTP.
@@ -215,11 +223,19 @@ pub struct ChunkReader {
     decoder: sse::Decoder,
     finished: Finished,
     done: bool,
+    /// Bytes of reply text so far: past [`ANSWER_LIMIT`] the stream is refused, as a whole
+    /// answer that long is. A runaway agent streamed 400 MB into memory before this.
+    text_bytes: usize,
 }
 
 impl Default for ChunkReader {
     fn default() -> Self {
-        Self { decoder: sse::Decoder::new(ANSWER_LIMIT), finished: Finished::default(), done: false }
+        Self {
+            decoder: sse::Decoder::new(ANSWER_LIMIT),
+            finished: Finished::default(),
+            done: false,
+            text_bytes: 0,
+        }
     }
 }
 
@@ -280,6 +296,11 @@ impl ChunkReader {
         let mut out = Vec::new();
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
             if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+                self.text_bytes += text.len();
+                if self.text_bytes > ANSWER_LIMIT {
+                    self.done = true;
+                    return Err(AgentError::Unavailable(format!("streamed more than {ANSWER_LIMIT} bytes")));
+                }
                 out.push(AgentEvent::Delta(text));
             }
             if choice.finish_reason.is_some() {
@@ -461,5 +482,26 @@ mod stream_tests {
         assert_eq!(texts(&events), ["one ", "error the agent is unavailable: failed while streaming: boom"]);
         let garbage = ChunkReader::default().push(b"data: <html>\n\n");
         assert!(matches!(garbage.as_slice(), [Err(AgentError::Unavailable(_))]));
+    }
+
+    #[test]
+    fn a_stream_longer_than_an_answer_may_be_ends_in_an_error_and_is_read_no_further() {
+        let piece = "x".repeat(1000);
+        let event = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{piece}\"}}}}]}}\n\n");
+        let mut reader = ChunkReader::default();
+        let mut read = 0;
+        let mut failed = false;
+        for _ in 0..2 * ANSWER_LIMIT / piece.len() {
+            for event in reader.push(event.as_bytes()) {
+                match event {
+                    Ok(AgentEvent::Delta(text)) => read += text.len(),
+                    Err(_) => failed = true,
+                    Ok(AgentEvent::Finished(_)) => unreachable!(),
+                }
+            }
+        }
+        assert!(failed, "the overflow is an error");
+        assert!(read <= ANSWER_LIMIT, "{read} bytes passed on");
+        assert!(reader.push(event.as_bytes()).is_empty(), "nothing is read after it");
     }
 }

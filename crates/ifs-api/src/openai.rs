@@ -4,6 +4,12 @@
 use ifs_domain::Usage;
 use serde::{Deserialize, Serialize};
 
+/// The longest reply, in tokens, a request may ask of the agent unless `AGENT_MAX_TOKENS_LIMIT`
+/// says otherwise: the agent's default limit and the Dialogue Manager's, so that no turn the
+/// Dialogue Manager accepts (and stores) is refused by the agent after. The OpenAPI document
+/// states it too; a test holds it equal to this.
+pub const MAX_TOKENS_LIMIT: u32 = 1024;
+
 /// The author of a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -32,6 +38,8 @@ pub enum Stop {
 pub struct ChatRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// At most 2,048.
+    #[schema(max_items = 2048)]
     pub messages: Vec<ChatMessage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
@@ -49,6 +57,11 @@ pub struct ChatRequest {
     pub stream: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+    /// An opaque name of the end user (OpenAI's `user`). The agent keeps each user's evaluated
+    /// prompts apart by it, so that no one's prompt cache answers for another's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 256)]
+    pub user: Option<String>,
 }
 
 /// `stream_options`: whether the stream ends with a chunk carrying `usage`.
