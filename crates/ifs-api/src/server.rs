@@ -2,10 +2,13 @@
 //! standalone agent) — on Lambda, API Gateway does this job. It is hardened against clients that
 //! hold connections without finishing requests: a deadline for a request's headers (which is
 //! also how long an idle keep-alive connection stays open), a deadline for its whole body (408),
-//! a cap on open connections below the open-file limit, and a deadline on graceful shutdown.
+//! a deadline for each write of an answer to make progress (a client that stops reading is
+//! closed), a cap on open connections below the open-file limit, and a deadline on graceful
+//! shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +25,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt as _;
@@ -46,6 +50,11 @@ pub struct ServerConfig {
     #[arg(long, env = "BODY_TIMEOUT", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=600))]
     pub body_timeout: u64,
+    /// Seconds an answer may wait for the client to read any of it; then the connection is
+    /// closed (1 to 600). A client that never reads must not hold a connection and its answer.
+    #[arg(long, env = "WRITE_TIMEOUT", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub write_timeout: u64,
     /// Most connections open at once; more wait in the listen backlog. Never more than the
     /// open-file limit allows, less 64 (1 to 1000000).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024,
@@ -60,7 +69,13 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { header_timeout: 10, body_timeout: 30, max_connections: 1024, shutdown_timeout: 10 }
+        Self {
+            header_timeout: 10,
+            body_timeout: 30,
+            write_timeout: 30,
+            max_connections: 1024,
+            shutdown_timeout: 10,
+        }
     }
 }
 
@@ -81,10 +96,11 @@ impl ServerConfig {
     #[must_use]
     pub fn describe(&self) -> String {
         format!(
-            "limits: {} connections, headers {} s (and keep-alive idle), body {} s, shutdown {} s",
+            "limits: {} connections, headers {} s (and keep-alive idle), body {} s, stalled writes {} s, shutdown {} s",
             self.connection_cap(),
             self.header_timeout,
             self.body_timeout,
+            self.write_timeout,
             self.shutdown_timeout
         )
     }
@@ -103,6 +119,7 @@ pub async fn serve(
         .header_read_timeout(Duration::from_secs(config.header_timeout))
         .max_header_size(MAX_HEAD_BYTES);
     let body_timeout = Duration::from_secs(config.body_timeout);
+    let write_timeout = Duration::from_secs(config.write_timeout);
     let slots = Arc::new(Semaphore::new(config.connection_cap()));
     let graceful = GracefulShutdown::new();
     let (force_close, closing) = watch::channel(false);
@@ -134,6 +151,7 @@ pub async fn serve(
             let app = app.clone();
             async move { Ok::<_, Infallible>(with_body_deadline(app, request, body_timeout).await) }
         });
+        let stream = WriteDeadline { inner: stream, timeout: write_timeout, stalled: None };
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         let mut closing = closing.clone();
         tokio::spawn(async move {
@@ -156,6 +174,73 @@ pub async fn serve(
         let _ = force_close.send(true);
     }
     Ok(())
+}
+
+/// A connection whose writes must make progress: a write that can send nothing (the client's
+/// window and our socket buffer are full) for `timeout` fails, and the connection with it. A
+/// page built for a client that never read it was held for as long as the client liked: 200
+/// such clients held 1.9 GB.
+struct WriteDeadline<S> {
+    inner: S,
+    timeout: Duration,
+    /// Since when writes have been waiting, if they are.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn progress<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.timeout;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            tracing::info!("the client read nothing of its answer within WRITE_TIMEOUT; closing");
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")));
+        }
+        Poll::Pending
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progress(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progress(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.progress(cx, polled)
+    }
 }
 
 /// Runs one request through `app` with a deadline on reading its body. A body still arriving
@@ -241,5 +326,36 @@ mod tests {
         let expected =
             limit.map_or(1_000_000, |files| files.saturating_sub(RESERVED_FDS).clamp(1, 1_000_000));
         assert_eq!(many.connection_cap() as u64, expected, "open-file limit {limit:?}");
+    }
+
+    /// One connection slot; the first client asks for 64 MB and never reads. Without a write
+    /// deadline it holds the slot, and the second client, for ever.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_closed_and_frees_its_slot() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let app = Router::new()
+            .route("/big", axum::routing::get(|| async { vec![b'x'; 64 << 20] }))
+            .route("/small", axum::routing::get(|| async { "small" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let config = ServerConfig { max_connections: 1, write_timeout: 1, ..ServerConfig::default() };
+        tokio::spawn(async move { serve(listener, app, &config, std::future::pending()).await });
+
+        let mut stalled = tokio::net::TcpStream::connect(address).await.unwrap();
+        stalled.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let started = std::time::Instant::now();
+        let mut next = tokio::net::TcpStream::connect(address).await.unwrap();
+        next.write_all(b"GET /small HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(20), next.read_to_string(&mut answer))
+            .await
+            .expect("the second client was served")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("small"), "{answer}");
+        assert!(started.elapsed() >= Duration::from_secs(1), "served only once the first was closed");
+        // The first client finds its connection closed part way through the answer.
+        let mut read = Vec::new();
+        let _ = stalled.read_to_end(&mut read).await;
+        assert!(read.len() < 64 << 20, "read {} bytes", read.len());
     }
 }
