@@ -164,8 +164,9 @@ def main():
     processes = []
     try:
         hello_port = start_peer(peers, "hello", processes)
-        # One user sends thousands of turns a minute here; the per-user limit is lifted.
-        api_port = start_serve(ifs_guide, peers, workdir, processes, DIALOGUE_RATE_LIMIT="100000")
+        # One user sends thousands of turns a minute here, many at once; the per-user limits are lifted.
+        api_port = start_serve(ifs_guide, peers, workdir, processes, DIALOGUE_RATE_LIMIT="100000",
+                               DIALOGUE_CONCURRENT_TURNS="64")
 
         client = Client(api_port)
         tokens = {}

@@ -141,8 +141,9 @@ def main():
     data_dir = os.path.join(workdir, "data")
     processes = []
     try:
+        # 60 connections share 16 users: the per-user limits are lifted.
         api_port = start_serve(ifs_guide, peers, workdir, processes, DIALOGUE_RATE_LIMIT="100000",
-                               EMBEDDED_CACHE_MB="8")
+                               DIALOGUE_CONCURRENT_TURNS="64", EMBEDDED_CACHE_MB="8")
         server = processes[-1]
         env = dict(os.environ, DATA_DIR=data_dir)
 

@@ -106,6 +106,11 @@ pub struct DialogueConfig {
     #[arg(long, env = "DIALOGUE_RATE_LIMIT", default_value_t = 120,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub dialogue_rate_limit: u32,
+    /// Turns of one user answered at once; beyond that, 429 before the message is stored
+    /// (1 to 64). One account must not take every generation slot.
+    #[arg(long, env = "DIALOGUE_CONCURRENT_TURNS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub dialogue_concurrent_turns: u32,
 }
 
 impl DialogueConfig {

@@ -167,7 +167,10 @@ pub async fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) 
             dialogues: backends.dialogues.clone(),
             counters: backends.counters.clone(),
             agent,
-            settings: Arc::new(ifs_dialogue::DialogueSettings::from(&args.dialogue)),
+            settings: Arc::new(ifs_dialogue::DialogueSettings::new(
+                &args.dialogue,
+                args.agent.agent_max_tokens_limit,
+            )),
             clock,
         }))
         .merge(ifs_dialogues::router(ifs_dialogues::DialoguesState {

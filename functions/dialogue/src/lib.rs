@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod admit;
 pub mod lambda_agent;
 
 use std::convert::Infallible;
@@ -32,8 +33,7 @@ use ifs_store::{Counter, Counters, DialogueStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-/// Largest `max_tokens` a client may ask for.
-pub const MAX_TOKENS_LIMIT: u32 = 4096;
+use crate::admit::TurnLease;
 
 /// Largest request body of this route. A message may hold [`MESSAGE_MAX`] characters however
 /// JSON escapes them, and the longest escape is 12 bytes (`\ud83e\udd80`, a surrogate pair):
@@ -56,16 +56,25 @@ pub struct DialogueSettings {
     pub agent_timeout: Duration,
     /// Turns one user may send per minute.
     pub turns_per_minute: u32,
+    /// The longest `max_tokens` the agent takes (its `AGENT_MAX_TOKENS_LIMIT`): a turn asking for
+    /// more is refused before anything is stored.
+    pub max_tokens_limit: u32,
+    /// Turns of one user answered at once.
+    pub concurrent_turns: u32,
 }
 
-impl From<&ifs_api::config::DialogueConfig> for DialogueSettings {
-    fn from(config: &ifs_api::config::DialogueConfig) -> Self {
+impl DialogueSettings {
+    /// The settings `config` gives, for an agent that takes `max_tokens` up to `max_tokens_limit`.
+    #[must_use]
+    pub fn new(config: &ifs_api::config::DialogueConfig, max_tokens_limit: u32) -> Self {
         Self {
             system_prompt: config.system_prompt.clone(),
             memory_messages: config.memory_messages as usize,
             model: config.agent_model.clone(),
             agent_timeout: config.agent_timeout(),
             turns_per_minute: config.dialogue_rate_limit,
+            max_tokens_limit,
+            concurrent_turns: config.dialogue_concurrent_turns,
         }
     }
 }
@@ -104,9 +113,9 @@ pub struct DialogueRequest {
     #[serde(default)]
     #[schema(format = Uuid)]
     dialogue_id: Option<String>,
-    /// Longest reply, in tokens.
+    /// Longest reply, in tokens; at most the agent's `AGENT_MAX_TOKENS_LIMIT` (1024 unless set).
     #[serde(default)]
-    #[schema(minimum = 1, maximum = 4096)]
+    #[schema(minimum = 1, maximum = 1024)]
     max_tokens: Option<u32>,
     /// 0 answers deterministically.
     #[serde(default)]
@@ -141,10 +150,9 @@ struct Turn {
     stream: bool,
 }
 
-impl TryFrom<DialogueRequest> for Turn {
-    type Error = ApiError;
-
-    fn try_from(request: DialogueRequest) -> Result<Self, ApiError> {
+impl Turn {
+    /// Checks `request` against what this deployment's agent takes.
+    fn parse(request: DialogueRequest, settings: &DialogueSettings) -> Result<Self, ApiError> {
         let text = MessageText::parse(request.message).map_err(|e| ApiError::invalid_field("message", e))?;
         let dialogue = request
             .dialogue_id
@@ -152,13 +160,11 @@ impl TryFrom<DialogueRequest> for Turn {
             .map(DialogueId::parse)
             .transpose()
             .map_err(|e| ApiError::invalid_field("dialogue_id", e))?;
+        let limit = settings.max_tokens_limit;
         if let Some(n) = request.max_tokens
-            && !(1..=MAX_TOKENS_LIMIT).contains(&n)
+            && !(1..=limit).contains(&n)
         {
-            return Err(ApiError::invalid_field(
-                "max_tokens",
-                format!("must be from 1 to {MAX_TOKENS_LIMIT}"),
-            ));
+            return Err(ApiError::invalid_field("max_tokens", format!("must be from 1 to {limit}")));
         }
         if let Some(t) = request.temperature
             && !(0.0..=2.0).contains(&t)
@@ -188,6 +194,29 @@ fn prompt(settings: &DialogueSettings, memory: &[Message], new: &Message) -> Vec
     let turns =
         memory.iter().chain([new]).map(|m| ChatMessage { role: role(m.role), content: m.content.clone() });
     std::iter::once(system).chain(turns).collect()
+}
+
+/// The `user` the agent is told: the same for every turn of one user, so the agent can keep
+/// each user's prompt cache apart, and telling it nothing else (not the email, not the id).
+fn agent_user(owner: ifs_domain::UserId) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("ifs-guide user {owner}"));
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
+}
+
+/// The error for an agent that turned the turn away before anything was stored.
+fn busy(error: &AgentError) -> ApiError {
+    let retry_after = match error {
+        AgentError::Busy { retry_after } => *retry_after,
+        _ => 2,
+    };
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "agent_busy",
+        "the agent is busy with other conversations; nothing was stored, send your message again shortly",
+    )
+    .retry_after(retry_after)
 }
 
 /// The error for a failed agent call; the body says where the user's message was kept.
@@ -222,7 +251,13 @@ fn agent_failed(error: &AgentError, kept: &Message) -> ApiError {
 
 /// Cuts a reply to what a message may hold, on a character boundary.
 fn fit(reply: &str) -> &str {
-    reply.char_indices().nth(MESSAGE_MAX).map_or(reply, |(at, _)| &reply[..at])
+    fit_after(0, reply)
+}
+
+/// Cuts `piece` to what a message may still hold after `characters` characters.
+fn fit_after(characters: usize, piece: &str) -> &str {
+    let room = MESSAGE_MAX.saturating_sub(characters);
+    piece.char_indices().nth(room).map_or(piece, |(at, _)| &piece[..at])
 }
 
 /// Whether the client asked for an event stream by its `Accept` header.
@@ -285,22 +320,23 @@ async fn dialogue(
     headers: HeaderMap,
     Json(request): Json<DialogueRequest>,
 ) -> Result<Response, ApiError> {
-    let turn = Turn::try_from(request)?;
+    let turn = Turn::parse(request, &state.settings)?;
     let stream = turn.stream || accepts_event_stream(&headers);
-    let asked = store_and_ask(&state, principal.user_id, turn).await?;
+    let (asked, lease) = store_and_ask(&state, principal.user_id, turn).await?;
     if stream {
         let status = asked.status;
-        return Ok((status, Sse::new(streamed(state, asked))).into_response());
+        return Ok((status, Sse::new(streamed(state, asked, lease))).into_response());
     }
-    buffered(&state, asked).await.map(IntoResponse::into_response)
+    buffered(&state, asked, lease).await.map(IntoResponse::into_response)
 }
 
-/// Checks the turn limit, stores the user's message and builds the agent's request.
+/// Checks the turn limits, stores the user's message and builds the agent's request. Every
+/// refusal comes before the message is stored.
 async fn store_and_ask(
     state: &DialogueState,
     owner: ifs_domain::UserId,
     turn: Turn,
-) -> Result<Asked, ApiError> {
+) -> Result<(Asked, TurnLease), ApiError> {
     let now = state.clock.now();
     let turns = state.counters.hit(Counter::DialogueTurns(owner), now, RATE_WINDOW).await?;
     if turns.hits > state.settings.turns_per_minute {
@@ -311,13 +347,10 @@ async fn store_and_ask(
         )
         .retry_after(turns.seconds_left(now)));
     }
-    let new = NewMessage {
-        id: MessageId::generate(),
-        role: Role::User,
-        content: turn.text,
-        created_at: now,
-        meta: None,
-    };
+    let id = MessageId::generate();
+    let lease = TurnLease::take(state, owner, id).await?;
+    state.agent.admits().map_err(|error| busy(&error))?;
+    let new = NewMessage { id, role: Role::User, content: turn.text, created_at: now, meta: None };
     let (message, status) = match turn.dialogue {
         None => (state.dialogues.start_dialogue(owner, new).await?, StatusCode::CREATED),
         Some(id) => (state.dialogues.append_message(owner, id, new).await?, StatusCode::OK),
@@ -329,9 +362,10 @@ async fn store_and_ask(
         messages: prompt(&state.settings, &memory, &message),
         max_tokens: turn.max_tokens,
         temperature: turn.temperature,
+        user: Some(agent_user(owner)),
         ..ChatRequest::default()
     };
-    Ok(Asked { owner, message, request, status })
+    Ok((Asked { owner, message, request, status }, lease))
 }
 
 /// Appends the agent's reply after the user's message.
@@ -359,7 +393,11 @@ async fn store_reply(
 }
 
 /// The whole reply in one JSON answer.
-async fn buffered(state: &DialogueState, asked: Asked) -> Result<impl IntoResponse + use<>, ApiError> {
+async fn buffered(
+    state: &DialogueState,
+    asked: Asked,
+    lease: TurnLease,
+) -> Result<impl IntoResponse + use<>, ApiError> {
     let timeout = state.settings.agent_timeout;
     let answer = tokio::time::timeout(timeout, state.agent.complete(asked.request.clone()))
         .await
@@ -371,6 +409,7 @@ async fn buffered(state: &DialogueState, asked: Asked) -> Result<impl IntoRespon
     let truncated_messages = ifs_api::agent::truncated_messages(answer.ifs.as_ref());
     let finished = Finished { finish_reason, model: answer.model, usage: answer.usage, truncated_messages };
     let reply = store_reply(state, &asked, &content, finished).await?;
+    lease.release().await;
     let mut message = asked.message;
     // The stored copy of the user's message was read before the reply was linked after it.
     if reply.prev_id == Some(message.id) {
@@ -411,11 +450,15 @@ fn named(name: &str, value: &impl Serialize) -> Event {
 /// The turn as events. The work runs in a task of its own that outlives the response: when the
 /// client goes away, the task notices (the events' receiver is gone), drops the agent's stream to
 /// stop the generation, and stores what was produced.
-fn streamed(state: DialogueState, asked: Asked) -> impl futures::Stream<Item = Result<Event, Infallible>> {
+fn streamed(
+    state: DialogueState,
+    asked: Asked,
+    mut lease: TurnLease,
+) -> impl futures::Stream<Item = Result<Event, Infallible>> {
     let (events, receiver) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let _ = events.send(named("message", &StreamedMessage::from(asked.message.clone())));
-        let (text, ending) = converse(&state, &asked, &events).await;
+        let (text, ending) = converse(&state, &asked, &mut lease, &events).await;
         let marked = |reason: &str| Finished { finish_reason: Some(reason.into()), ..Finished::default() };
         let (finished, failure) = match ending {
             Ending::Finished(finished) => (finished, None),
@@ -428,6 +471,7 @@ fn streamed(state: DialogueState, asked: Asked) -> impl futures::Stream<Item = R
         } else {
             Some(store_reply(&state, &asked, &text, finished).await)
         };
+        lease.release().await;
         let event = match (stored, failure) {
             (Some(Err(error)), _) => named("error", &error.into_body()),
             (_, Some(failure)) => named("error", &agent_failed(&failure, &asked.message).into_body()),
@@ -445,10 +489,12 @@ fn streamed(state: DialogueState, asked: Asked) -> impl futures::Stream<Item = R
 async fn converse(
     state: &DialogueState,
     asked: &Asked,
+    lease: &mut TurnLease,
     events: &mpsc::UnboundedSender<Event>,
 ) -> (String, Ending) {
     let timeout = state.settings.agent_timeout;
     let mut text = String::new();
+    let mut characters = 0;
     let started = tokio::select! {
         () = events.closed() => return (text, Ending::Cancelled),
         started = tokio::time::timeout(timeout, state.agent.stream(asked.request.clone())) => started,
@@ -470,10 +516,19 @@ async fn converse(
             Ok(Some(Err(error))) => return (text, Ending::Failed(error)),
             Ok(Some(Ok(AgentEvent::Finished(finished)))) => return (text, Ending::Finished(finished)),
             Ok(Some(Ok(AgentEvent::Delta(piece)))) => {
-                text.push_str(&piece);
+                // What a message cannot hold is neither stored nor sent, nor read: a runaway
+                // agent is stopped here, whatever it would go on to send.
+                let piece = fit_after(characters, &piece);
+                characters += piece.chars().count();
+                text.push_str(piece);
                 if events.send(named("delta", &serde_json::json!({ "content": piece }))).is_err() {
                     return (text, Ending::Cancelled);
                 }
+                if characters >= MESSAGE_MAX {
+                    let finished = Finished { finish_reason: Some("length".into()), ..Finished::default() };
+                    return (text, Ending::Finished(finished));
+                }
+                lease.renew(state).await;
             }
         }
     }
@@ -662,6 +717,119 @@ mod tests {
         assert_eq!(stored[1].meta.as_ref().unwrap().finish_reason.as_deref(), Some("error"));
     }
 
+    /// Answers each stream with `piece`s for ever, as a runaway agent would.
+    #[derive(Debug)]
+    struct Runaway {
+        piece: &'static str,
+        sent: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Agent for Runaway {
+        async fn complete(&self, _: ChatRequest) -> Result<ChatResponse, AgentError> {
+            Err(AgentError::Unavailable("streams only".into()))
+        }
+
+        async fn stream(&self, _: ChatRequest) -> Result<ifs_api::agent::AgentStream, AgentError> {
+            let (piece, sent) = (self.piece, Arc::clone(&self.sent));
+            Ok(Box::pin(futures::stream::repeat_with(move || {
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(AgentEvent::Delta(piece.to_owned()))
+            })))
+        }
+
+        fn describe(&self) -> String {
+            "runaway".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_runaway_stream_is_read_only_as_far_as_a_message_holds() {
+        let world = World::new();
+        let (user, token) = world.signed_in("ada").await;
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let agent = Arc::new(Runaway { piece: "🦀 crab ", sent: Arc::clone(&sent) });
+        let (_, _, mut events) = ifs_api::testing::open_stream(
+            app_with(&world, agent, 10, 120, 2),
+            stream_request(&token, json!({"message": "hi"})),
+        )
+        .await;
+        let events = events.rest().await;
+        let reply = data(events.last().unwrap());
+        assert_eq!(events.last().unwrap().name.as_deref(), Some("reply"), "{reply}");
+        assert_eq!(reply["finish_reason"], "length");
+        let streamed: String = events
+            .iter()
+            .filter(|e| e.name.as_deref() == Some("delta"))
+            .map(|e| data(e)["content"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(streamed.chars().count(), MESSAGE_MAX);
+        assert_eq!(reply["content"].as_str(), Some(streamed.as_str()));
+        // 7 characters a piece: what one message holds, and not a piece more than it needs.
+        assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), MESSAGE_MAX.div_ceil(7));
+        let stored = whole(&world, user, reply["dialogue_id"].as_str().unwrap()).await;
+        assert_eq!(stored[1].content.chars().count(), MESSAGE_MAX);
+    }
+
+    #[tokio::test]
+    async fn one_user_has_at_most_the_allowed_turns_in_flight_and_a_refused_one_stores_nothing() {
+        let world = World::new();
+        let (ada, ada_token) = world.signed_in("ada").await;
+        let (_, bob_token) = world.signed_in("bob").await;
+        // Each stream says one word, then nothing until its client leaves.
+        let agent = Arc::new(ScriptedAgent {
+            reply: Some("one two".into()),
+            stream_breaks: Some((1, false)),
+            ..ScriptedAgent::default()
+        });
+        let app = app_with(&world, agent, 10, 120, 2);
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            let (status, _, mut events) = ifs_api::testing::open_stream(
+                app.clone(),
+                stream_request(&ada_token, json!({"message": "hold"})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED);
+            assert_eq!(events.next().await.unwrap().name.as_deref(), Some("message"));
+            open.push(events);
+        }
+        let third = tower::ServiceExt::oneshot(
+            app.clone(),
+            json_request("POST", "/api/v1/dialogue", Some(&ada_token), &json!({"message": "third"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(third.headers()[header::RETRY_AFTER], "5");
+        let listed = world.backends.dialogues.dialogues(ada, Limit::new_clamped(10, 10), None).await.unwrap();
+        assert_eq!(listed.items.len(), 2, "the refused turn stored nothing");
+
+        let (status, _, _) = ifs_api::testing::open_stream(
+            app.clone(),
+            stream_request(&bob_token, json!({"message": "mine"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "another user is not held up");
+
+        // A turn that ends gives its place back.
+        drop(open.pop());
+        let mut status = StatusCode::TOO_MANY_REQUESTS;
+        for _ in 0..200 {
+            let (now, _, _) = ifs_api::testing::open_stream(
+                app.clone(),
+                stream_request(&ada_token, json!({"message": "again"})),
+            )
+            .await;
+            status = now;
+            if status != StatusCode::TOO_MANY_REQUESTS {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(status, StatusCode::CREATED);
+    }
+
     #[tokio::test]
     async fn a_client_that_goes_away_mid_stream_stops_the_agent_and_leaves_a_cancelled_reply() {
         let world = World::new();
@@ -717,6 +885,16 @@ mod tests {
     }
 
     fn app_limited(world: &World, agent: Arc<ScriptedAgent>, memory: usize, turns_per_minute: u32) -> Router {
+        app_with(world, agent, memory, turns_per_minute, 30)
+    }
+
+    fn app_with(
+        world: &World,
+        agent: Arc<dyn Agent>,
+        memory: usize,
+        turns_per_minute: u32,
+        concurrent_turns: u32,
+    ) -> Router {
         router(DialogueState {
             auth: world.authenticator(),
             dialogues: world.backends.dialogues.clone(),
@@ -728,6 +906,8 @@ mod tests {
                 model: "m".into(),
                 agent_timeout: Duration::from_secs(5),
                 turns_per_minute,
+                max_tokens_limit: ifs_api::openai::MAX_TOKENS_LIMIT,
+                concurrent_turns,
             }),
             clock: world.clock.clone(),
         })
@@ -865,9 +1045,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bad_turns_are_400s_naming_the_field() {
+    async fn bad_turns_are_400s_naming_the_field_and_store_nothing() {
         let world = World::new();
-        let (_, token) = world.signed_in("ada").await;
+        let (ada, token) = world.signed_in("ada").await;
         let app = app(&world, Arc::new(ScriptedAgent::default()), 20);
         for (body, field) in [
             (json!({"message": ""}), "message"),
@@ -879,6 +1059,8 @@ mod tests {
             (json!({"message": "hi", "dialogue_id": "nope"}), "dialogue_id"),
             (json!({"message": "hi", "max_tokens": 0}), "max_tokens"),
             (json!({"message": "hi", "max_tokens": -1}), "max_tokens"),
+            // What the agent would refuse after the message was stored.
+            (json!({"message": "hi", "max_tokens": ifs_api::openai::MAX_TOKENS_LIMIT + 1}), "max_tokens"),
             (json!({"message": "hi", "temperature": 2.5}), "temperature"),
             (json!({"message": "hi", "temperature": "hot"}), "temperature"),
         ] {
@@ -887,6 +1069,24 @@ mod tests {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
             assert!(json["error"]["message"].as_str().unwrap().contains(field), "{body} → {json}");
         }
+        let listed = world.backends.dialogues.dialogues(ada, Limit::new_clamped(10, 10), None).await.unwrap();
+        assert_eq!(listed.items, []);
+    }
+
+    #[test]
+    fn the_documented_max_tokens_bound_is_the_agents() {
+        let document = serde_json::to_value(<Api as utoipa::OpenApi>::openapi()).unwrap();
+        let schema = &document["components"]["schemas"]["DialogueRequest"]["properties"]["max_tokens"];
+        assert_eq!(schema["maximum"], json!(ifs_api::openai::MAX_TOKENS_LIMIT), "{schema}");
+    }
+
+    #[test]
+    fn the_agent_is_told_an_opaque_user_the_same_each_turn() {
+        let (ada, bob) = (ifs_domain::UserId::generate(), ifs_domain::UserId::generate());
+        assert_eq!(agent_user(ada), agent_user(ada));
+        assert_ne!(agent_user(ada), agent_user(bob));
+        assert!(!agent_user(ada).contains(&ada.to_string()));
+        assert_eq!(agent_user(ada).len(), 22);
     }
 
     #[tokio::test]

@@ -29,6 +29,11 @@ struct Config {
     /// are produced; the function's invocations must stream too (template.yaml does both).
     #[arg(long, env = "LAMBDA_STREAMING", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
     lambda_streaming: bool,
+    /// The longest `max_tokens` the agent takes (the agent's own AGENT_MAX_TOKENS_LIMIT): a turn
+    /// asking for more is refused before its message is stored.
+    #[arg(long, env = "AGENT_MAX_TOKENS_LIMIT", default_value_t = ifs_api::openai::MAX_TOKENS_LIMIT,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    agent_max_tokens_limit: u32,
 }
 
 #[tokio::main]
@@ -53,7 +58,7 @@ async fn main() -> Result<(), lambda_http::Error> {
         dialogues: backends.dialogues,
         counters: backends.counters,
         agent,
-        settings: Arc::new(DialogueSettings::from(&config.dialogue)),
+        settings: Arc::new(DialogueSettings::new(&config.dialogue, config.agent_max_tokens_limit)),
         clock: Arc::new(ifs_domain::SystemClock),
     };
     let routes = ifs_dialogue::router(state);

@@ -84,6 +84,8 @@ async fn invoke(world: &World, token: &str, body: &serde_json::Value) -> (u16, S
             model: "m".into(),
             agent_timeout: Duration::from_secs(5),
             turns_per_minute: 100,
+            max_tokens_limit: ifs_api::openai::MAX_TOKENS_LIMIT,
+            concurrent_turns: 2,
         }),
         clock: Arc::new(ifs_domain::SystemClock),
     };

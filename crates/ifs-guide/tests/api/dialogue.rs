@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_valid_list, read, spawn_app};
+use crate::helpers::{assert_valid_list, read, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn a_dialogue_starts_continues_and_remembers() {
@@ -99,7 +99,7 @@ async fn agent_failures_keep_the_message_and_say_where() {
 
 #[tokio::test]
 async fn thirty_concurrent_continuations_make_one_valid_list_of_62() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(&["--dialogue-concurrent-turns", "30"]).await;
     let token = app.user("ada@example.com").await;
     let (_, first) = app.say(&token, "start", None).await;
     let dialogue = first["dialogue_id"].as_str().unwrap().to_owned();

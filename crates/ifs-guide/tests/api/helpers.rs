@@ -252,11 +252,16 @@ pub async fn spawn_app_in(backing: Backing, flags: &[&str]) -> TestApp {
 /// The app on a fresh data directory with the in-process model (no `AGENT_URL`); every prompt
 /// the model is given is pushed onto `prompts`.
 pub async fn spawn_app_with_model(prompts: Arc<Mutex<Vec<String>>>) -> TestApp {
+    spawn_app_with_model_and(prompts, &[]).await
+}
+
+/// [`spawn_app_with_model`] with more `serve` flags.
+pub async fn spawn_app_with_model_and(prompts: Arc<Mutex<Vec<String>>>, flags: &[&str]) -> TestApp {
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
     let model =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(model.is_file(), "no model at {}: run `make model`", model.display());
-    let Command::Serve(args) = Cli::parse_from([
+    let mut args = vec![
         "ifs-guide",
         "serve",
         "--data-dir",
@@ -267,11 +272,9 @@ pub async fn spawn_app_with_model(prompts: Arc<Mutex<Vec<String>>>) -> TestApp {
         "You are a kind guide.",
         "--agent-max-tokens",
         "24",
-    ])
-    .command
-    else {
-        unreachable!("serve was asked for")
-    };
+    ];
+    args.extend_from_slice(flags);
+    let Command::Serve(args) = Cli::parse_from(args).command else { unreachable!("serve was asked for") };
     assert!(args.dialogue.agent_url.is_none(), "AGENT_URL must be unset for this test");
     let observer = Arc::new(move |prompt: &str| prompts.lock().unwrap().push(prompt.to_owned()));
     let app = ifs_guide::build_observed(&args, Some(observer)).await.expect("app builds");
@@ -506,6 +509,9 @@ pub fn ifs_guide_command() -> std::process::Command {
         "DATA_DIR",
         "HEADER_TIMEOUT",
         "BODY_TIMEOUT",
+        "WRITE_TIMEOUT",
+        "DIALOGUE_CONCURRENT_TURNS",
+        "AGENT_MAX_TOKENS_LIMIT",
         "MAX_CONNECTIONS",
         "SHUTDOWN_TIMEOUT",
         "DIALOGUE_RATE_LIMIT",

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod abuse;
+mod attacks;
 mod auth;
 mod binary;
 mod deployment;

@@ -5,7 +5,10 @@ use std::sync::{Arc, Mutex};
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_valid_list, spawn_app_with_agent_url, spawn_app_with_model, standalone_agent};
+use crate::helpers::{
+    assert_valid_list, spawn_app_with_agent_url, spawn_app_with_model, spawn_app_with_model_and,
+    standalone_agent,
+};
 
 #[tokio::test]
 async fn a_dialogue_with_the_bundled_model_remembers_the_first_turn() {
@@ -138,4 +141,35 @@ async fn five_long_turns_reach_a_standalone_agent_and_the_trimming_is_reported()
     assert_eq!(stored.len(), 10);
     assert_eq!(stored[9]["truncated_messages"].as_u64(), trimmed[4]);
     assert_valid_list(&stored);
+}
+
+#[tokio::test]
+async fn a_turn_the_busy_in_process_model_cannot_take_is_refused_before_it_is_stored() {
+    let app =
+        spawn_app_with_model_and(Arc::default(), &["--agent-parallel", "1", "--agent-queue", "0"]).await;
+    let (ada, bob) = (app.user("ada@example.com").await, app.user("bob@example.com").await);
+    // Ada's long streamed turn holds the one generation slot while its deltas come.
+    let mut holding = app
+        .client
+        .post(app.url("/api/v1/dialogue"))
+        .bearer_auth(&ada)
+        .json(&json!({"message": "Count from 1 to 500, one number a line.", "stream": true, "max_tokens": 1024}))
+        .send()
+        .await
+        .unwrap();
+    let mut decoder = ifs_api::sse::Decoder::new(1 << 20);
+    let mut deltas = 0;
+    while deltas < 2 {
+        let bytes = holding.chunk().await.unwrap().expect("the stream goes on");
+        deltas += decoder.push(&bytes).unwrap().iter().filter(|e| e.name.as_deref() == Some("delta")).count();
+    }
+    let (status, refused) = app.say(&bob, "Hello?", None).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("agent_busy"))
+    );
+    assert!(refused["error"].get("dialogue_id").is_none(), "{refused}");
+    let (_, listed) = app.get("/api/v1/dialogues", Some(&bob)).await;
+    assert_eq!(listed["dialogues"], json!([]), "nothing of Bob's was stored");
+    drop(holding);
 }

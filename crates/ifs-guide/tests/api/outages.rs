@@ -63,7 +63,10 @@ async fn while_dynamodb_is_down_dialogues_answer_503_and_recover_when_it_is_back
     let mut dynamodb = DynamoDbLocal::start_on_disk(disk.path());
     let (endpoint, table) = (dynamodb.endpoint(), unique_table());
     let store = ["--store", "dynamodb", "--dynamodb-endpoint", &endpoint, "--table-name", &table];
-    let app = spawn_app_with(&[&store[..], &["--dialogue-rate-limit", "100000"]].concat()).await;
+    let app = spawn_app_with(
+        &[&store[..], &["--dialogue-rate-limit", "100000", "--dialogue-concurrent-turns", "4"]].concat(),
+    )
+    .await;
     let token = app.user("ada@example.com").await;
     let (status, first) = app.say(&token, "before", None).await;
     assert_eq!(status, StatusCode::CREATED);
