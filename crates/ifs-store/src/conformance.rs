@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::TimeZone as _;
 use ifs_domain::{
-    DialogueId, Email, Limit, Message, MessageCursor, MessageId, MessageText, NewMessage, PAGE_BYTES, Role,
+    DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor, MessageId, MessageText, NewMessage, PAGE_BYTES, Role,
     SessionId, Timestamp, UserId, check_chain,
 };
 
@@ -61,7 +61,9 @@ macro_rules! conformance_suite {
             messages_before_gives_the_latest_ones_oldest_first,
             dialogues_are_listed_newest_activity_first_in_pages,
             dialogues_are_private_to_their_owner,
-            pages_of_large_messages_reach_every_message
+            pages_of_large_messages_reach_every_message,
+            a_renamed_dialogue_keeps_its_place_and_its_list,
+            a_rename_racing_ten_appends_loses_none_of_them
         );
     };
     (@cases $make:path; $($case:ident),*) => {
@@ -517,4 +519,59 @@ pub async fn pages_of_large_messages_reach_every_message(stores: Stores) {
     }
     assert_eq!(walked, 20);
     assert_audit_clean(&stores, 20, 59).await;
+}
+
+pub async fn a_renamed_dialogue_keeps_its_place_and_its_list(stores: Stores) {
+    let owner = UserId::generate();
+    let older = dialogue_of(&stores, owner, 3, 0).await;
+    let newer = dialogue_of(&stores, owner, 2, 10).await;
+    let before = stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap();
+
+    let renamed = stores.dialogues.rename_dialogue(owner, older, "Talking to my critic".into()).await.unwrap();
+    assert_eq!((renamed.id, renamed.title.as_str(), renamed.message_count), (older, "Talking to my critic", 3));
+    let after = stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap();
+    let ids = |page: &ifs_domain::Page<ifs_domain::DialogueSummary, _>| page.items.iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(ids(&after), [newer, older], "renaming is not activity");
+    assert_eq!(after.items[1], renamed);
+    assert_eq!(
+        DialogueSummary { title: before.items[1].title.clone(), ..renamed.clone() },
+        before.items[1],
+        "only the title changed"
+    );
+    assert_eq!(whole(&stores, owner, older).await.len(), 3);
+
+    for (who, which) in [(UserId::generate(), older), (owner, DialogueId::generate())] {
+        let refused = stores.dialogues.rename_dialogue(who, which, "mine now".into()).await;
+        assert!(matches!(refused, Err(StoreError::NotFound)), "{refused:?}");
+    }
+    let listed = stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap();
+    assert_eq!(listed.items[1].title, "Talking to my critic");
+    assert_audit_clean(&stores, 2, 5).await;
+}
+
+pub async fn a_rename_racing_ten_appends_loses_none_of_them(stores: Stores) {
+    let owner = UserId::generate();
+    let dialogue = dialogue_of(&stores, owner, 1, 0).await;
+    let appends: Vec<_> = (0..10)
+        .map(|i| {
+            let dialogues = Arc::clone(&stores.dialogues);
+            let message = said(Role::User, &format!("racer {i}"), at(1 + i));
+            tokio::spawn(async move { dialogues.append_message(owner, dialogue, message).await })
+        })
+        .collect();
+    let dialogues = Arc::clone(&stores.dialogues);
+    let rename = tokio::spawn(async move { dialogues.rename_dialogue(owner, dialogue, "Renamed".into()).await });
+    for append in appends {
+        append.await.unwrap().unwrap();
+    }
+    rename.await.unwrap().unwrap();
+
+    let messages = whole(&stores, owner, dialogue).await;
+    assert_eq!(messages.len(), 11);
+    assert_eq!(check_chain(&messages), Ok(()));
+    let summary =
+        stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap().items.remove(0);
+    assert_eq!((summary.title.as_str(), summary.message_count), ("Renamed", 11));
+    assert_eq!(summary.tail_id, messages[10].id);
+    assert_audit_clean(&stores, 1, 11).await;
 }

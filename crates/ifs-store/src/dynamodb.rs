@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-    Projection, ProjectionType, Put, ScalarAttributeType, TransactWriteItem, Update,
+    Projection, ProjectionType, Put, ReturnValue, ScalarAttributeType, TransactWriteItem, Update,
 };
 use ifs_domain::{
     AuditReport, DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor,
@@ -670,6 +670,39 @@ impl DialogueStore for DynamoStore {
         }
         let next = more.then(|| items.last().map(|m| MessageCursor { after_seq: m.seq })).flatten();
         Ok(Page { items, next })
+    }
+
+    async fn rename_dialogue(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        title: String,
+    ) -> StoreResult<DialogueSummary> {
+        // One conditional update of the head's title: an append's transaction conditions on the
+        // head's message count, not its title, so the two commute whichever lands first.
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(dialogue_pk(dialogue), message_sk(1))))
+            .update_expression("SET #title = :title")
+            .condition_expression("#owner = :owner AND attribute_exists(#title)")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#title", "title")
+            .expression_attribute_values(":title", s(title))
+            .expression_attribute_values(":owner", s(owner.to_string()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match updated {
+            Ok(output) => Ok(summary_from(output.attributes().context("the renamed head")?)?),
+            Err(error)
+                if error.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::NotFound)
+            }
+            Err(error) => Err(failure("renaming a dialogue", &error)),
+        }
     }
 
     async fn dialogues(

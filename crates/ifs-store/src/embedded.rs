@@ -413,6 +413,26 @@ impl DialogueStore for EmbeddedStore {
         .await
     }
 
+    async fn rename_dialogue(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        title: String,
+    ) -> StoreResult<DialogueSummary> {
+        // One write transaction, like an append's: the two cannot interleave.
+        self.write(move |txn| {
+            let mut messages = txn.open_table(MESSAGES).context("opening messages")?;
+            let (head, mut summary) = owned_head(&messages, owner, dialogue)?;
+            summary.title = title;
+            let head_stored = StoredMessage { message: head, summary: Some(summary.clone()) };
+            messages
+                .insert(message_key(dialogue, 1).as_slice(), encode_message(&head_stored).as_slice())
+                .context("renaming the head")?;
+            Ok(summary)
+        })
+        .await
+    }
+
     async fn messages_before(
         &self,
         owner: UserId,

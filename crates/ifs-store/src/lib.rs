@@ -151,6 +151,15 @@ pub trait DialogueStore: Send + Sync + std::fmt::Debug + 'static {
         after: Option<MessageCursor>,
     ) -> StoreResult<Page<Message, MessageCursor>>;
 
+    /// Gives the dialogue a new title (already cleaned, see [`ifs_domain::dialogue::title_for`]);
+    /// answers its summary. Renaming is not activity: the dialogue keeps its place in the list.
+    async fn rename_dialogue(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        title: String,
+    ) -> StoreResult<DialogueSummary>;
+
     /// A page of the owner's dialogues, newest activity first.
     async fn dialogues(
         &self,
