@@ -178,7 +178,7 @@ def expect(answer, status, what):
 
 
 def end_to_end(base):
-    """signup → login → me → dialogue → continue → dialogues → messages → logout, and refusals."""
+    """signup → login → me → dialogue → continue → rename → dialogues → messages → logout, and refusals."""
     email, password = "lambda@example.com", "correct horse battery"
     user = expect(call(base, "POST", "/api/v1/signup", {"email": email, "password": password}), 201, "signup")
     expect(call(base, "POST", "/api/v1/signup", {"email": email, "password": password}), 409, "signup again")
@@ -206,9 +206,13 @@ def end_to_end(base):
     deltas = "".join(data["content"] for name, data in events if name == "delta")
     assert events[-1][1]["content"] == deltas and events[-1][1]["seq"] == 6, events
 
+    renamed = expect(call(base, "PATCH", f"/api/v1/dialogues/{dialogue}", {"title": "Through Lambda"}, token),
+                     200, "rename the dialogue")
+    assert renamed["title"] == "Through Lambda" and renamed["id"] == dialogue, renamed
     listed = expect(call(base, "GET", "/api/v1/dialogues", token=token), 200, "dialogues")
     assert [d["id"] for d in listed["dialogues"]] == [dialogue], listed
     assert listed["dialogues"][0]["message_count"] == 6, listed
+    assert listed["dialogues"][0]["title"] == "Through Lambda", listed
     page = expect(call(base, "GET", f"/api/v1/messages?dialogue_id={dialogue}&limit=4", token=token), 200,
                   "messages")
     assert [m["seq"] for m in page["messages"]] == [1, 2, 3, 4] and page["next_cursor"], page
@@ -222,7 +226,7 @@ def end_to_end(base):
     expect(call(base, "POST", "/api/v1/logout", {}, token), 204, "logout")
     expect(call(base, "GET", "/api/v1/me", token=token), 401, "me after logout")
     print("end to end through cargo lambda watch: signup, login, me, dialogue (agent invoked as a Lambda "
-          "function), continue, a streamed turn, dialogues, messages, logout — all as expected")
+          "function), continue, a streamed turn, rename, dialogues, messages, logout — all as expected")
 
 
 def interrupted(*_):

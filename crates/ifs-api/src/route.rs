@@ -10,6 +10,7 @@ use axum::routing::{MethodFilter, MethodRouter};
 pub enum Method {
     Get,
     Post,
+    Patch,
 }
 
 /// One method on one path.
@@ -30,12 +31,18 @@ impl Route {
         Self { method: Method::Post, path }
     }
 
+    #[must_use]
+    pub const fn patch(path: &'static str) -> Self {
+        Self { method: Method::Patch, path }
+    }
+
     /// The method as HTTP writes it.
     #[must_use]
     pub const fn method_name(&self) -> &'static str {
         match self.method {
             Method::Get => "GET",
             Method::Post => "POST",
+            Method::Patch => "PATCH",
         }
     }
 
@@ -49,6 +56,7 @@ impl Route {
         let filter = match self.method {
             Method::Get => MethodFilter::GET,
             Method::Post => MethodFilter::POST,
+            Method::Patch => MethodFilter::PATCH,
         };
         axum::routing::on(filter, handler)
     }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use chrono::TimeZone as _;
 use ifs_domain::{
-    DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor, MessageId, MessageText, NewMessage, PAGE_BYTES, Role,
-    SessionId, Timestamp, UserId, check_chain,
+    DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor, MessageId, MessageText, NewMessage,
+    PAGE_BYTES, Role, SessionId, Timestamp, UserId, check_chain,
 };
 
 use crate::{
@@ -527,10 +527,16 @@ pub async fn a_renamed_dialogue_keeps_its_place_and_its_list(stores: Stores) {
     let newer = dialogue_of(&stores, owner, 2, 10).await;
     let before = stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap();
 
-    let renamed = stores.dialogues.rename_dialogue(owner, older, "Talking to my critic".into()).await.unwrap();
-    assert_eq!((renamed.id, renamed.title.as_str(), renamed.message_count), (older, "Talking to my critic", 3));
+    let renamed =
+        stores.dialogues.rename_dialogue(owner, older, "Talking to my critic".into()).await.unwrap();
+    assert_eq!(
+        (renamed.id, renamed.title.as_str(), renamed.message_count),
+        (older, "Talking to my critic", 3)
+    );
     let after = stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap();
-    let ids = |page: &ifs_domain::Page<ifs_domain::DialogueSummary, _>| page.items.iter().map(|d| d.id).collect::<Vec<_>>();
+    let ids = |page: &ifs_domain::Page<ifs_domain::DialogueSummary, _>| {
+        page.items.iter().map(|d| d.id).collect::<Vec<_>>()
+    };
     assert_eq!(ids(&after), [newer, older], "renaming is not activity");
     assert_eq!(after.items[1], renamed);
     assert_eq!(
@@ -560,7 +566,8 @@ pub async fn a_rename_racing_ten_appends_loses_none_of_them(stores: Stores) {
         })
         .collect();
     let dialogues = Arc::clone(&stores.dialogues);
-    let rename = tokio::spawn(async move { dialogues.rename_dialogue(owner, dialogue, "Renamed".into()).await });
+    let rename =
+        tokio::spawn(async move { dialogues.rename_dialogue(owner, dialogue, "Renamed".into()).await });
     for append in appends {
         append.await.unwrap().unwrap();
     }

@@ -1,14 +1,15 @@
 //! `GET /api/v1/dialogues?limit=&cursor=`: the caller's dialogues, newest activity first, a page
-//! at a time.
+//! at a time; `PATCH /api/v1/dialogues/{dialogue_id}`: a new title for one of them.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use ifs_api::extract::Query;
 use ifs_api::views::SizedJson;
-use ifs_api::{ApiError, AuthUser, Route};
+use ifs_api::{ApiError, AuthUser, Json, Route};
 use ifs_auth::Authenticator;
+use ifs_domain::dialogue::title_for;
 use ifs_domain::{DialogueCursor, DialogueId, DialogueSummary, Limit, Timestamp};
 use ifs_store::DialogueStore;
 use serde::{Deserialize, Serialize};
@@ -24,14 +25,29 @@ pub struct DialoguesState {
     pub dialogues: Arc<dyn DialogueStore>,
 }
 
-/// The one route of this function.
+/// The listing.
 pub const DIALOGUES: Route = Route::get("/api/v1/dialogues");
+/// A new title for one dialogue.
+pub const RENAME: Route = Route::patch("/api/v1/dialogues/{dialogue_id}");
 /// Every route of this function, for what maps requests to it.
-pub const ROUTES: &[Route] = &[DIALOGUES];
+pub const ROUTES: &[Route] = &[DIALOGUES, RENAME];
 
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: DialoguesState) -> Router {
-    Router::new().route(DIALOGUES.path, DIALOGUES.to(dialogues)).with_state(state)
+    Router::new()
+        .route(DIALOGUES.path, DIALOGUES.to(dialogues))
+        .route(RENAME.path, RENAME.to(rename))
+        .with_state(state)
+}
+
+/// A dialogue's new title.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"title": "Talking to my inner critic"}))]
+pub struct RenameRequest {
+    /// Kept as titles are: whitespace folded, control, format and bidi characters dropped, cut at
+    /// 80 characters; at least one visible character must remain.
+    #[schema(min_length = 1)]
+    title: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,7 +62,7 @@ struct ListQuery {
 pub struct DialogueView {
     #[schema(value_type = String, format = Uuid)]
     id: DialogueId,
-    /// The first message, whitespace folded, at most 80 characters.
+    /// The first message, or the title the user gave it; whitespace folded, at most 80 characters.
     title: String,
     #[schema(value_type = String, format = DateTime)]
     #[serde(serialize_with = "ifs_api::views::rfc3339")]
@@ -85,7 +101,7 @@ pub struct ListResponse {
 
 /// The operations of this function, for the OpenAPI document.
 #[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(dialogues))]
+#[openapi(paths(dialogues, rename))]
 pub struct Api;
 
 /// The caller's dialogues, newest activity first, a page at a time.
@@ -133,6 +149,42 @@ async fn dialogues(
     })
 }
 
+/// Gives one of the caller's dialogues a new title. Renaming is not activity: the dialogue keeps
+/// its place in the listing.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/dialogues/{dialogue_id}",
+    tag = "dialogues",
+    operation_id = "rename_dialogue",
+    security(("bearer" = [])),
+    params(("dialogue_id" = String, Path, format = Uuid, description = "The dialogue (the id of its first message)")),
+    request_body = RenameRequest,
+    responses(
+        (status = 200, description = "The dialogue, renamed", body = DialogueView),
+        (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+        (status = 404, response = ifs_api::openapi::NotFound),
+        (status = 413, response = ifs_api::openapi::PayloadTooLarge),
+        (status = 415, response = ifs_api::openapi::UnsupportedMediaType),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
+async fn rename(
+    AuthUser(principal): AuthUser,
+    State(store): State<Arc<dyn DialogueStore>>,
+    Path(dialogue_id): Path<String>,
+    Json(request): Json<RenameRequest>,
+) -> Result<axum::Json<DialogueView>, ApiError> {
+    let dialogue = DialogueId::parse(&dialogue_id).map_err(|e| ApiError::invalid_field("dialogue_id", e))?;
+    let title = title_for(&request.title);
+    if title.is_empty() {
+        return Err(ApiError::invalid_field("title", "must have a visible character"));
+    }
+    let summary = store.rename_dialogue(principal.user_id, dialogue, title).await?;
+    Ok(axum::Json(DialogueView::from(summary)))
+}
+
 #[cfg(test)]
 mod tests {
     use axum::http::StatusCode;
@@ -173,6 +225,49 @@ mod tests {
         let (_, two) = call(app.clone(), empty_request("GET", &next, Some(&token))).await;
         assert_eq!(two["dialogues"][0]["title"], "dialogue 0");
         assert_eq!(two["next_cursor"], serde_json::Value::Null);
+    }
+
+    #[tokio::test]
+    async fn a_dialogue_is_renamed_by_its_owner_only_and_its_title_kept_clean() {
+        let world = World::new();
+        let (owner, token) = world.signed_in("ada").await;
+        let (_, stranger) = world.signed_in("bob").await;
+        let first = NewMessage {
+            id: MessageId::generate(),
+            role: Role::User,
+            content: MessageText::parse("hello".into()).unwrap(),
+            created_at: world.clock.now(),
+            meta: None,
+        };
+        let head = world.backends.dialogues.start_dialogue(owner, first).await.unwrap();
+        let app = router(DialoguesState {
+            auth: world.authenticator(),
+            dialogues: world.backends.dialogues.clone(),
+        });
+        let path = format!("/api/v1/dialogues/{}", head.dialogue_id);
+        let rename = |token: &str, path: &str, body: serde_json::Value| {
+            call(app.clone(), ifs_api::testing::json_request("PATCH", path, Some(token), &body))
+        };
+
+        let (status, renamed) =
+            rename(&token, &path, serde_json::json!({"title": "  My \u{202E}inner\n critic  "})).await;
+        assert_eq!(status, StatusCode::OK, "{renamed}");
+        assert_eq!(renamed["title"], "My inner critic");
+        assert_eq!(renamed["id"], head.dialogue_id.to_string());
+        let (_, listed) = call(app.clone(), empty_request("GET", "/api/v1/dialogues", Some(&token))).await;
+        assert_eq!(listed["dialogues"][0]["title"], "My inner critic");
+
+        let (status, _) = rename(&stranger, &path, serde_json::json!({"title": "mine"})).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        for (path, body, field) in [
+            (path.as_str(), serde_json::json!({"title": " \u{200B} "}), "title"),
+            (path.as_str(), serde_json::json!({}), "title"),
+            ("/api/v1/dialogues/nope", serde_json::json!({"title": "x"}), "dialogue_id"),
+        ] {
+            let (status, json) = rename(&token, path, body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+            assert!(json["error"]["message"].as_str().unwrap().contains(field), "{json}");
+        }
     }
 
     #[tokio::test]

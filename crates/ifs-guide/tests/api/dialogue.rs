@@ -263,3 +263,32 @@ async fn an_agent_stream_that_breaks_off_leaves_its_text_as_an_error_reply_and_a
     let (status, next) = app.say(&token, "again", message["dialogue_id"].as_str()).await;
     assert_eq!(status, StatusCode::OK, "{next}");
 }
+
+#[tokio::test]
+async fn a_dialogue_is_renamed_over_http_and_keeps_its_place() {
+    let app = spawn_app().await;
+    let token = app.user("ada@example.com").await;
+    let (_, older) = app.say(&token, "An older worry", None).await;
+    let (_, newer) = app.say(&token, "A newer worry", None).await;
+    let older = older["dialogue_id"].as_str().unwrap().to_owned();
+    let rename = |token: &str, id: &str, title: &str| {
+        app.client
+            .patch(app.url(&format!("/api/v1/dialogues/{id}")))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "title": title }))
+            .send()
+    };
+    let (status, renamed) = read(rename(&token, &older, "The critic\u{202E}, again").await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{renamed}");
+    assert_eq!(renamed["title"], "The critic, again");
+    let (_, listed) = app.get("/api/v1/dialogues", Some(&token)).await;
+    let titles: Vec<_> =
+        listed["dialogues"].as_array().unwrap().iter().map(|d| d["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["A newer worry", "The critic, again"], "renaming is not activity");
+    assert_eq!(listed["dialogues"][0]["id"], newer["dialogue_id"]);
+
+    let bob = app.user("bob@example.com").await;
+    assert_eq!(rename(&bob, &older, "mine").await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(rename(&token, "not-an-id", "x").await.unwrap().status(), StatusCode::BAD_REQUEST);
+    app.stop().await.assert_check_clean(2, 4);
+}
