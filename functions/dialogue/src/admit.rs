@@ -23,6 +23,7 @@ pub(crate) struct TurnLease {
     counters: Arc<dyn Counters>,
     owner: UserId,
     holder: String,
+    most: u32,
     ttl: Duration,
     renewed: Instant,
     held: bool,
@@ -51,11 +52,13 @@ impl TurnLease {
             .retry_after(RETRY_AFTER));
         }
         let counters = Arc::clone(&state.counters);
-        Ok(Self { counters, owner, holder, ttl, renewed: Instant::now(), held: true })
+        Ok(Self { counters, owner, holder, most, ttl, renewed: Instant::now(), held: true })
     }
 
     /// Keeps the place of a turn that is still going (a long stream), once a quarter of its
-    /// lease has passed. A store that cannot be reached now is no reason to stop the reply.
+    /// lease has passed. A lease that ran out meanwhile comes back only if there is room: a
+    /// renewal never puts a user past the limit. A store that cannot be reached now, or no room,
+    /// is no reason to stop the reply.
     pub(crate) async fn renew(&mut self, state: &DialogueState) {
         if self.renewed.elapsed() < self.ttl / 4 {
             return;
@@ -63,7 +66,7 @@ impl TurnLease {
         self.renewed = Instant::now();
         let counter = Counter::TurnsInFlight(self.owner);
         if let Err(error) =
-            self.counters.lease(counter, &self.holder, state.clock.now(), self.ttl, u32::MAX).await
+            self.counters.lease(counter, &self.holder, state.clock.now(), self.ttl, self.most).await
         {
             tracing::warn!(error = ?error, "renewing a turn's lease failed");
         }

@@ -913,6 +913,48 @@ mod tests {
         })
     }
 
+    #[tokio::test]
+    async fn a_long_turn_renews_its_place_and_a_renewal_never_passes_the_limit() {
+        let world = World::new();
+        let (ada, _) = world.signed_in("ada").await;
+        // Leases of 80 ms (twice the agent's timeout), renewed after a quarter of that.
+        let state = DialogueState {
+            auth: world.authenticator(),
+            dialogues: world.backends.dialogues.clone(),
+            counters: world.backends.counters.clone(),
+            agent: Arc::new(ScriptedAgent::default()),
+            settings: Arc::new(DialogueSettings {
+                system_prompt: "Be kind.".into(),
+                memory_messages: 4,
+                model: "m".into(),
+                agent_timeout: Duration::from_millis(40),
+                turns_per_minute: 120,
+                max_tokens_limit: ifs_api::openai::MAX_TOKENS_LIMIT,
+                concurrent_turns: 1,
+            }),
+            clock: world.clock.clone(),
+        };
+        let mut long = TurnLease::take(&state, ada, MessageId::generate()).await.unwrap();
+        world.clock.advance(chrono::Duration::milliseconds(60));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        long.renew(&state).await;
+        // Past the first lease's end, within the renewed one: the place is still taken.
+        world.clock.advance(chrono::Duration::milliseconds(40));
+        let refused = TurnLease::take(&state, ada, MessageId::generate()).await;
+        assert_eq!(refused.err().map(|e| e.status()), Some(StatusCode::TOO_MANY_REQUESTS));
+
+        // Once the renewed lease has run out too, another turn takes the place, and the long
+        // turn's next renewal finds no room: it does not take a second place beside it.
+        world.clock.advance(chrono::Duration::milliseconds(100));
+        let other = TurnLease::take(&state, ada, MessageId::generate()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        long.renew(&state).await;
+        other.release().await;
+        let next = TurnLease::take(&state, ada, MessageId::generate()).await;
+        assert!(next.is_ok(), "the long turn held no place after its renewal found none");
+        long.release().await;
+    }
+
     async fn whole(world: &World, owner: ifs_domain::UserId, id: &str) -> Vec<Message> {
         let id = DialogueId::parse(id).unwrap();
         world
