@@ -292,6 +292,11 @@ fn take_page(
 ) -> StoreResult<(Vec<StoredMessage>, bool)> {
     let mut items = Vec::with_capacity(fill.room());
     for entry in range {
+        // A page at its limit ends before the next record is decoded, as it did before the byte
+        // budget: only a page cut short by its bytes pays for one record it does not keep.
+        if fill.room() == 0 {
+            return Ok((items, true));
+        }
         let (_, value) = entry.context("scanning")?;
         let stored = decode_message(value.value())?;
         if !fill.admit(stored.message.content.len()) {
