@@ -2,7 +2,7 @@
 //! the list (see [`crate::dialogue`]). Each store adapter reads its records into a
 //! [`StoredDialogue`] and [`audit`] names what is wrong, so both stores are judged by one rule book.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::{DialogueId, DialogueSummary, MessageId, Timestamp, UserId};
 
@@ -36,13 +36,23 @@ pub struct StoredDialogue {
     /// The entries through which the owner's listing finds the dialogue: owner and last
     /// activity (ms) of each.
     pub listed: Vec<(UserId, i64)>,
+    /// Whether the head is marked as being deleted: hidden from everyone, its messages going
+    /// in batches, the head last. Such a dialogue is a deletion in progress, not a broken list.
+    pub deleting: bool,
 }
 
 impl StoredDialogue {
     /// A dialogue with nothing read yet.
     #[must_use]
     pub fn new(id: DialogueId) -> Self {
-        Self { id, messages: Vec::new(), unreadable: Vec::new(), summary: None, listed: Vec::new() }
+        Self {
+            id,
+            messages: Vec::new(),
+            unreadable: Vec::new(),
+            summary: None,
+            listed: Vec::new(),
+            deleting: false,
+        }
     }
 }
 
@@ -87,6 +97,8 @@ pub enum Finding {
     Listing { owner: UserId, expected: i64, entries: Vec<(UserId, i64)> },
     #[error("listed for {entries:?} (owner, activity ms) but has no messages")]
     ListedWithoutMessages { entries: Vec<(UserId, i64)> },
+    #[error("being deleted, yet still listed for {entries:?} (owner, activity ms)")]
+    ListedWhileDeleting { entries: Vec<(UserId, i64)> },
 }
 
 /// Everything wrong with one stored dialogue; empty when it is a valid list with a true summary.
@@ -97,6 +109,14 @@ pub fn audit(stored: &StoredDialogue) -> Vec<Finding> {
         .iter()
         .map(|(position, reason)| Finding::Unreadable { position: *position, reason: reason.clone() })
         .collect();
+    if stored.deleting {
+        // Its messages go in batches before its head: any subset of them may be left, so the
+        // list's rules do not apply; only that nobody can find it any more.
+        if !stored.listed.is_empty() {
+            findings.push(Finding::ListedWhileDeleting { entries: stored.listed.clone() });
+        }
+        return findings;
+    }
     let mut messages: Vec<&StoredLink> = stored.messages.iter().collect();
     messages.sort_by_key(|m| m.position);
     if messages.is_empty() {
@@ -249,13 +269,20 @@ pub struct AuditReport {
     pub messages: u64,
     /// Findings by dialogue; a dialogue without findings has no entry.
     pub findings: BTreeMap<DialogueId, Vec<Finding>>,
+    /// Dialogues whose deletion has begun and not finished (see [`StoredDialogue::deleting`]),
+    /// not counted in `dialogues` or `messages`.
+    pub deleting: BTreeSet<DialogueId>,
 }
 
 impl AuditReport {
     /// Audits one dialogue and records the outcome; answers whether it found anything.
     pub fn record(&mut self, stored: &StoredDialogue) -> bool {
-        self.dialogues += 1;
-        self.messages += stored.messages.len() as u64;
+        if stored.deleting {
+            self.deleting.insert(stored.id);
+        } else {
+            self.dialogues += 1;
+            self.messages += stored.messages.len() as u64;
+        }
         let findings = audit(stored);
         let found = !findings.is_empty();
         if found {
@@ -267,8 +294,10 @@ impl AuditReport {
     /// Takes back what [`record`](Self::record) counted for a dialogue of `messages` messages,
     /// for stores that read it again after a scan that could not see it whole.
     pub fn forget(&mut self, id: DialogueId, messages: u64) {
-        self.dialogues = self.dialogues.saturating_sub(1);
-        self.messages = self.messages.saturating_sub(messages);
+        if !self.deleting.remove(&id) {
+            self.dialogues = self.dialogues.saturating_sub(1);
+            self.messages = self.messages.saturating_sub(messages);
+        }
         self.findings.remove(&id);
     }
 
@@ -316,7 +345,7 @@ mod tests {
             tail_id: ids[n as usize - 1],
         };
         let listed = vec![(owner, summary.updated_at.timestamp_millis())];
-        StoredDialogue { id, messages, unreadable: Vec::new(), summary: Some(summary), listed }
+        StoredDialogue { summary: Some(summary), listed, messages, ..StoredDialogue::new(id) }
     }
 
     #[test]
@@ -410,6 +439,27 @@ mod tests {
         let findings = audit(&stored);
         assert!(findings.contains(&Finding::OwnerMismatch { positions: vec![3] }));
         assert!(findings.contains(&Finding::Unreadable { position: 4, reason: "not JSON".into() }));
+    }
+
+    #[test]
+    fn a_deletion_in_progress_is_no_finding_unless_it_is_still_listed_and_orphans_still_are() {
+        let mut stored = valid(5);
+        stored.deleting = true;
+        stored.listed.clear();
+        stored.messages.retain(|m| m.position == 1 || m.position == 4);
+        assert_eq!(audit(&stored), []);
+        let mut report = AuditReport::default();
+        assert!(!report.record(&stored));
+        assert_eq!((report.dialogues, report.messages, report.deleting.len()), (0, 0, 1));
+
+        stored.listed = valid(1).listed;
+        assert!(matches!(audit(&stored)[..], [Finding::ListedWhileDeleting { .. }]));
+        // The head goes last: what is left without one was not a deletion's doing.
+        let mut headless = valid(3);
+        headless.messages.remove(0);
+        headless.summary = None;
+        headless.listed.clear();
+        assert!(matches!(audit(&headless)[..], [Finding::NoHead { .. }]));
     }
 
     #[test]

@@ -63,7 +63,11 @@ macro_rules! conformance_suite {
             dialogues_are_private_to_their_owner,
             pages_of_large_messages_reach_every_message,
             a_renamed_dialogue_keeps_its_place_and_its_list,
-            a_rename_racing_ten_appends_loses_none_of_them
+            a_rename_racing_ten_appends_loses_none_of_them,
+            a_deleted_dialogue_is_gone_for_everyone,
+            deleting_all_takes_every_dialogue_of_the_owner_and_nothing_else,
+            a_delete_racing_ten_appends_leaves_no_orphans,
+            deleting_all_racing_appends_leaves_no_orphans
         );
     };
     (@cases $make:path; $($case:ident),*) => {
@@ -581,4 +585,118 @@ pub async fn a_rename_racing_ten_appends_loses_none_of_them(stores: Stores) {
     assert_eq!((summary.title.as_str(), summary.message_count), ("Renamed", 11));
     assert_eq!(summary.tail_id, messages[10].id);
     assert_audit_clean(&stores, 1, 11).await;
+}
+
+/// What every operation on a deleted `dialogue` must answer.
+async fn assert_gone(stores: &Stores, owner: UserId, dialogue: DialogueId) {
+    let page = stores.dialogues.messages(owner, dialogue, Limit::new_clamped(10, 100), None).await;
+    assert!(matches!(page, Err(StoreError::NotFound)), "{page:?}");
+    let cursor = Some(MessageCursor { after_seq: 2 });
+    let later = stores.dialogues.messages(owner, dialogue, Limit::new_clamped(10, 100), cursor).await;
+    assert!(matches!(later, Err(StoreError::NotFound)), "a page past the head: {later:?}");
+    let appended =
+        stores.dialogues.append_message(owner, dialogue, said(Role::User, "still there?", at(99))).await;
+    assert!(matches!(appended, Err(StoreError::NotFound)), "{appended:?}");
+    let renamed = stores.dialogues.rename_dialogue(owner, dialogue, "again".into()).await;
+    assert!(matches!(renamed, Err(StoreError::NotFound)), "{renamed:?}");
+    let again = stores.dialogues.delete_dialogue(owner, dialogue).await;
+    assert!(matches!(again, Err(StoreError::NotFound)), "{again:?}");
+    let listed = stores.dialogues.dialogues(owner, Limit::new_clamped(100, 100), None).await.unwrap();
+    assert!(listed.items.iter().all(|d| d.id != dialogue), "still listed");
+}
+
+pub async fn a_deleted_dialogue_is_gone_for_everyone(stores: Stores) {
+    let owner = UserId::generate();
+    // Longer than a page of keys of any store's deletion.
+    let long = dialogue_of(&stores, owner, 130, 0).await;
+    let short = dialogue_of(&stores, owner, 3, 200).await;
+    let kept = dialogue_of(&stores, owner, 2, 300).await;
+
+    for (who, which) in [(UserId::generate(), long), (owner, DialogueId::generate())] {
+        let refused = stores.dialogues.delete_dialogue(who, which).await;
+        assert!(matches!(refused, Err(StoreError::NotFound)), "{refused:?}");
+    }
+    assert_audit_clean(&stores, 3, 135).await;
+
+    stores.dialogues.delete_dialogue(owner, long).await.unwrap();
+    stores.dialogues.delete_dialogue(owner, short).await.unwrap();
+    assert_gone(&stores, owner, long).await;
+    assert_gone(&stores, owner, short).await;
+    let listed = stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap();
+    assert_eq!(listed.items.iter().map(|d| d.id).collect::<Vec<_>>(), [kept]);
+    assert_eq!(whole(&stores, owner, kept).await.len(), 2);
+    assert_audit_clean(&stores, 1, 2).await;
+}
+
+pub async fn deleting_all_takes_every_dialogue_of_the_owner_and_nothing_else(stores: Stores) {
+    let (owner, neighbour) = (UserId::generate(), UserId::generate());
+    let mut theirs = Vec::new();
+    for i in 0..5 {
+        theirs.push(dialogue_of(&stores, owner, 1 + i, 10 * i as i64).await);
+    }
+    let other = dialogue_of(&stores, neighbour, 3, 100).await;
+
+    assert_eq!(stores.dialogues.delete_dialogues(owner).await.unwrap(), 5);
+    for dialogue in theirs {
+        assert_gone(&stores, owner, dialogue).await;
+    }
+    assert!(
+        stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap().items.is_empty()
+    );
+    assert_eq!(whole(&stores, neighbour, other).await.len(), 3);
+    assert_eq!(stores.dialogues.delete_dialogues(owner).await.unwrap(), 0, "nothing left to delete");
+    // The owner can start again afresh.
+    let fresh = dialogue_of(&stores, owner, 2, 500).await;
+    assert_eq!(whole(&stores, owner, fresh).await.len(), 2);
+    assert_audit_clean(&stores, 2, 5).await;
+}
+
+/// Ten appends and `delete` race on a one-message dialogue: every append either landed before
+/// the deletion (and went with it) or was told the dialogue is not found.
+async fn race_appends_with<F>(stores: &Stores, owner: UserId, dialogue: DialogueId, delete: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let appends: Vec<_> = (0..10)
+        .map(|i| {
+            let dialogues = Arc::clone(&stores.dialogues);
+            let message = said(Role::User, &format!("racer {i}"), at(1 + i));
+            tokio::spawn(async move { dialogues.append_message(owner, dialogue, message).await })
+        })
+        .collect();
+    let deletion = tokio::spawn(delete);
+    for append in appends {
+        match append.await.unwrap() {
+            Ok(_) | Err(StoreError::NotFound) => {}
+            Err(other) => panic!("an append racing a deletion failed otherwise: {other:?}"),
+        }
+    }
+    deletion.await.unwrap();
+    assert_gone(stores, owner, dialogue).await;
+}
+
+pub async fn a_delete_racing_ten_appends_leaves_no_orphans(stores: Stores) {
+    let owner = UserId::generate();
+    let dialogue = dialogue_of(&stores, owner, 1, 0).await;
+    let dialogues = Arc::clone(&stores.dialogues);
+    race_appends_with(&stores, owner, dialogue, async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        dialogues.delete_dialogue(owner, dialogue).await.unwrap();
+    })
+    .await;
+    assert_audit_clean(&stores, 0, 0).await;
+}
+
+pub async fn deleting_all_racing_appends_leaves_no_orphans(stores: Stores) {
+    let owner = UserId::generate();
+    let dialogue = dialogue_of(&stores, owner, 1, 0).await;
+    let other = dialogue_of(&stores, owner, 2, 10).await;
+    let dialogues = Arc::clone(&stores.dialogues);
+    race_appends_with(&stores, owner, dialogue, async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(dialogues.delete_dialogues(owner).await.unwrap(), 2);
+    })
+    .await;
+    assert_gone(&stores, owner, other).await;
+    assert_audit_clean(&stores, 0, 0).await;
 }

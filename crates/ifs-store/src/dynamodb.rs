@@ -18,8 +18,9 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-    Projection, ProjectionType, Put, ReturnValue, ScalarAttributeType, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, Put, ReturnValue, ScalarAttributeType, TransactWriteItem, Update,
+    WriteRequest,
 };
 use ifs_domain::{
     AuditReport, DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor,
@@ -34,6 +35,17 @@ const BY_ACTIVITY: &str = "by_owner_activity";
 const APPEND_ATTEMPTS: u32 = 64;
 /// Longest wait between two attempts.
 const BACKOFF_CAP: Duration = Duration::from_millis(50);
+/// The attribute that marks a head whose dialogue is being deleted (the instant it began, ms):
+/// such a dialogue answers not found to every read and write, and is no longer listed.
+const DELETING: &str = "deleting";
+/// Keys a BatchWriteItem deletes at most (DynamoDB's limit).
+const BATCH_WRITE: usize = 25;
+/// Keys one query of a deletion reads: four batches, written concurrently.
+const DELETE_PAGE: i32 = 100;
+/// Attempts at one batch whose items DynamoDB keeps leaving unprocessed (throttling).
+const BATCH_ATTEMPTS: u32 = 16;
+/// Dialogues hidden, then purged, at once when deleting all of an owner's.
+const DELETE_PARALLEL: usize = 8;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -56,6 +68,12 @@ fn message_sk(seq: u64) -> String {
 
 fn owner_pk(owner: UserId) -> String {
     format!("OWNER#{owner}")
+}
+
+/// Where the index files an owner's dialogues whose deletion has begun: out of their listing,
+/// still found by the next deletion of theirs, which finishes them.
+fn deleting_pk(owner: UserId) -> String {
+    format!("DELETING#{owner}")
 }
 
 fn activity_sk(updated_at_ms: i64, id: DialogueId) -> String {
@@ -210,8 +228,10 @@ fn summary_from(item: &Item) -> anyhow::Result<DialogueSummary> {
     })
 }
 
+/// Whether `owner` may see the message `item`: theirs, and not in a dialogue being deleted
+/// (only a head carries the mark).
 fn owned_by(item: &Item, owner: UserId) -> bool {
-    text(item, "owner").is_ok_and(|stored| stored == owner.to_string())
+    text(item, "owner").is_ok_and(|stored| stored == owner.to_string()) && !item.contains_key(DELETING)
 }
 
 /// Maps an SDK failure: what cannot be reached or is throttled is worth retrying shortly
@@ -451,7 +471,7 @@ impl DynamoStore {
             .update_expression(
                 "SET message_count = :count, tail_id = :tail, updated_at = :updated, gsi1sk = :activity",
             )
-            .condition_expression("message_count = :read")
+            .condition_expression("message_count = :read AND attribute_not_exists(deleting)")
             .expression_attribute_values(":count", n(summary.message_count))
             .expression_attribute_values(":tail", s(appended.id.to_string()))
             .expression_attribute_values(":updated", n(summary.updated_at.timestamp_millis()))
@@ -468,7 +488,9 @@ impl DynamoStore {
                     "SET message_count = :count, tail_id = :tail, updated_at = :updated, gsi1sk = :activity, \
                      next_id = :tail",
                 )
-                .condition_expression("message_count = :read AND attribute_not_exists(next_id)");
+                .condition_expression(
+                    "message_count = :read AND attribute_not_exists(next_id) AND attribute_not_exists(deleting)",
+                );
         } else {
             let tail = Update::builder()
                 .table_name(&self.table)
@@ -657,15 +679,16 @@ impl DialogueStore for DynamoStore {
             .expression_attribute_values(":pk", s(dialogue_pk(dialogue)))
             .expression_attribute_values(":after", s(message_sk(after.map_or(0, |c| c.after_seq))))
             .consistent_read(true);
-        let (items, more) = self
-            .read_page(query, None, owner, PageFill::new(limit), message_from, "reading messages")
-            .await?;
-        if items.is_empty() {
-            // Past the end of a dialogue, or no dialogue at all: only the head can tell.
-            if after.is_some() {
-                self.owned_summary(owner, dialogue).await?;
-                return Ok(Page { items, next: None });
-            }
+        let page = self.read_page(query, None, owner, PageFill::new(limit), message_from, "reading messages");
+        let (items, more) = if after.is_some() {
+            // A page past the head does not show whose it is, nor whether it is being deleted:
+            // its head is read at the same time and decides.
+            let (page, _) = tokio::try_join!(page, self.owned_summary(owner, dialogue))?;
+            page
+        } else {
+            page.await?
+        };
+        if items.is_empty() && after.is_none() {
             return Err(StoreError::NotFound);
         }
         let next = more.then(|| items.last().map(|m| MessageCursor { after_seq: m.seq })).flatten();
@@ -686,9 +709,12 @@ impl DialogueStore for DynamoStore {
             .table_name(&self.table)
             .set_key(Some(key(dialogue_pk(dialogue), message_sk(1))))
             .update_expression("SET #title = :title")
-            .condition_expression("#owner = :owner AND attribute_exists(#title)")
+            .condition_expression(
+                "#owner = :owner AND attribute_exists(#title) AND attribute_not_exists(#deleting)",
+            )
             .expression_attribute_names("#owner", "owner")
             .expression_attribute_names("#title", "title")
+            .expression_attribute_names("#deleting", DELETING)
             .expression_attribute_values(":title", s(title))
             .expression_attribute_values(":owner", s(owner.to_string()))
             .return_values(ReturnValue::AllNew)
@@ -703,6 +729,63 @@ impl DialogueStore for DynamoStore {
             }
             Err(error) => Err(failure("renaming a dialogue", &error)),
         }
+    }
+
+    async fn delete_dialogue(&self, owner: UserId, dialogue: DialogueId) -> StoreResult<()> {
+        self.hide(owner, dialogue).await?;
+        self.purge(dialogue).await
+    }
+
+    async fn delete_dialogues(&self, owner: UserId) -> StoreResult<u64> {
+        use futures::{StreamExt as _, TryStreamExt as _};
+
+        // Every listed dialogue is hidden first, so that all of them leave the listing within
+        // moments even if purging the messages is cut short; then the hidden ones, and any left
+        // half-deleted by an earlier attempt, are purged.
+        let mut doomed = BTreeSet::new();
+        for (prefix, hide) in [(owner_pk(owner), true), (deleting_pk(owner), false)] {
+            let mut start = None;
+            loop {
+                let output = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(BY_ACTIVITY)
+                    .key_condition_expression("gsi1pk = :owner")
+                    .expression_attribute_values(":owner", s(&prefix))
+                    .projection_expression("#pk")
+                    .expression_attribute_names("#pk", "pk")
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| failure("finding dialogues to delete", &e))?;
+                let found = output.items().iter().map(dialogue_of).collect::<anyhow::Result<Vec<_>>>()?;
+                if hide {
+                    futures::stream::iter(
+                        found.clone().into_iter().map(|dialogue| self.hide(owner, dialogue)),
+                    )
+                    .buffer_unordered(DELETE_PARALLEL)
+                    .or_else(|error| async move {
+                        // Deleted meanwhile by another request: nothing left to hide.
+                        if matches!(error, StoreError::NotFound) { Ok(()) } else { Err(error) }
+                    })
+                    .try_collect::<Vec<()>>()
+                    .await?;
+                }
+                doomed.extend(found);
+                start = output.last_evaluated_key;
+                if start.is_none() {
+                    break;
+                }
+            }
+        }
+        futures::stream::iter(
+            doomed.iter().copied().collect::<Vec<_>>().into_iter().map(|dialogue| self.purge(dialogue)),
+        )
+        .buffer_unordered(DELETE_PARALLEL)
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(doomed.len() as u64)
     }
 
     async fn dialogues(
@@ -738,6 +821,108 @@ impl DialogueStore for DynamoStore {
 }
 
 impl DynamoStore {
+    /// The first step of a deletion: marks the head as being deleted and moves it out of the
+    /// owner's listing, in one conditional update, so that from then on every read and append
+    /// answers not found. Hiding a hidden dialogue again is harmless: that is how an
+    /// interrupted deletion resumes.
+    async fn hide(&self, owner: UserId, dialogue: DialogueId) -> StoreResult<()> {
+        let hidden = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(dialogue_pk(dialogue), message_sk(1))))
+            .update_expression("SET #deleting = if_not_exists(#deleting, :now), gsi1pk = :hidden")
+            .condition_expression("#owner = :owner AND attribute_exists(#title)")
+            .expression_attribute_names("#deleting", DELETING)
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#title", "title")
+            .expression_attribute_values(":now", n(chrono::Utc::now().timestamp_millis()))
+            .expression_attribute_values(":hidden", s(deleting_pk(owner)))
+            .expression_attribute_values(":owner", s(owner.to_string()))
+            .send()
+            .await;
+        match hidden {
+            Ok(_) => Ok(()),
+            Err(error)
+                if error.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::NotFound)
+            }
+            Err(error) => Err(failure("hiding a dialogue to delete it", &error)),
+        }
+    }
+
+    /// The rest of a deletion, once the head is marked: every other item of the dialogue in
+    /// batches, then the head. Whatever stops it midway leaves a marked head, which the next
+    /// deletion (or `ifs-guide check --repair-deletions`) takes up again.
+    async fn purge(&self, dialogue: DialogueId) -> StoreResult<()> {
+        loop {
+            // From the top each time: a consistent read no longer sees what was deleted.
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND #sk > :head")
+                .expression_attribute_names("#pk", "pk")
+                .expression_attribute_names("#sk", "sk")
+                .expression_attribute_values(":pk", s(dialogue_pk(dialogue)))
+                .expression_attribute_values(":head", s(message_sk(1)))
+                .projection_expression("#pk, #sk")
+                .consistent_read(true)
+                .limit(DELETE_PAGE)
+                .send()
+                .await
+                .map_err(|e| failure("reading a dialogue to delete", &e))?;
+            let keys = output.items;
+            let Some(keys) = keys.filter(|keys| !keys.is_empty()) else { break };
+            futures::future::try_join_all(keys.chunks(BATCH_WRITE).map(|chunk| self.delete_batch(chunk)))
+                .await?;
+        }
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(dialogue_pk(dialogue), message_sk(1))))
+            .send()
+            .await
+            .map_err(|e| failure("deleting a dialogue's head", &e))?;
+        Ok(())
+    }
+
+    /// Deletes the items `keys` name (at most [`BATCH_WRITE`]), retrying what DynamoDB leaves
+    /// unprocessed.
+    async fn delete_batch(&self, keys: &[Item]) -> StoreResult<()> {
+        let mut requests = keys
+            .iter()
+            .map(|item| {
+                let key = key(text(item, "pk")?.to_owned(), text(item, "sk")?);
+                let delete =
+                    DeleteRequest::builder().set_key(Some(key)).build().context("a delete request")?;
+                Ok(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for attempt in 0..BATCH_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(BACKOFF_CAP * attempt.min(8)).await;
+            }
+            let output = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, requests)
+                .send()
+                .await
+                .map_err(|e| failure("deleting messages", &e))?;
+            requests =
+                output.unprocessed_items.and_then(|mut left| left.remove(&self.table)).unwrap_or_default();
+            if requests.is_empty() {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Unavailable(anyhow::anyhow!(
+            "DynamoDB left {} deletions unprocessed {BATCH_ATTEMPTS} times",
+            requests.len()
+        )))
+    }
+
     /// Runs `query` from `start` until `fill` is full or the items run out, following
     /// `LastEvaluatedKey`: DynamoDB stops each response at 1 MB read, and a page that stopped
     /// there lost the rest of the dialogue (20 turns of 16,000 emoji answered 33 of 40 messages
@@ -787,7 +972,7 @@ const SUMMARY: &str = "#pk, #id, #owner, #title, #created, #updated, #count, #ta
 
 /// What the audit reads of an item: the links and the summary, never the content.
 const AUDITED: &str = "#pk, #sk, #id, #seq, #prev, #next, #created, #owner, #title, #updated, #count, #tail, \
-                       #gpk, #gsk";
+                       #gpk, #gsk, #deleting";
 
 /// The names behind the aliases a projection uses (`#pk` and the rest).
 fn attribute_names(projection: &str) -> HashMap<String, String> {
@@ -806,6 +991,7 @@ fn attribute_names(projection: &str) -> HashMap<String, String> {
         ("#tail", "tail_id"),
         ("#gpk", "gsi1pk"),
         ("#gsk", "gsi1sk"),
+        ("#deleting", DELETING),
     ]
     .into_iter()
     .filter(|(alias, _)| projection.split(", ").any(|used| used == *alias))
@@ -845,6 +1031,9 @@ fn gather(stored: &mut StoredDialogue, item: &Item) {
         Ok(link) => stored.messages.push(link),
         Err(error) => stored.unreadable.push((position, format!("{error:#}"))),
     }
+    if position == 1 && item.contains_key(DELETING) {
+        stored.deleting = true;
+    }
     if position == 1 && item.contains_key("title") {
         match summary_from(item).and_then(|summary| Ok((summary, listing_of(item, stored.id)?))) {
             Ok((summary, listed)) => {
@@ -862,6 +1051,9 @@ fn listing_of(item: &Item, dialogue: DialogueId) -> anyhow::Result<Vec<(UserId, 
     else {
         return Ok(Vec::new());
     };
+    if owner.starts_with("DELETING#") {
+        return Ok(Vec::new());
+    }
     let owner = owner.strip_prefix("OWNER#").and_then(|raw| UserId::parse(raw).ok()).context("gsi1pk")?;
     let (ms, listed) = activity.split_once('#').context("gsi1sk")?;
     anyhow::ensure!(listed == dialogue.to_string(), "gsi1sk names dialogue {listed}");
@@ -960,8 +1152,43 @@ impl Audit for DynamoStore {
             close(done, &mut report);
         }
         for dialogue in again {
-            report.record(&self.reread(dialogue).await?);
+            let stored = self.reread(dialogue).await?;
+            // Deleted whole while the scan went by: nothing is left to judge.
+            if !(stored.messages.is_empty() && stored.unreadable.is_empty()) {
+                report.record(&stored);
+            }
         }
         Ok(report)
+    }
+
+    /// Finds the heads marked as being deleted through the index (it holds only heads) and
+    /// purges each.
+    async fn finish_deletions(&self) -> StoreResult<u64> {
+        let mut finished = 0;
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .index_name(BY_ACTIVITY)
+                .filter_expression("begins_with(#gpk, :deleting)")
+                .expression_attribute_names("#gpk", "gsi1pk")
+                .expression_attribute_names("#pk", "pk")
+                .expression_attribute_values(":deleting", s("DELETING#"))
+                .projection_expression("#pk")
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| failure("finding unfinished deletions", &e))?;
+            for item in page.items() {
+                self.purge(dialogue_of(item)?).await?;
+                finished += 1;
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                return Ok(finished);
+            }
+        }
     }
 }

@@ -307,6 +307,36 @@ fn take_page(
     Ok((items, false))
 }
 
+/// Dialogues deleted per write transaction by [`DialogueStore::delete_dialogues`].
+const DELETE_BATCH: usize = 16;
+
+/// The first and last possible keys of `owner`'s entries in the listing index.
+fn owner_bounds(owner: UserId) -> ([u8; 40], [u8; 40]) {
+    let mut last = [0xff; 40];
+    last[..16].copy_from_slice(owner.as_bytes());
+    (owner_key(owner, i64::MAX, DialogueId::from_bytes([0; 16])), last)
+}
+
+/// The dialogue an entry of the listing index names.
+fn dialogue_in(index_key: &[u8]) -> StoreResult<DialogueId> {
+    let id: [u8; 16] = index_key.get(24..40).and_then(|id| id.try_into().ok()).context("an index key")?;
+    Ok(DialogueId::from_bytes(id))
+}
+
+/// Removes every message of the dialogue `summary` describes, and its listing entry.
+fn remove_dialogue(
+    messages: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    index: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    summary: &DialogueSummary,
+) -> StoreResult<()> {
+    index.remove(summary_key(summary).as_slice()).context("unlisting a dialogue")?;
+    let (first, last) = (message_key(summary.id, 1), message_key(summary.id, u64::MAX));
+    messages
+        .retain_in::<&[u8], _>(first.as_slice()..=last.as_slice(), |_, _| false)
+        .context("deleting messages")?;
+    Ok(())
+}
+
 #[async_trait]
 impl UserStore for EmbeddedStore {
     async fn create_user(&self, user: &UserRecord) -> StoreResult<()> {
@@ -438,6 +468,55 @@ impl DialogueStore for EmbeddedStore {
         .await
     }
 
+    async fn delete_dialogue(&self, owner: UserId, dialogue: DialogueId) -> StoreResult<()> {
+        // One write transaction, whatever the length: redb commits it whole or not at all, so
+        // there is never a half-deleted dialogue here, and appends are serialised with it.
+        self.write(move |txn| {
+            let mut messages = txn.open_table(MESSAGES).context("opening messages")?;
+            let (_, summary) = owned_head(&messages, owner, dialogue)?;
+            let mut index = txn.open_table(DIALOGUES_BY_OWNER).context("opening dialogues_by_owner")?;
+            remove_dialogue(&mut messages, &mut index, &summary)
+        })
+        .await
+    }
+
+    async fn delete_dialogues(&self, owner: UserId) -> StoreResult<u64> {
+        // A batch of dialogues per transaction, so that one account's erasure does not hold the
+        // single writer for long; each batch is whole, and the next call resumes where one
+        // interrupted stopped (what is left is still listed).
+        let mut deleted = 0;
+        loop {
+            let batch = self
+                .write(move |txn| {
+                    let mut messages = txn.open_table(MESSAGES).context("opening messages")?;
+                    let mut index =
+                        txn.open_table(DIALOGUES_BY_OWNER).context("opening dialogues_by_owner")?;
+                    let mut owned = Vec::new();
+                    let (first, last) = owner_bounds(owner);
+                    for entry in index
+                        .range::<&[u8]>(first.as_slice()..=last.as_slice())
+                        .context("scanning dialogues")?
+                    {
+                        if owned.len() == DELETE_BATCH {
+                            break;
+                        }
+                        let (key, _) = entry.context("scanning dialogues")?;
+                        owned.push(dialogue_in(key.value())?);
+                    }
+                    for dialogue in &owned {
+                        let (_, summary) = owned_head(&messages, owner, *dialogue)?;
+                        remove_dialogue(&mut messages, &mut index, &summary)?;
+                    }
+                    Ok(owned.len() as u64)
+                })
+                .await?;
+            deleted += batch;
+            if batch < DELETE_BATCH as u64 {
+                return Ok(deleted);
+            }
+        }
+    }
+
     async fn messages_before(
         &self,
         owner: UserId,
@@ -490,15 +569,11 @@ impl DialogueStore for EmbeddedStore {
         self.read(move |txn| {
             let index = txn.open_table(DIALOGUES_BY_OWNER).context("opening dialogues_by_owner")?;
             let messages = txn.open_table(MESSAGES).context("opening messages")?;
-            let end = {
-                let mut key = [0xff; 40];
-                key[..16].copy_from_slice(owner.as_bytes());
-                key
-            };
+            let (first, end) = owner_bounds(owner);
             // The cursor names the last item already seen, so the page starts just after it.
             let start = match after {
                 Some(cursor) => Bound::Excluded(owner_key(owner, cursor.updated_at_ms, cursor.id)),
-                None => Bound::Included(owner_key(owner, i64::MAX, DialogueId::from_bytes([0; 16]))),
+                None => Bound::Included(first),
             };
             let start = start.as_ref().map(|key| key.as_slice());
             let range = index
@@ -512,7 +587,7 @@ impl DialogueStore for EmbeddedStore {
                     break;
                 }
                 let (key, _) = entry.context("scanning dialogues")?;
-                let dialogue = DialogueId::from_bytes(key.value()[24..].try_into().context("index key")?);
+                let dialogue = dialogue_in(key.value())?;
                 let head = read_message(&messages, dialogue, 1)?;
                 items.push(head.summary.with_context(|| format!("head of {dialogue} has no summary"))?);
             }
@@ -734,6 +809,11 @@ impl Audit for EmbeddedStore {
             Ok(report)
         })
         .await
+    }
+
+    async fn finish_deletions(&self) -> StoreResult<u64> {
+        // A dialogue is deleted in one transaction here: none is ever left half-deleted.
+        Ok(0)
     }
 }
 

@@ -160,6 +160,17 @@ pub trait DialogueStore: Send + Sync + std::fmt::Debug + 'static {
         title: String,
     ) -> StoreResult<DialogueSummary>;
 
+    /// Deletes the dialogue: afterwards it, every message in it and its listing entry are gone
+    /// for everyone. An append racing the deletion either lands before it (and is deleted with
+    /// it) or fails as not found. On a store that cannot delete a long dialogue at once, the
+    /// dialogue is hidden first and an interrupted deletion is finished by the next one (or by
+    /// [`Audit::finish_deletions`]); an unfinished one is never read as a dialogue.
+    async fn delete_dialogue(&self, owner: UserId, dialogue: DialogueId) -> StoreResult<()>;
+
+    /// Deletes every dialogue of the owner as [`delete_dialogue`](Self::delete_dialogue) does,
+    /// finishing any deletion of theirs that was interrupted; answers how many it deleted.
+    async fn delete_dialogues(&self, owner: UserId) -> StoreResult<u64>;
+
     /// A page of the owner's dialogues, newest activity first.
     async fn dialogues(
         &self,
@@ -220,4 +231,8 @@ pub trait Audit: Send + Sync + std::fmt::Debug + 'static {
     /// Reads every dialogue and judges it by [`ifs_domain::audit`]. Records that cannot be read
     /// are findings, not errors; an error means the store itself could not be read.
     async fn audit(&self) -> StoreResult<AuditReport>;
+
+    /// Finishes every deletion that was interrupted (a dialogue hidden, not yet all deleted);
+    /// answers how many it finished. Stores that delete a dialogue atomically have none.
+    async fn finish_deletions(&self) -> StoreResult<u64>;
 }
