@@ -178,7 +178,8 @@ def expect(answer, status, what):
 
 
 def end_to_end(base):
-    """signup → login → me → dialogue → continue → rename → dialogues → messages → logout, and refusals."""
+    """signup → login → me → dialogue → continue → rename → dialogues → messages → delete → logout, and
+    refusals."""
     email, password = "lambda@example.com", "correct horse battery"
     user = expect(call(base, "POST", "/api/v1/signup", {"email": email, "password": password}), 201, "signup")
     expect(call(base, "POST", "/api/v1/signup", {"email": email, "password": password}), 409, "signup again")
@@ -223,10 +224,21 @@ def end_to_end(base):
     refused = expect(call(base, "GET", "/api/v1/messages?dialogue_id=not-an-id", token=token), 400, "bad id")
     assert refused["error"]["code"], refused
 
+    # Erasure: one dialogue, then all of them; what was erased is 404 from then on.
+    other = expect(call(base, "POST", "/api/v1/dialogue", {"message": "A second one.", "max_tokens": 8}, token),
+                   201, "a second dialogue")["dialogue_id"]
+    expect(call(base, "DELETE", f"/api/v1/dialogues/{dialogue}", token=token), 204, "delete the dialogue")
+    expect(call(base, "GET", f"/api/v1/messages?dialogue_id={dialogue}", token=token), 404, "a deleted dialogue")
+    expect(call(base, "DELETE", "/api/v1/dialogues", token=token), 204, "delete every dialogue")
+    expect(call(base, "GET", f"/api/v1/messages?dialogue_id={other}", token=token), 404, "all deleted")
+    listed = expect(call(base, "GET", "/api/v1/dialogues", token=token), 200, "dialogues after deleting")
+    assert listed["dialogues"] == [], listed
+
     expect(call(base, "POST", "/api/v1/logout", {}, token), 204, "logout")
     expect(call(base, "GET", "/api/v1/me", token=token), 401, "me after logout")
     print("end to end through cargo lambda watch: signup, login, me, dialogue (agent invoked as a Lambda "
-          "function), continue, a streamed turn, rename, dialogues, messages, logout — all as expected")
+          "function), continue, a streamed turn, rename, dialogues, messages, delete one and all, logout — all as "
+          "expected")
 
 
 def interrupted(*_):

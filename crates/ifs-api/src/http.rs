@@ -86,7 +86,12 @@ pub fn cors(origins: &str) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([axum::http::Method::GET, axum::http::Method::POST, axum::http::Method::PATCH])
+            .allow_methods([
+                axum::http::Method::GET,
+                axum::http::Method::POST,
+                axum::http::Method::PATCH,
+                axum::http::Method::DELETE,
+            ])
             .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, X_REQUEST_ID])
             .expose_headers([X_REQUEST_ID, header::RETRY_AFTER])
             .max_age(Duration::from_secs(600)),

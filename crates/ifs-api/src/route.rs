@@ -11,6 +11,7 @@ pub enum Method {
     Get,
     Post,
     Patch,
+    Delete,
 }
 
 /// One method on one path.
@@ -36,6 +37,11 @@ impl Route {
         Self { method: Method::Patch, path }
     }
 
+    #[must_use]
+    pub const fn delete(path: &'static str) -> Self {
+        Self { method: Method::Delete, path }
+    }
+
     /// The method as HTTP writes it.
     #[must_use]
     pub const fn method_name(&self) -> &'static str {
@@ -43,6 +49,7 @@ impl Route {
             Method::Get => "GET",
             Method::Post => "POST",
             Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
         }
     }
 
@@ -57,6 +64,7 @@ impl Route {
             Method::Get => MethodFilter::GET,
             Method::Post => MethodFilter::POST,
             Method::Patch => MethodFilter::PATCH,
+            Method::Delete => MethodFilter::DELETE,
         };
         axum::routing::on(filter, handler)
     }

@@ -41,7 +41,8 @@ pub enum Command {
     /// Print the OpenAPI 3.1 document of the whole API (what openapi.json holds).
     Openapi,
     /// Walk every dialogue in the store and report each broken link, gap, fork, orphan or
-    /// summary that disagrees with its list; exit 1 if there is one, 2 if the store cannot be read.
+    /// summary that disagrees with its list, and deletions left unfinished (finished with
+    /// --repair-deletions); exit 1 if there is a finding, 2 if the store cannot be read.
     Check(CheckArgs),
 }
 
@@ -56,6 +57,20 @@ pub struct CheckArgs {
     pub data_dir: std::path::PathBuf,
     #[command(flatten)]
     pub dynamodb: DynamoConfig,
+    /// First finish every deletion that was interrupted (a dialogue hidden, its messages not
+    /// all deleted yet); without it they are only reported.
+    #[arg(long)]
+    pub repair_deletions: bool,
+}
+
+/// What `check` read and found.
+#[derive(Debug)]
+pub struct Checked {
+    /// The store, in words.
+    pub store: String,
+    /// Interrupted deletions finished before the audit (with `--repair-deletions`).
+    pub finished: u64,
+    pub report: AuditReport,
 }
 
 /// Everything `serve` reads; each flag can also be set through the environment variable named.
@@ -200,9 +215,9 @@ pub async fn create_table(config: &DynamoConfig) -> anyhow::Result<String> {
     })
 }
 
-/// Audits every dialogue of the store `args` names; answers what it read and the report. The
-/// store must exist: `check` never creates one.
-pub async fn check(args: &CheckArgs) -> anyhow::Result<(String, AuditReport)> {
+/// Audits every dialogue of the store `args` names, after finishing interrupted deletions if
+/// asked to. The store must exist: `check` never creates one.
+pub async fn check(args: &CheckArgs) -> anyhow::Result<Checked> {
     let (store, described): (Arc<dyn Audit>, String) = match args.store {
         StoreBackend::Embedded => {
             let path = args.data_dir.join(ifs_api::backends::EMBEDDED_FILE);
@@ -224,7 +239,8 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<(String, AuditReport)> {
             (Arc::new(store), described)
         }
     };
-    Ok((described, store.audit().await?))
+    let finished = if args.repair_deletions { store.finish_deletions().await? } else { 0 };
+    Ok(Checked { store: described, finished, report: store.audit().await? })
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish

@@ -79,7 +79,7 @@ async fn serve(args: ifs_guide::ServeArgs) -> ExitCode {
 /// Prints each finding, one line per finding, then a summary line. Exit 0: every dialogue is a
 /// valid list; 1: findings; 2: the store could not be read.
 async fn check(args: &ifs_guide::CheckArgs) -> ExitCode {
-    let (store, report) = match ifs_guide::check(args).await {
+    let ifs_guide::Checked { store, finished, report } = match ifs_guide::check(args).await {
         Ok(checked) => checked,
         Err(error) => {
             eprintln!("ifs-guide: {error:#}");
@@ -91,9 +91,18 @@ async fn check(args: &ifs_guide::CheckArgs) -> ExitCode {
             println!("dialogue {dialogue}: {finding}");
         }
     }
+    for dialogue in &report.deleting {
+        println!("dialogue {dialogue}: being deleted (hidden; --repair-deletions finishes it)");
+    }
     let (dialogues, messages) = (report.dialogues, report.messages);
-    let checked =
+    let mut checked =
         format!("checked {}, {} in {store}", count(dialogues, "dialogue"), count(messages, "message"));
+    if finished > 0 {
+        checked += &format!(", after finishing {}", count(finished, "interrupted deletion"));
+    }
+    if !report.deleting.is_empty() {
+        checked += &format!(", {} in progress", count(report.deleting.len() as u64, "deletion"));
+    }
     if report.findings.is_empty() {
         println!("{checked}: no findings");
         ExitCode::SUCCESS

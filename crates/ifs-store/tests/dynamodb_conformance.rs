@@ -219,3 +219,129 @@ async fn the_audit_reports_a_list_broken_behind_the_stores_back() {
     );
     assert_eq!(report.findings[&headless], [Finding::NoHead { positions: vec![3] }]);
 }
+
+/// A deletion cut short after its first step, as a killed process leaves it: the dialogue is
+/// hidden from every read, the audit reports it as a deletion in progress (not as corruption),
+/// and both the owner's next deletion and `finish_deletions` finish one — nothing of it left.
+#[tokio::test]
+async fn an_interrupted_deletion_stays_hidden_and_is_finished_later() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use ifs_domain::DialogueId;
+    use ifs_store::Audit as _;
+
+    let store = table().await;
+    let owner = UserId::generate();
+    let long = |n: usize| {
+        let store = store.clone();
+        async move {
+            let id = store.start_dialogue(owner, said("first")).await.unwrap().dialogue_id;
+            for i in 1..n {
+                store.append_message(owner, id, said(&format!("message {i}"))).await.unwrap();
+            }
+            id
+        }
+    };
+    let (first, second, kept) = (long(40).await, long(30).await, long(3).await);
+    let s = |text: String| AttributeValue::S(text);
+    let key = |dialogue: DialogueId, seq: u64| {
+        std::collections::HashMap::from([
+            ("pk".to_owned(), s(format!("DLG#{dialogue}"))),
+            ("sk".to_owned(), s(format!("MSG#{seq:020}"))),
+        ])
+    };
+    // What `hide` writes, then some of the messages gone, as the process died between batches.
+    for dialogue in [first, second] {
+        store
+            .client()
+            .update_item()
+            .table_name(store.table())
+            .set_key(Some(key(dialogue, 1)))
+            .update_expression("SET deleting = :at, gsi1pk = :hidden")
+            .expression_attribute_values(":at", AttributeValue::N("1750000000000".into()))
+            .expression_attribute_values(":hidden", s(format!("DELETING#{owner}")))
+            .send()
+            .await
+            .unwrap();
+        for seq in 5..=12 {
+            store
+                .client()
+                .delete_item()
+                .table_name(store.table())
+                .set_key(Some(key(dialogue, seq)))
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    let items = async |dialogue: DialogueId| {
+        store
+            .client()
+            .query()
+            .table_name(store.table())
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(format!("DLG#{dialogue}")))
+            .consistent_read(true)
+            .select(aws_sdk_dynamodb::types::Select::Count)
+            .send()
+            .await
+            .unwrap()
+            .count()
+    };
+    assert_eq!(items(first).await, 32);
+
+    for dialogue in [first, second] {
+        let page = store.messages(owner, dialogue, Limit::new_clamped(10, 100), None).await;
+        assert!(matches!(page, Err(StoreError::NotFound)), "{page:?}");
+        let later = store
+            .messages(
+                owner,
+                dialogue,
+                Limit::new_clamped(10, 100),
+                Some(ifs_domain::MessageCursor { after_seq: 20 }),
+            )
+            .await;
+        assert!(matches!(later, Err(StoreError::NotFound)), "{later:?}");
+        let appended = store.append_message(owner, dialogue, said("hello?")).await;
+        assert!(matches!(appended, Err(StoreError::NotFound)), "{appended:?}");
+    }
+    let listed = store.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap();
+    assert_eq!(listed.items.iter().map(|d| d.id).collect::<Vec<_>>(), [kept]);
+    let report = store.audit().await.unwrap();
+    assert_eq!(report.findings, Default::default(), "a deletion in progress is not corruption");
+    assert_eq!((report.dialogues, report.messages), (1, 3));
+    assert_eq!(
+        report.deleting.iter().copied().collect::<std::collections::BTreeSet<_>>(),
+        [first, second].into()
+    );
+
+    // The owner deleting that one again finishes it; the operator's repair finishes the other.
+    store.delete_dialogue(owner, first).await.unwrap();
+    assert_eq!(items(first).await, 0);
+    assert_eq!(store.finish_deletions().await.unwrap(), 1);
+    assert_eq!(items(second).await, 0);
+    assert_eq!(store.finish_deletions().await.unwrap(), 0);
+    let report = store.audit().await.unwrap();
+    assert_eq!(report.findings, Default::default());
+    assert_eq!((report.dialogues, report.messages, report.deleting.len()), (1, 3, 0));
+}
+
+/// Deleting a dialogue costs a call per batch of 25 messages and a query per 100, plus the
+/// head's two: it grows with the dialogue, as nothing else does, and is bounded by it.
+#[tokio::test]
+async fn deleting_a_dialogue_costs_one_batch_per_25_messages() {
+    let store = table().await;
+    let owner = UserId::generate();
+    let mut counts = Vec::new();
+    for length in [1_u64, 26, 301] {
+        let dialogue = store.start_dialogue(owner, said("first")).await.unwrap().dialogue_id;
+        for i in 1..length {
+            store.append_message(owner, dialogue, said(&format!("message {i}"))).await.unwrap();
+        }
+        let before = store.calls();
+        store.delete_dialogue(owner, dialogue).await.unwrap();
+        counts.push(store.calls() - before);
+    }
+    // hide + queries (one per 100 others, and the empty one that ends) + batches + the head.
+    let cost = |queries: u64, batches: u64| 1 + queries + batches + 1;
+    assert_eq!(counts, [cost(1, 0), cost(2, 1), cost(4, 12)]);
+}

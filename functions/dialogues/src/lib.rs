@@ -1,10 +1,13 @@
 //! `GET /api/v1/dialogues?limit=&cursor=`: the caller's dialogues, newest activity first, a page
-//! at a time; `PATCH /api/v1/dialogues/{dialogue_id}`: a new title for one of them.
+//! at a time; `PATCH /api/v1/dialogues/{dialogue_id}`: a new title for one of them;
+//! `DELETE /api/v1/dialogues/{dialogue_id}` and `DELETE /api/v1/dialogues`: one of them, or all,
+//! erased.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use ifs_api::extract::Query;
 use ifs_api::views::SizedJson;
 use ifs_api::{ApiError, AuthUser, Json, Route};
@@ -29,14 +32,19 @@ pub struct DialoguesState {
 pub const DIALOGUES: Route = Route::get("/api/v1/dialogues");
 /// A new title for one dialogue.
 pub const RENAME: Route = Route::patch("/api/v1/dialogues/{dialogue_id}");
+/// Erases one dialogue.
+pub const DELETE: Route = Route::delete("/api/v1/dialogues/{dialogue_id}");
+/// Erases every dialogue of the caller.
+pub const DELETE_ALL: Route = Route::delete("/api/v1/dialogues");
 /// Every route of this function, for what maps requests to it.
-pub const ROUTES: &[Route] = &[DIALOGUES, RENAME];
+pub const ROUTES: &[Route] = &[DIALOGUES, RENAME, DELETE, DELETE_ALL];
 
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: DialoguesState) -> Router {
     Router::new()
         .route(DIALOGUES.path, DIALOGUES.to(dialogues))
-        .route(RENAME.path, RENAME.to(rename))
+        .route(RENAME.path, RENAME.to(rename).merge(DELETE.to(delete)))
+        .route(DIALOGUES.path, DELETE_ALL.to(delete_all))
         .with_state(state)
 }
 
@@ -101,7 +109,7 @@ pub struct ListResponse {
 
 /// The operations of this function, for the OpenAPI document.
 #[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(dialogues, rename))]
+#[openapi(paths(dialogues, rename, delete, delete_all))]
 pub struct Api;
 
 /// The caller's dialogues, newest activity first, a page at a time.
@@ -185,9 +193,61 @@ async fn rename(
     Ok(axum::Json(DialogueView::from(summary)))
 }
 
+/// Erases one of the caller's dialogues: afterwards it, its messages and every id in it answer
+/// 404 to everyone. A turn racing the deletion either lands before it (and is erased with it) or
+/// fails with 404.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/dialogues/{dialogue_id}",
+    tag = "dialogues",
+    operation_id = "delete_dialogue",
+    security(("bearer" = [])),
+    params(("dialogue_id" = String, Path, format = Uuid, description = "The dialogue (the id of its first message)")),
+    responses(
+        (status = 204, description = "The dialogue is erased"),
+        (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+        (status = 404, response = ifs_api::openapi::NotFound),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
+async fn delete(
+    AuthUser(principal): AuthUser,
+    State(store): State<Arc<dyn DialogueStore>>,
+    Path(dialogue_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let dialogue = DialogueId::parse(&dialogue_id).map_err(|e| ApiError::invalid_field("dialogue_id", e))?;
+    store.delete_dialogue(principal.user_id, dialogue).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Erases every dialogue of the caller, as deleting each would. Safe to repeat: a call that was
+/// cut short is finished by the next.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/dialogues",
+    tag = "dialogues",
+    operation_id = "delete_dialogues",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Every dialogue of the caller is erased"),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
+async fn delete_all(
+    AuthUser(principal): AuthUser,
+    State(store): State<Arc<dyn DialogueStore>>,
+) -> Result<StatusCode, ApiError> {
+    let deleted = store.delete_dialogues(principal.user_id).await?;
+    tracing::info!(deleted, "erased every dialogue of a user");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[cfg(test)]
 mod tests {
-    use axum::http::StatusCode;
     use ifs_api::testing::{World, call, empty_request};
     use ifs_domain::{Clock as _, MessageId, MessageText, NewMessage, Role};
 
@@ -268,6 +328,48 @@ mod tests {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
             assert!(json["error"]["message"].as_str().unwrap().contains(field), "{json}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_dialogue_or_all_of_them_are_erased_by_their_owner_only() {
+        let world = World::new();
+        let (owner, token) = world.signed_in("ada").await;
+        let (_, stranger) = world.signed_in("bob").await;
+        let mut heads = Vec::new();
+        for text in ["one", "two", "three"] {
+            let first = NewMessage {
+                id: MessageId::generate(),
+                role: Role::User,
+                content: MessageText::parse(text.into()).unwrap(),
+                created_at: world.clock.now(),
+                meta: None,
+            };
+            heads.push(world.backends.dialogues.start_dialogue(owner, first).await.unwrap().dialogue_id);
+        }
+        let app = router(DialoguesState {
+            auth: world.authenticator(),
+            dialogues: world.backends.dialogues.clone(),
+        });
+        let delete =
+            |token: &str, path: String| call(app.clone(), empty_request("DELETE", &path, Some(token)));
+        let one = format!("/api/v1/dialogues/{}", heads[0]);
+
+        assert_eq!(delete(&stranger, one.clone()).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(delete(&stranger, "/api/v1/dialogues".into()).await.0, StatusCode::NO_CONTENT);
+        let (status, json) = delete(&token, "/api/v1/dialogues/nope".into()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+        assert!(json["error"]["message"].as_str().unwrap().contains("dialogue_id"), "{json}");
+        let (_, listed) = call(app.clone(), empty_request("GET", "/api/v1/dialogues", Some(&token))).await;
+        assert_eq!(listed["dialogues"].as_array().unwrap().len(), 3, "a stranger erased nothing");
+
+        assert_eq!(delete(&token, one.clone()).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(delete(&token, one).await.0, StatusCode::NOT_FOUND);
+        let (_, listed) = call(app.clone(), empty_request("GET", "/api/v1/dialogues", Some(&token))).await;
+        assert_eq!(listed["dialogues"].as_array().unwrap().len(), 2);
+        assert_eq!(delete(&token, "/api/v1/dialogues".into()).await.0, StatusCode::NO_CONTENT);
+        let (_, listed) = call(app.clone(), empty_request("GET", "/api/v1/dialogues", Some(&token))).await;
+        assert_eq!(listed["dialogues"], serde_json::json!([]));
+        assert_eq!(delete(&token, format!("/api/v1/dialogues/{}", heads[2])).await.0, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]

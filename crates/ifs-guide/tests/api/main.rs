@@ -10,6 +10,7 @@ mod auth;
 mod binary;
 mod deployment;
 mod dialogue;
+mod erasure;
 mod errors;
 mod helpers;
 mod input;
