@@ -163,6 +163,14 @@ impl From<StoreError> for ApiError {
             StoreError::EmailTaken => {
                 Self::new(StatusCode::CONFLICT, "email_taken", "an account with this email already exists")
             }
+            StoreError::ForkTooLong => Self::new(
+                StatusCode::CONFLICT,
+                "fork_too_long",
+                format!(
+                    "a fork copies at most {} messages: fork at an earlier message",
+                    ifs_domain::FORK_MAX_MESSAGES
+                ),
+            ),
             StoreError::Unavailable(cause) => Self::unavailable(cause),
             StoreError::Unexpected(cause) => Self::internal(cause),
         }

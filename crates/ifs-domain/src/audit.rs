@@ -343,6 +343,7 @@ mod tests {
             updated_at: at(n as i64 - 1),
             message_count: n,
             tail_id: ids[n as usize - 1],
+            forked_from: None,
         };
         let listed = vec![(owner, summary.updated_at.timestamp_millis())];
         StoredDialogue { summary: Some(summary), listed, messages, ..StoredDialogue::new(id) }

@@ -11,6 +11,9 @@ use crate::{DialogueId, MessageId, Timestamp, UserId};
 pub const MESSAGE_MAX: usize = 16_000;
 /// Longest dialogue title, in characters.
 pub const TITLE_MAX: usize = 80;
+/// Most messages a fork copies: forking at a message further into a dialogue is refused, which
+/// bounds a fork's cost (one write per message) and time.
+pub const FORK_MAX_MESSAGES: u64 = 1000;
 
 /// Who wrote a stored message. The system prompt is configuration, never stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -192,6 +195,91 @@ pub struct DialogueSummary {
     pub updated_at: Timestamp,
     pub message_count: u64,
     pub tail_id: MessageId,
+    /// The dialogue and message this one was forked at, if it is a fork.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<ForkOrigin>,
+}
+
+/// Where a fork came from: its copies are of `dialogue_id`'s messages up to `message_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkOrigin {
+    pub dialogue_id: DialogueId,
+    pub message_id: MessageId,
+}
+
+/// The plan of a fork: a new id for each message copied, so that every copy can be written
+/// with its final links in any order (a store that cannot write them all at once writes them in
+/// batches).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fork {
+    pub origin: ForkOrigin,
+    ids: Vec<MessageId>,
+}
+
+impl Fork {
+    /// A fork of the first `count` messages of `origin.dialogue_id`, which ends at
+    /// `origin.message_id`.
+    #[must_use]
+    pub fn new(origin: ForkOrigin, count: u64) -> Self {
+        Self { origin, ids: (0..count).map(|_| MessageId::generate()).collect() }
+    }
+
+    /// The new dialogue's id: its head's.
+    #[must_use]
+    pub fn dialogue_id(&self) -> DialogueId {
+        self.ids[0].into()
+    }
+
+    /// How many messages it copies.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.ids.len() as u64
+    }
+
+    /// Never: a fork copies at least the head.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The copy of `original` (at its position `seq`, within the fork): the same words, role,
+    /// time and reply metadata, with new ids and links.
+    #[must_use]
+    pub fn copy(&self, original: &Message) -> Message {
+        let at = usize::try_from(original.seq.saturating_sub(1)).unwrap_or(usize::MAX);
+        Message {
+            id: self.ids[at],
+            dialogue_id: self.dialogue_id(),
+            seq: original.seq,
+            role: original.role,
+            content: original.content.clone(),
+            created_at: original.created_at,
+            prev_id: at.checked_sub(1).map(|prev| self.ids[prev]),
+            next_id: self.ids.get(at + 1).copied(),
+            meta: original.meta.clone(),
+        }
+    }
+
+    /// The new dialogue's summary, given its head's copy and the latest time among its copies.
+    #[must_use]
+    pub fn summary(
+        &self,
+        owner: UserId,
+        title: String,
+        head: &Message,
+        updated_at: Timestamp,
+    ) -> DialogueSummary {
+        DialogueSummary {
+            id: self.dialogue_id(),
+            owner,
+            title,
+            created_at: head.created_at,
+            updated_at,
+            message_count: self.len(),
+            tail_id: self.ids[self.ids.len() - 1],
+            forked_from: Some(self.origin),
+        }
+    }
 }
 
 impl DialogueSummary {
@@ -206,6 +294,7 @@ impl DialogueSummary {
             updated_at: head.created_at,
             message_count: 1,
             tail_id: head.id,
+            forked_from: None,
         }
     }
 

@@ -13,8 +13,8 @@ pub use audit::{AuditReport, Finding, StoredDialogue, StoredLink, audit};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use credentials::{Email, EmailError, Password, PasswordError};
 pub use dialogue::{
-    ChainError, DialogueSummary, Message, MessageText, MessageTextError, NewMessage, ReplyMeta, Role, Usage,
-    check_chain, title_for,
+    ChainError, DialogueSummary, FORK_MAX_MESSAGES, Fork, ForkOrigin, Message, MessageText, MessageTextError,
+    NewMessage, ReplyMeta, Role, Usage, check_chain, title_for,
 };
 pub use id::{DialogueId, IdError, MessageId, SessionId, UserId};
 pub use page::{CursorError, DialogueCursor, Limit, LimitError, MessageCursor, PAGE_BYTES, Page, PageFill};

@@ -67,7 +67,10 @@ macro_rules! conformance_suite {
             a_deleted_dialogue_is_gone_for_everyone,
             deleting_all_takes_every_dialogue_of_the_owner_and_nothing_else,
             a_delete_racing_ten_appends_leaves_no_orphans,
-            deleting_all_racing_appends_leaves_no_orphans
+            deleting_all_racing_appends_leaves_no_orphans,
+            a_fork_copies_up_to_its_message_with_new_ids_and_leaves_the_original,
+            a_fork_of_a_long_dialogue_is_whole,
+            a_fork_racing_ten_appends_copies_exactly_its_part
         );
     };
     (@cases $make:path; $($case:ident),*) => {
@@ -699,4 +702,88 @@ pub async fn deleting_all_racing_appends_leaves_no_orphans(stores: Stores) {
     .await;
     assert_gone(&stores, owner, other).await;
     assert_audit_clean(&stores, 0, 0).await;
+}
+
+pub async fn a_fork_copies_up_to_its_message_with_new_ids_and_leaves_the_original(stores: Stores) {
+    let owner = UserId::generate();
+    let original = dialogue_of(&stores, owner, 5, 0).await;
+    let other = dialogue_of(&stores, owner, 2, 100).await;
+    stores.dialogues.rename_dialogue(owner, original, "The critic".into()).await.unwrap();
+    let before = whole(&stores, owner, original).await;
+    let elsewhere = whole(&stores, owner, other).await[1].id;
+
+    let fork = stores.dialogues.fork_dialogue(owner, original, before[2].id).await.unwrap();
+    assert_ne!(fork.id, original);
+    assert_eq!((fork.title.as_str(), fork.message_count, fork.owner), ("The critic", 3, owner));
+    assert_eq!(
+        fork.forked_from,
+        Some(ifs_domain::ForkOrigin { dialogue_id: original, message_id: before[2].id })
+    );
+    assert_eq!((fork.created_at, fork.updated_at), (before[0].created_at, before[2].created_at));
+    let copies = whole(&stores, owner, fork.id).await;
+    assert_eq!(check_chain(&copies), Ok(()));
+    assert_eq!(fork.tail_id, copies[2].id);
+    let texts = |messages: &[Message]| {
+        messages.iter().map(|m| (m.role, m.content.clone(), m.created_at)).collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&copies), texts(&before[..3]));
+    let old_ids: HashSet<MessageId> = before.iter().map(|m| m.id).collect();
+    assert!(copies.iter().all(|m| !old_ids.contains(&m.id)), "copies have new ids");
+    assert_eq!(whole(&stores, owner, original).await, before, "the original is untouched");
+
+    let listed = stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap();
+    let found = listed.items.iter().find(|d| d.id == fork.id).expect("the fork is listed");
+    assert_eq!(found, &fork);
+    // A fork continues like any dialogue.
+    let next =
+        stores.dialogues.append_message(owner, fork.id, said(Role::User, "edited", at(50))).await.unwrap();
+    assert_eq!(next.seq, 4);
+    let at_head = stores.dialogues.fork_dialogue(owner, original, before[0].id).await.unwrap();
+    assert_eq!(whole(&stores, owner, at_head.id).await.len(), 1);
+
+    for (who, message) in
+        [(UserId::generate(), before[2].id), (owner, MessageId::generate()), (owner, elsewhere)]
+    {
+        let refused = stores.dialogues.fork_dialogue(who, original, message).await;
+        assert!(matches!(refused, Err(StoreError::NotFound)), "{refused:?}");
+    }
+    assert_audit_clean(&stores, 4, 5 + 2 + 4 + 1).await;
+}
+
+pub async fn a_fork_of_a_long_dialogue_is_whole(stores: Stores) {
+    let owner = UserId::generate();
+    // Longer than a transaction of any store's copy.
+    let original = dialogue_of(&stores, owner, 150, 0).await;
+    let messages = whole(&stores, owner, original).await;
+    let fork = stores.dialogues.fork_dialogue(owner, original, messages[149].id).await.unwrap();
+    let copies = whole(&stores, owner, fork.id).await;
+    assert_eq!(copies.len(), 150);
+    assert_eq!(check_chain(&copies), Ok(()));
+    assert_eq!(copies[149].content, "message 150");
+    assert_audit_clean(&stores, 2, 300).await;
+}
+
+pub async fn a_fork_racing_ten_appends_copies_exactly_its_part(stores: Stores) {
+    let owner = UserId::generate();
+    let original = dialogue_of(&stores, owner, 3, 0).await;
+    let through = whole(&stores, owner, original).await[2].id;
+    let appends: Vec<_> = (0..10)
+        .map(|i| {
+            let dialogues = Arc::clone(&stores.dialogues);
+            let message = said(Role::User, &format!("racer {i}"), at(10 + i));
+            tokio::spawn(async move { dialogues.append_message(owner, original, message).await })
+        })
+        .collect();
+    let fork = stores.dialogues.fork_dialogue(owner, original, through).await.unwrap();
+    for append in appends {
+        append.await.unwrap().unwrap();
+    }
+    let copies = whole(&stores, owner, fork.id).await;
+    assert_eq!(
+        copies.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+        ["message 1", "message 2", "message 3"]
+    );
+    assert_eq!(check_chain(&copies), Ok(()));
+    assert_eq!(whole(&stores, owner, original).await.len(), 13);
+    assert_audit_clean(&stores, 2, 16).await;
 }

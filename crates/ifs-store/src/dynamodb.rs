@@ -18,13 +18,14 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, Put, ReturnValue, ScalarAttributeType, TransactWriteItem, Update,
-    WriteRequest,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, DeleteRequest, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ReturnValue, ScalarAttributeType,
+    TransactWriteItem, Update, WriteRequest,
 };
 use ifs_domain::{
-    AuditReport, DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor,
-    MessageId, NewMessage, Page, PageFill, ReplyMeta, Role, StoredDialogue, StoredLink, Timestamp, UserId,
+    AuditReport, DialogueCursor, DialogueId, DialogueSummary, Email, FORK_MAX_MESSAGES, Fork, ForkOrigin,
+    Limit, Message, MessageCursor, MessageId, NewMessage, Page, PageFill, ReplyMeta, Role, StoredDialogue,
+    StoredLink, Timestamp, UserId,
 };
 
 use crate::{Audit, DialogueStore, StoreError, StoreResult, UserRecord, UserStore};
@@ -38,6 +39,12 @@ const BACKOFF_CAP: Duration = Duration::from_millis(50);
 /// The attribute that marks a head whose dialogue is being deleted (the instant it began, ms):
 /// such a dialogue answers not found to every read and write, and is no longer listed.
 const DELETING: &str = "deleting";
+/// The attribute that marks the head of a fork being written (a token only that fork knows):
+/// like [`DELETING`], it hides the dialogue; a deletion removes it, so that the fork's writes
+/// that follow fail instead of leaving orphans.
+const FORKING: &str = "forking";
+/// Copies one transaction of a fork writes: DynamoDB's 100 actions, less the check of the head.
+const FORK_BATCH: usize = 99;
 /// Keys a BatchWriteItem deletes at most (DynamoDB's limit).
 const BATCH_WRITE: usize = 25;
 /// Keys one query of a deletion reads: four batches, written concurrently.
@@ -176,6 +183,10 @@ fn head_item(summary: &DialogueSummary, head: &Message) -> anyhow::Result<Item> 
     item.insert("tail_id".into(), s(summary.tail_id.to_string()));
     item.insert("gsi1pk".into(), s(owner_pk(summary.owner)));
     item.insert("gsi1sk".into(), s(activity_sk(summary.updated_at.timestamp_millis(), summary.id)));
+    if let Some(origin) = summary.forked_from {
+        item.insert("forked_from_dialogue".into(), s(origin.dialogue_id.to_string()));
+        item.insert("forked_from_message".into(), s(origin.message_id.to_string()));
+    }
     Ok(item)
 }
 
@@ -225,13 +236,25 @@ fn summary_from(item: &Item) -> anyhow::Result<DialogueSummary> {
         updated_at: instant(item, "updated_at")?,
         message_count: number(item, "message_count")?,
         tail_id: id(item, "tail_id", MessageId::parse)?,
+        forked_from: match (
+            optional_text(item, "forked_from_dialogue")?,
+            optional_text(item, "forked_from_message")?,
+        ) {
+            (Some(_), Some(_)) => Some(ForkOrigin {
+                dialogue_id: id(item, "forked_from_dialogue", DialogueId::parse)?,
+                message_id: id(item, "forked_from_message", MessageId::parse)?,
+            }),
+            _ => None,
+        },
     })
 }
 
-/// Whether `owner` may see the message `item`: theirs, and not in a dialogue being deleted
-/// (only a head carries the mark).
+/// Whether `owner` may see the message `item`: theirs, and not in a dialogue being deleted or
+/// forked (only a head carries the marks).
 fn owned_by(item: &Item, owner: UserId) -> bool {
-    text(item, "owner").is_ok_and(|stored| stored == owner.to_string()) && !item.contains_key(DELETING)
+    text(item, "owner").is_ok_and(|stored| stored == owner.to_string())
+        && !item.contains_key(DELETING)
+        && !item.contains_key(FORKING)
 }
 
 /// Maps an SDK failure: what cannot be reached or is throttled is worth retrying shortly
@@ -471,7 +494,9 @@ impl DynamoStore {
             .update_expression(
                 "SET message_count = :count, tail_id = :tail, updated_at = :updated, gsi1sk = :activity",
             )
-            .condition_expression("message_count = :read AND attribute_not_exists(deleting)")
+            .condition_expression(
+                "message_count = :read AND attribute_not_exists(deleting) AND attribute_not_exists(forking)",
+            )
             .expression_attribute_values(":count", n(summary.message_count))
             .expression_attribute_values(":tail", s(appended.id.to_string()))
             .expression_attribute_values(":updated", n(summary.updated_at.timestamp_millis()))
@@ -489,7 +514,8 @@ impl DynamoStore {
                      next_id = :tail",
                 )
                 .condition_expression(
-                    "message_count = :read AND attribute_not_exists(next_id) AND attribute_not_exists(deleting)",
+                    "message_count = :read AND attribute_not_exists(next_id) AND attribute_not_exists(deleting) \
+                     AND attribute_not_exists(forking)",
                 );
         } else {
             let tail = Update::builder()
@@ -710,11 +736,13 @@ impl DialogueStore for DynamoStore {
             .set_key(Some(key(dialogue_pk(dialogue), message_sk(1))))
             .update_expression("SET #title = :title")
             .condition_expression(
-                "#owner = :owner AND attribute_exists(#title) AND attribute_not_exists(#deleting)",
+                "#owner = :owner AND attribute_exists(#title) AND attribute_not_exists(#deleting) \
+                 AND attribute_not_exists(#forking)",
             )
             .expression_attribute_names("#owner", "owner")
             .expression_attribute_names("#title", "title")
             .expression_attribute_names("#deleting", DELETING)
+            .expression_attribute_names("#forking", FORKING)
             .expression_attribute_values(":title", s(title))
             .expression_attribute_values(":owner", s(owner.to_string()))
             .return_values(ReturnValue::AllNew)
@@ -731,6 +759,33 @@ impl DialogueStore for DynamoStore {
         }
     }
 
+    async fn fork_dialogue(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        through: MessageId,
+    ) -> StoreResult<DialogueSummary> {
+        let head = self.get(key(dialogue_pk(dialogue), message_sk(1)), "reading a dialogue's head").await?;
+        let (original, head) = match head {
+            Some(item) if owned_by(&item, owner) => (summary_from(&item)?, message_from(&item)?),
+            _ => return Err(StoreError::NotFound),
+        };
+        let count = self.position(dialogue, through).await?.ok_or(StoreError::NotFound)?;
+        if count > FORK_MAX_MESSAGES {
+            return Err(StoreError::ForkTooLong);
+        }
+        let fork = Fork::new(ForkOrigin { dialogue_id: dialogue, message_id: through }, count);
+        let copied = self.write_fork(owner, &fork, original.title, &head).await;
+        if copied.is_err() {
+            // What was written of it is hidden; deleting it now is a courtesy, since the owner's
+            // next deletion or the operator's repair would.
+            if let Err(error) = self.delete_dialogue(owner, fork.dialogue_id()).await {
+                tracing::warn!(error = %error, "a fork cut short is left for the next deletion");
+            }
+        }
+        copied
+    }
+
     async fn delete_dialogue(&self, owner: UserId, dialogue: DialogueId) -> StoreResult<()> {
         self.hide(owner, dialogue).await?;
         self.purge(dialogue).await
@@ -743,7 +798,9 @@ impl DialogueStore for DynamoStore {
         // moments even if purging the messages is cut short; then the hidden ones, and any left
         // half-deleted by an earlier attempt, are purged.
         let mut doomed = BTreeSet::new();
-        for (prefix, hide) in [(owner_pk(owner), true), (deleting_pk(owner), false)] {
+        // Unfinished ones are hidden again too: that ends a fork cut short, whose writes condition
+        // on a mark hiding removes.
+        for prefix in [owner_pk(owner), deleting_pk(owner)] {
             let mut start = None;
             loop {
                 let output = self
@@ -760,10 +817,7 @@ impl DialogueStore for DynamoStore {
                     .await
                     .map_err(|e| failure("finding dialogues to delete", &e))?;
                 let found = output.items().iter().map(dialogue_of).collect::<anyhow::Result<Vec<_>>>()?;
-                if hide {
-                    futures::stream::iter(
-                        found.clone().into_iter().map(|dialogue| self.hide(owner, dialogue)),
-                    )
+                futures::stream::iter(found.clone().into_iter().map(|dialogue| self.hide(owner, dialogue)))
                     .buffer_unordered(DELETE_PARALLEL)
                     .or_else(|error| async move {
                         // Deleted meanwhile by another request: nothing left to hide.
@@ -771,7 +825,6 @@ impl DialogueStore for DynamoStore {
                     })
                     .try_collect::<Vec<()>>()
                     .await?;
-                }
                 doomed.extend(found);
                 start = output.last_evaluated_key;
                 if start.is_none() {
@@ -831,9 +884,12 @@ impl DynamoStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(dialogue_pk(dialogue), message_sk(1))))
-            .update_expression("SET #deleting = if_not_exists(#deleting, :now), gsi1pk = :hidden")
+            .update_expression(
+                "SET #deleting = if_not_exists(#deleting, :now), gsi1pk = :hidden REMOVE #forking",
+            )
             .condition_expression("#owner = :owner AND attribute_exists(#title)")
             .expression_attribute_names("#deleting", DELETING)
+            .expression_attribute_names("#forking", FORKING)
             .expression_attribute_names("#owner", "owner")
             .expression_attribute_names("#title", "title")
             .expression_attribute_values(":now", n(chrono::Utc::now().timestamp_millis()))
@@ -850,6 +906,160 @@ impl DynamoStore {
             }
             Err(error) => Err(failure("hiding a dialogue to delete it", &error)),
         }
+    }
+
+    /// Where `message` is in `dialogue` (its seq), reading ids only, page after page.
+    async fn position(&self, dialogue: DialogueId, message: MessageId) -> StoreResult<Option<u64>> {
+        let wanted = message.to_string();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk")
+                .expression_attribute_names("#pk", "pk")
+                .expression_attribute_names("#id", "id")
+                .expression_attribute_names("#seq", "seq")
+                .expression_attribute_values(":pk", s(dialogue_pk(dialogue)))
+                .projection_expression("#id, #seq")
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| failure("finding a message", &e))?;
+            for item in output.items() {
+                if text(item, "id")? == wanted {
+                    return Ok(Some(number(item, "seq")?));
+                }
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Writes `fork` of the dialogue whose head is `head`: its head first, hidden and marked
+    /// with a token, then the copies a page at a time, each page in one transaction that checks
+    /// the mark, then one update that shows it. A deletion that takes the mark away stops the
+    /// copying before it could leave orphans.
+    async fn write_fork(
+        &self,
+        owner: UserId,
+        fork: &Fork,
+        title: String,
+        head: &Message,
+    ) -> StoreResult<DialogueSummary> {
+        let token = uuid_simple(MessageId::generate());
+        let copy = fork.copy(head);
+        let mut summary = fork.summary(owner, title, &copy, copy.created_at);
+        let mut item = head_item(&summary, &copy)?;
+        item.insert("gsi1pk".into(), s(deleting_pk(owner)));
+        item.insert(FORKING.into(), s(&token));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(|e| failure("starting a fork", &e))?;
+
+        let fork_head = key(dialogue_pk(fork.dialogue_id()), message_sk(1));
+        let mut next = 2;
+        while next <= fork.len() {
+            let query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+                .expression_attribute_values(":pk", s(dialogue_pk(fork.origin.dialogue_id)))
+                .expression_attribute_values(":from", s(message_sk(next)))
+                .expression_attribute_values(":to", s(message_sk(fork.len())))
+                .consistent_read(true);
+            let fill = PageFill::new(Limit::new_clamped(FORK_BATCH, FORK_BATCH));
+            let (page, _) =
+                self.read_page(query, None, owner, fill, message_from, "reading what to fork").await?;
+            // A gap means the original is being deleted under the fork.
+            if page.first().is_none_or(|m| m.seq != next) || page.windows(2).any(|w| w[1].seq != w[0].seq + 1)
+            {
+                return Err(StoreError::NotFound);
+            }
+            let check = ConditionCheck::builder()
+                .table_name(&self.table)
+                .set_key(Some(fork_head.clone()))
+                .condition_expression("#forking = :token")
+                .expression_attribute_names("#forking", FORKING)
+                .expression_attribute_values(":token", s(&token))
+                .build()
+                .context("the check of the fork's head")?;
+            let mut actions = vec![TransactWriteItem::builder().condition_check(check).build()];
+            for original in &page {
+                let copy = fork.copy(original);
+                summary.updated_at = summary.updated_at.max(copy.created_at);
+                let put = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(message_item(owner, &copy)?))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .context("the put of a copy")?;
+                actions.push(TransactWriteItem::builder().put(put).build());
+            }
+            self.copy_batch(actions, fork.dialogue_id()).await?;
+            next += page.len() as u64;
+        }
+
+        let shown = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(fork_head))
+            .update_expression(
+                "SET updated_at = :updated, gsi1pk = :owner, gsi1sk = :activity REMOVE #forking",
+            )
+            .condition_expression("#forking = :token")
+            .expression_attribute_names("#forking", FORKING)
+            .expression_attribute_values(":updated", n(summary.updated_at.timestamp_millis()))
+            .expression_attribute_values(":owner", s(owner_pk(owner)))
+            .expression_attribute_values(
+                ":activity",
+                s(activity_sk(summary.updated_at.timestamp_millis(), summary.id)),
+            )
+            .expression_attribute_values(":token", s(&token))
+            .send()
+            .await;
+        match shown {
+            Ok(_) => Ok(summary),
+            Err(error)
+                if error.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::NotFound)
+            }
+            Err(error) => Err(failure("showing a fork", &error)),
+        }
+    }
+
+    /// Writes one transaction of a fork's copies, whose first action checks the fork's mark:
+    /// not found once a deletion took the mark; tried again while it only conflicts with
+    /// another transaction on the same items (a cancelled transaction wrote nothing).
+    async fn copy_batch(&self, actions: Vec<TransactWriteItem>, fork: DialogueId) -> StoreResult<()> {
+        for attempt in 0..APPEND_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(MessageId::from_bytes(*fork.as_bytes()), attempt)).await;
+            }
+            let written =
+                self.client.transact_write_items().set_transact_items(Some(actions.clone())).send().await;
+            let Err(error) = written else { return Ok(()) };
+            let codes = cancellation_codes(&error);
+            if codes.first() == Some(&"ConditionalCheckFailed") {
+                return Err(StoreError::NotFound);
+            }
+            if !codes.contains(&"TransactionConflict") {
+                return Err(failure("copying messages into a fork", &error));
+            }
+        }
+        Err(StoreError::Unavailable(anyhow::anyhow!("copying into fork {fork} kept conflicting")))
     }
 
     /// The rest of a deletion, once the head is marked: every other item of the dialogue in
@@ -968,11 +1178,11 @@ impl DynamoStore {
 }
 
 /// What a dialogue listing reads of a head: its summary, not its text.
-const SUMMARY: &str = "#pk, #id, #owner, #title, #created, #updated, #count, #tail";
+const SUMMARY: &str = "#pk, #id, #owner, #title, #created, #updated, #count, #tail, #fdlg, #fmsg";
 
 /// What the audit reads of an item: the links and the summary, never the content.
 const AUDITED: &str = "#pk, #sk, #id, #seq, #prev, #next, #created, #owner, #title, #updated, #count, #tail, \
-                       #gpk, #gsk, #deleting";
+                       #gpk, #gsk, #deleting, #forking";
 
 /// The names behind the aliases a projection uses (`#pk` and the rest).
 fn attribute_names(projection: &str) -> HashMap<String, String> {
@@ -992,6 +1202,9 @@ fn attribute_names(projection: &str) -> HashMap<String, String> {
         ("#gpk", "gsi1pk"),
         ("#gsk", "gsi1sk"),
         ("#deleting", DELETING),
+        ("#forking", FORKING),
+        ("#fdlg", "forked_from_dialogue"),
+        ("#fmsg", "forked_from_message"),
     ]
     .into_iter()
     .filter(|(alias, _)| projection.split(", ").any(|used| used == *alias))
@@ -1031,7 +1244,7 @@ fn gather(stored: &mut StoredDialogue, item: &Item) {
         Ok(link) => stored.messages.push(link),
         Err(error) => stored.unreadable.push((position, format!("{error:#}"))),
     }
-    if position == 1 && item.contains_key(DELETING) {
+    if position == 1 && (item.contains_key(DELETING) || item.contains_key(FORKING)) {
         stored.deleting = true;
     }
     if position == 1 && item.contains_key("title") {
@@ -1175,14 +1388,22 @@ impl Audit for DynamoStore {
                 .filter_expression("begins_with(#gpk, :deleting)")
                 .expression_attribute_names("#gpk", "gsi1pk")
                 .expression_attribute_names("#pk", "pk")
+                .expression_attribute_names("#owner", "owner")
                 .expression_attribute_values(":deleting", s("DELETING#"))
-                .projection_expression("#pk")
+                .projection_expression("#pk, #owner")
                 .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(|e| failure("finding unfinished deletions", &e))?;
             for item in page.items() {
-                self.purge(dialogue_of(item)?).await?;
+                let dialogue = dialogue_of(item)?;
+                // Hidden again first, which ends a fork still writing, so none of it outlives
+                // the purge.
+                match self.hide(id(item, "owner", UserId::parse)?, dialogue).await {
+                    Ok(()) | Err(StoreError::NotFound) => {}
+                    Err(error) => return Err(error),
+                }
+                self.purge(dialogue).await?;
                 finished += 1;
             }
             start = page.last_evaluated_key;

@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use ifs_domain::{
-    AuditReport, DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor,
-    NewMessage, Page, PageFill, SessionId, StoredDialogue, StoredLink, Timestamp, UserId,
+    AuditReport, DialogueCursor, DialogueId, DialogueSummary, Email, FORK_MAX_MESSAGES, Fork, ForkOrigin,
+    Limit, Message, MessageCursor, MessageId, NewMessage, Page, PageFill, SessionId, StoredDialogue,
+    StoredLink, Timestamp, UserId,
 };
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -463,6 +464,58 @@ impl DialogueStore for EmbeddedStore {
             messages
                 .insert(message_key(dialogue, 1).as_slice(), encode_message(&head_stored).as_slice())
                 .context("renaming the head")?;
+            Ok(summary)
+        })
+        .await
+    }
+
+    async fn fork_dialogue(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        through: MessageId,
+    ) -> StoreResult<DialogueSummary> {
+        // One write transaction: the fork appears whole or not at all. The original is read
+        // twice, a message at a time, so that memory stays bounded however long the fork.
+        self.write(move |txn| {
+            let mut messages = txn.open_table(MESSAGES).context("opening messages")?;
+            let (_, original) = owned_head(&messages, owner, dialogue)?;
+            let (mut found, mut latest) = (None, original.created_at);
+            let range = messages
+                .range(message_key(dialogue, 1).as_slice()..=message_key(dialogue, u64::MAX).as_slice())
+                .context("scanning messages")?;
+            for entry in range {
+                let (_, value) = entry.context("scanning messages")?;
+                let message = decode_message(value.value())?.message;
+                latest = latest.max(message.created_at);
+                if message.id == through {
+                    found = Some(message.seq);
+                    break;
+                }
+            }
+            let count = found.ok_or(StoreError::NotFound)?;
+            if count > FORK_MAX_MESSAGES {
+                return Err(StoreError::ForkTooLong);
+            }
+            let fork = Fork::new(ForkOrigin { dialogue_id: dialogue, message_id: through }, count);
+            let head = fork.copy(&read_message(&messages, dialogue, 1)?.message);
+            let summary = fork.summary(owner, original.title, &head, latest);
+            for seq in 1..=count {
+                let copy = if seq == 1 {
+                    StoredMessage { message: head.clone(), summary: Some(summary.clone()) }
+                } else {
+                    StoredMessage {
+                        message: fork.copy(&read_message(&messages, dialogue, seq)?.message),
+                        summary: None,
+                    }
+                };
+                let key = message_key(fork.dialogue_id(), seq);
+                messages
+                    .insert(key.as_slice(), encode_message(&copy).as_slice())
+                    .context("writing a copy")?;
+            }
+            let mut index = txn.open_table(DIALOGUES_BY_OWNER).context("opening dialogues_by_owner")?;
+            index.insert(summary_key(&summary).as_slice(), [].as_slice()).context("indexing the fork")?;
             Ok(summary)
         })
         .await

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ifs_domain::{
     AuditReport, DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor,
-    NewMessage, Page, SessionId, Timestamp, UserId,
+    MessageId, NewMessage, Page, SessionId, Timestamp, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +32,9 @@ pub enum StoreError {
     /// The thing does not exist, or belongs to someone else: callers cannot tell which.
     #[error("not found")]
     NotFound,
+    /// A fork would copy more than [`ifs_domain::FORK_MAX_MESSAGES`] messages.
+    #[error("a fork copies at most {} messages", ifs_domain::FORK_MAX_MESSAGES)]
+    ForkTooLong,
     /// The backend could not be reached in time; worth retrying shortly. The cause is for logs.
     #[error("the store is unavailable: {0:#}")]
     Unavailable(anyhow::Error),
@@ -158,6 +161,19 @@ pub trait DialogueStore: Send + Sync + std::fmt::Debug + 'static {
         owner: UserId,
         dialogue: DialogueId,
         title: String,
+    ) -> StoreResult<DialogueSummary>;
+
+    /// Starts a new dialogue holding copies, with new ids, of `dialogue`'s messages from its head
+    /// up to and including `through`, under the same title, its summary naming where it came
+    /// from; the original is untouched. Not found if `through` is not in the dialogue;
+    /// [`StoreError::ForkTooLong`] past [`ifs_domain::FORK_MAX_MESSAGES`]. Costs a write per
+    /// message copied. A fork cut short is never read as a dialogue: it is finished off (deleted)
+    /// as an interrupted deletion is.
+    async fn fork_dialogue(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        through: MessageId,
     ) -> StoreResult<DialogueSummary>;
 
     /// Deletes the dialogue: afterwards it, every message in it and its listing entry are gone

@@ -345,3 +345,62 @@ async fn deleting_a_dialogue_costs_one_batch_per_25_messages() {
     let cost = |queries: u64, batches: u64| 1 + queries + batches + 1;
     assert_eq!(counts, [cost(1, 0), cost(2, 1), cost(4, 12)]);
 }
+
+/// A fork of *n* messages reads the original's head and ids, then writes a transaction per 99
+/// copies, each after reading them: it grows with the fork, bounded by FORK_MAX_MESSAGES.
+#[tokio::test]
+async fn forking_costs_a_transaction_per_99_messages() {
+    let store = table().await;
+    let owner = UserId::generate();
+    let dialogue = store.start_dialogue(owner, said("first")).await.unwrap().dialogue_id;
+    let mut ids =
+        vec![store.messages(owner, dialogue, Limit::new_clamped(1, 1), None).await.unwrap().items[0].id];
+    for i in 1..200 {
+        ids.push(store.append_message(owner, dialogue, said(&format!("message {i}"))).await.unwrap().id);
+    }
+    let mut counts = Vec::new();
+    for through in [1_usize, 100, 200] {
+        let before = store.calls();
+        store.fork_dialogue(owner, dialogue, ids[through - 1]).await.unwrap();
+        counts.push(store.calls() - before);
+    }
+    // head + the ids (one query) + the fork's head + (read + write) per 99 copies + showing it.
+    let cost = |batches: u64| 1 + 1 + 1 + 2 * batches + 1;
+    assert_eq!(counts, [cost(0), cost(1), cost(3)]);
+}
+
+/// A fork being written while its owner deletes everything: whichever wins, no copy outlives
+/// the deletion and nothing is left half-done — the deletion takes the fork's mark away, and its
+/// next batch fails on that instead of writing orphans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fork_cut_short_by_a_deletion_leaves_nothing_behind() {
+    use ifs_store::Audit as _;
+
+    let store = table().await;
+    let owner = UserId::generate();
+    let mut outcomes = Vec::new();
+    for delay in [0, 30, 90] {
+        let original = store.start_dialogue(owner, said("message 1")).await.unwrap().dialogue_id;
+        for i in 2..=300 {
+            store.append_message(owner, original, said(&format!("message {i}"))).await.unwrap();
+        }
+        let last = store.messages_before(owner, original, 301, 1).await.unwrap()[0].id;
+        let forking = tokio::spawn({
+            let store = store.clone();
+            async move { store.fork_dialogue(owner, original, last).await }
+        });
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        store.delete_dialogues(owner).await.unwrap();
+        let forked = forking.await.unwrap();
+        // The fork either finished before the deletion (and went with it) or was stopped.
+        assert!(matches!(forked, Ok(_) | Err(StoreError::NotFound)), "{forked:?}");
+        outcomes.push(forked.is_ok());
+        // A fork that finished after the deletion listed its owner's dialogues is theirs to
+        // delete again; nothing else may be left.
+        store.delete_dialogues(owner).await.unwrap();
+        let report = store.audit().await.unwrap();
+        assert_eq!(report.findings, Default::default(), "after a {delay} ms head start");
+        assert_eq!((report.dialogues, report.messages, report.deleting.len()), (0, 0, 0), "{delay} ms");
+    }
+    eprintln!("forks that finished before the deletion: {outcomes:?}");
+}

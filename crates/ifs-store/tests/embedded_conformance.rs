@@ -205,6 +205,7 @@ async fn records_earlier_versions_wrote_as_json_still_serve() {
         updated_at: now,
         message_count: 2,
         tail_id: reply_id,
+        forked_from: None,
     };
     let session = Session {
         id: SessionId::generate(),
@@ -262,4 +263,31 @@ async fn records_earlier_versions_wrote_as_json_still_serve() {
     let report = store.audit().await.unwrap();
     assert_eq!((report.dialogues, report.messages), (1, 3));
     assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
+
+/// A fork copies at most `FORK_MAX_MESSAGES`: at that message it is whole, one further it is
+/// refused and nothing is written. (The bound is checked before any store-specific work, so one
+/// store shows it; 1,001 appends on DynamoDB Local would cost the suite most of a minute.)
+#[tokio::test]
+async fn a_fork_past_the_bound_is_refused_and_writes_nothing() {
+    use ifs_domain::{FORK_MAX_MESSAGES, Limit, Role, UserId};
+    use ifs_store::{Audit as _, DialogueStore as _, StoreError};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+    let owner = UserId::generate();
+    let said = |i: u64| ifs_store::conformance::said(Role::User, &format!("message {i}"), chrono::Utc::now());
+    let dialogue = store.start_dialogue(owner, said(1)).await.unwrap().dialogue_id;
+    let mut ids = Vec::new();
+    for i in 2..=FORK_MAX_MESSAGES + 1 {
+        ids.push(store.append_message(owner, dialogue, said(i)).await.unwrap().id);
+    }
+    let refused = store.fork_dialogue(owner, dialogue, ids[ids.len() - 1]).await;
+    assert!(matches!(refused, Err(StoreError::ForkTooLong)), "{refused:?}");
+    assert_eq!(store.dialogues(owner, Limit::new_clamped(10, 10), None).await.unwrap().items.len(), 1);
+    let fork = store.fork_dialogue(owner, dialogue, ids[ids.len() - 2]).await.unwrap();
+    assert_eq!(fork.message_count, FORK_MAX_MESSAGES);
+    let report = store.audit().await.unwrap();
+    assert_eq!(report.findings, Default::default());
+    assert_eq!((report.dialogues, report.messages), (2, 2 * FORK_MAX_MESSAGES + 1));
 }

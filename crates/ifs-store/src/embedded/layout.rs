@@ -10,7 +10,8 @@
 
 use anyhow::{Context as _, bail};
 use ifs_domain::{
-    DialogueId, DialogueSummary, Message, MessageId, ReplyMeta, Role, SessionId, Timestamp, Usage, UserId,
+    DialogueId, DialogueSummary, ForkOrigin, Message, MessageId, ReplyMeta, Role, SessionId, Timestamp,
+    Usage, UserId,
 };
 
 use super::StoredMessage;
@@ -18,6 +19,9 @@ use crate::Session;
 
 const SESSION_V1: u8 = 1;
 const MESSAGE_V1: u8 = 1;
+/// V1 and, at the end of a head's summary, where the dialogue was forked from (optional: the
+/// dialogue id, then the message id).
+const MESSAGE_V2: u8 = 2;
 
 /// A session's 57 bytes: version, session id, user id, created, expires.
 pub(super) const SESSION_LEN: usize = 1 + 16 + 16 + 12 + 12;
@@ -46,11 +50,12 @@ pub(super) fn decode_session(bytes: &[u8]) -> anyhow::Result<Session> {
 /// A message: version; id, dialogue id, seq, role (0 user, 1 assistant), created, prev, next,
 /// content; the reply's meta (optional: model, finish reason, usage's three optional counts,
 /// truncated count, each optional); the dialogue's summary on a head (optional: owner, title,
-/// created, updated, message count, tail id — its dialogue id is the message's).
+/// created, updated, message count, tail id — its dialogue id is the message's — and, from V2,
+/// the fork's origin).
 pub(super) fn encode_message(stored: &StoredMessage) -> Vec<u8> {
     let StoredMessage { message, summary } = stored;
     let mut out = Writer(Vec::with_capacity(128 + message.content.len()));
-    out.u8(MESSAGE_V1);
+    out.u8(MESSAGE_V2);
     out.id(message.id.as_bytes());
     out.id(message.dialogue_id.as_bytes());
     out.u64(message.seq);
@@ -79,15 +84,22 @@ pub(super) fn encode_message(stored: &StoredMessage) -> Vec<u8> {
         out.instant(summary.updated_at);
         out.u64(summary.message_count);
         out.id(summary.tail_id.as_bytes());
+        out.option(summary.forked_from.as_ref(), |out, origin| {
+            out.id(origin.dialogue_id.as_bytes());
+            out.id(origin.message_id.as_bytes());
+        });
     });
     out.0
 }
 
 pub(super) fn decode_message(bytes: &[u8]) -> anyhow::Result<StoredMessage> {
-    decode(bytes, MESSAGE_V1, "message", message_from)
+    if bytes.first() == Some(&MESSAGE_V1) {
+        return decode(bytes, MESSAGE_V1, "message", |input| message_from(input, MESSAGE_V1));
+    }
+    decode(bytes, MESSAGE_V2, "message", |input| message_from(input, MESSAGE_V2))
 }
 
-fn message_from(input: &mut Reader<'_>) -> anyhow::Result<StoredMessage> {
+fn message_from(input: &mut Reader<'_>, version: u8) -> anyhow::Result<StoredMessage> {
     let id = MessageId::from_bytes(input.id()?);
     let dialogue_id = DialogueId::from_bytes(input.id()?);
     let seq = input.u64()?;
@@ -123,6 +135,16 @@ fn message_from(input: &mut Reader<'_>) -> anyhow::Result<StoredMessage> {
             updated_at: input.instant()?,
             message_count: input.u64()?,
             tail_id: MessageId::from_bytes(input.id()?),
+            forked_from: if version >= MESSAGE_V2 {
+                input.option(|input| {
+                    Ok(ForkOrigin {
+                        dialogue_id: DialogueId::from_bytes(input.id()?),
+                        message_id: MessageId::from_bytes(input.id()?),
+                    })
+                })?
+            } else {
+                None
+            },
         })
     })?;
     Ok(StoredMessage {
@@ -288,6 +310,7 @@ mod tests {
                 proptest::option::of(any::<u32>()),
             )),
             summary in proptest::option::of((id(), ".{0,20}", instant(), instant(), any::<u64>(), id())),
+            fork in proptest::option::of((id(), id())),
         ) -> StoredMessage {
             let dialogue_id = DialogueId::from_bytes(dialogue);
             StoredMessage {
@@ -318,6 +341,10 @@ mod tests {
                         updated_at,
                         message_count,
                         tail_id: MessageId::from_bytes(tail),
+                        forked_from: fork.map(|(dialogue, message)| ForkOrigin {
+                            dialogue_id: DialogueId::from_bytes(dialogue),
+                            message_id: MessageId::from_bytes(message),
+                        }),
                     }
                 }),
             }
@@ -377,6 +404,31 @@ mod tests {
         for broken in [&bytes[..SESSION_LEN - 1], &longer, &[][..], &wrong_version[..], &b"not json"[..]] {
             assert!(decode_session(broken).is_err(), "{broken:?}");
         }
+    }
+
+    #[test]
+    fn heads_written_before_forks_existed_still_read() {
+        let head = Message {
+            id: MessageId::generate(),
+            dialogue_id: DialogueId::from_bytes([7; 16]),
+            seq: 1,
+            role: Role::User,
+            content: "hello".into(),
+            created_at: chrono::DateTime::from_timestamp(1_795_000_000, 0).unwrap(),
+            prev_id: None,
+            next_id: None,
+            meta: None,
+        };
+        let mut summary = DialogueSummary::of_head(UserId::generate(), &head);
+        summary.id = head.dialogue_id;
+        let stored = StoredMessage { message: head, summary: Some(summary) };
+        // Version 1 is version 2 without the fork's presence byte at the end.
+        let mut v1 = encode_message(&stored);
+        assert_eq!(v1.pop(), Some(0));
+        v1[0] = MESSAGE_V1;
+        assert_eq!(decode_message(&v1).unwrap(), stored);
+        v1.push(0);
+        assert!(decode_message(&v1).is_err(), "a version 1 record has no fork");
     }
 
     #[test]
