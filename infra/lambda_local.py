@@ -224,6 +224,14 @@ def end_to_end(base):
     refused = expect(call(base, "GET", "/api/v1/messages?dialogue_id=not-an-id", token=token), 400, "bad id")
     assert refused["error"]["code"], refused
 
+    # Editing an earlier message: a fork up to the one before it, continued with the new text.
+    forked = expect(call(base, "POST", f"/api/v1/dialogues/{dialogue}/fork",
+                         {"message_id": page["messages"][1]["id"]}, token), 201, "fork the dialogue")
+    assert forked["message_count"] == 2 and forked["forked_from"] == {
+        "dialogue_id": dialogue, "message_id": page["messages"][1]["id"]}, forked
+    copies = expect(call(base, "GET", f"/api/v1/messages?dialogue_id={forked['id']}", token=token), 200, "fork")
+    assert [m["content"] for m in copies["messages"]] == [m["content"] for m in page["messages"][:2]], copies
+
     # Erasure: one dialogue, then all of them; what was erased is 404 from then on.
     other = expect(call(base, "POST", "/api/v1/dialogue", {"message": "A second one.", "max_tokens": 8}, token),
                    201, "a second dialogue")["dialogue_id"]
@@ -237,8 +245,8 @@ def end_to_end(base):
     expect(call(base, "POST", "/api/v1/logout", {}, token), 204, "logout")
     expect(call(base, "GET", "/api/v1/me", token=token), 401, "me after logout")
     print("end to end through cargo lambda watch: signup, login, me, dialogue (agent invoked as a Lambda "
-          "function), continue, a streamed turn, rename, dialogues, messages, delete one and all, logout — all as "
-          "expected")
+          "function), continue, a streamed turn, rename, dialogues, messages, fork, delete one and all, logout — all "
+          "as expected")
 
 
 def interrupted(*_):

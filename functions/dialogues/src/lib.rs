@@ -1,7 +1,8 @@
 //! `GET /api/v1/dialogues?limit=&cursor=`: the caller's dialogues, newest activity first, a page
 //! at a time; `PATCH /api/v1/dialogues/{dialogue_id}`: a new title for one of them;
 //! `DELETE /api/v1/dialogues/{dialogue_id}` and `DELETE /api/v1/dialogues`: one of them, or all,
-//! erased.
+//! erased; `POST /api/v1/dialogues/{dialogue_id}/fork`: a copy up to a message, to go on from
+//! there differently (how an earlier message is edited).
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use ifs_api::views::SizedJson;
 use ifs_api::{ApiError, AuthUser, Json, Route};
 use ifs_auth::Authenticator;
 use ifs_domain::dialogue::title_for;
-use ifs_domain::{DialogueCursor, DialogueId, DialogueSummary, Limit, Timestamp};
+use ifs_domain::{DialogueCursor, DialogueId, DialogueSummary, Limit, MessageId, Timestamp};
 use ifs_store::DialogueStore;
 use serde::{Deserialize, Serialize};
 
@@ -36,8 +37,10 @@ pub const RENAME: Route = Route::patch("/api/v1/dialogues/{dialogue_id}");
 pub const DELETE: Route = Route::delete("/api/v1/dialogues/{dialogue_id}");
 /// Erases every dialogue of the caller.
 pub const DELETE_ALL: Route = Route::delete("/api/v1/dialogues");
+/// A new dialogue copied from one up to a message.
+pub const FORK: Route = Route::post("/api/v1/dialogues/{dialogue_id}/fork");
 /// Every route of this function, for what maps requests to it.
-pub const ROUTES: &[Route] = &[DIALOGUES, RENAME, DELETE, DELETE_ALL];
+pub const ROUTES: &[Route] = &[DIALOGUES, RENAME, DELETE, DELETE_ALL, FORK];
 
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: DialoguesState) -> Router {
@@ -45,6 +48,7 @@ pub fn router(state: DialoguesState) -> Router {
         .route(DIALOGUES.path, DIALOGUES.to(dialogues))
         .route(RENAME.path, RENAME.to(rename).merge(DELETE.to(delete)))
         .route(DIALOGUES.path, DELETE_ALL.to(delete_all))
+        .route(FORK.path, FORK.to(fork))
         .with_state(state)
 }
 
@@ -56,6 +60,15 @@ pub struct RenameRequest {
     /// 80 characters; at least one visible character must remain.
     #[schema(min_length = 1)]
     title: String,
+}
+
+/// Where to fork a dialogue.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"message_id": "0193a4c2-8d1e-7c4a-9b2f-3e4d5a6b7c8d"}))]
+pub struct ForkRequest {
+    /// The last message the fork copies: one of the dialogue's, at most the 1,000th.
+    #[schema(format = Uuid)]
+    message_id: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +93,19 @@ pub struct DialogueView {
     updated_at: Timestamp,
     #[schema(minimum = 1)]
     message_count: u64,
+    /// Present on a fork: the dialogue and message it was copied from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    forked_from: Option<ForkedFrom>,
+}
+
+/// Where a fork was copied from.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ForkedFrom {
+    #[schema(value_type = String, format = Uuid)]
+    dialogue_id: DialogueId,
+    #[schema(value_type = String, format = Uuid)]
+    message_id: MessageId,
 }
 
 impl DialogueView {
@@ -95,6 +121,9 @@ impl From<DialogueSummary> for DialogueView {
             created_at: d.created_at,
             updated_at: d.updated_at,
             message_count: d.message_count,
+            forked_from: d
+                .forked_from
+                .map(|origin| ForkedFrom { dialogue_id: origin.dialogue_id, message_id: origin.message_id }),
         }
     }
 }
@@ -109,7 +138,7 @@ pub struct ListResponse {
 
 /// The operations of this function, for the OpenAPI document.
 #[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(dialogues, rename, delete, delete_all))]
+#[openapi(paths(dialogues, rename, delete, delete_all, fork))]
 pub struct Api;
 
 /// The caller's dialogues, newest activity first, a page at a time.
@@ -244,6 +273,45 @@ async fn delete_all(
     let deleted = store.delete_dialogues(principal.user_id).await?;
     tracing::info!(deleted, "erased every dialogue of a user");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Starts a new dialogue holding copies (new ids) of this one's messages from its first up to
+/// and including `message_id`, under the same title; the original is untouched. This is how an
+/// earlier message is edited: fork at the message before it, then continue the fork with the
+/// new text. At most 1,000 messages are copied.
+#[utoipa::path(
+    post,
+    path = "/api/v1/dialogues/{dialogue_id}/fork",
+    tag = "dialogues",
+    operation_id = "fork_dialogue",
+    security(("bearer" = [])),
+    params(("dialogue_id" = String, Path, format = Uuid, description = "The dialogue to copy from")),
+    request_body = ForkRequest,
+    responses(
+        (status = 201, description = "The fork", body = DialogueView),
+        (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+        (status = 404, response = ifs_api::openapi::NotFound),
+        (status = 409, description = "The message is further into the dialogue than a fork copies",
+         body = ifs_api::openapi::ErrorBody,
+         example = json!({"error": {"code": "fork_too_long", "message": "a fork copies at most 1000 messages: fork at an earlier message"}})),
+        (status = 413, response = ifs_api::openapi::PayloadTooLarge),
+        (status = 415, response = ifs_api::openapi::UnsupportedMediaType),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
+async fn fork(
+    AuthUser(principal): AuthUser,
+    State(store): State<Arc<dyn DialogueStore>>,
+    Path(dialogue_id): Path<String>,
+    Json(request): Json<ForkRequest>,
+) -> Result<(StatusCode, axum::Json<DialogueView>), ApiError> {
+    let dialogue = DialogueId::parse(&dialogue_id).map_err(|e| ApiError::invalid_field("dialogue_id", e))?;
+    let through =
+        MessageId::parse(&request.message_id).map_err(|e| ApiError::invalid_field("message_id", e))?;
+    let summary = store.fork_dialogue(principal.user_id, dialogue, through).await?;
+    Ok((StatusCode::CREATED, axum::Json(DialogueView::from(summary))))
 }
 
 #[cfg(test)]

@@ -292,3 +292,57 @@ async fn a_dialogue_is_renamed_over_http_and_keeps_its_place() {
     assert_eq!(rename(&token, "not-an-id", "x").await.unwrap().status(), StatusCode::BAD_REQUEST);
     app.stop().await.assert_check_clean(2, 4);
 }
+
+#[tokio::test]
+async fn an_earlier_message_is_edited_by_forking_before_it_and_going_on() {
+    let app = spawn_app().await;
+    let token = app.user("ada@example.com").await;
+    let (_, first) = app.say(&token, "A part of me is scared", None).await;
+    let dialogue = first["dialogue_id"].as_str().unwrap().to_owned();
+    app.say(&token, "It wants me to hide", Some(&dialogue)).await;
+    let original = app.all_messages(&token, &dialogue).await;
+    let fork = |token: &str, id: &str, message_id: &str| {
+        app.client
+            .post(app.url(&format!("/api/v1/dialogues/{id}/fork")))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "message_id": message_id }))
+            .send()
+    };
+
+    // Edit the second user message: fork through the reply before it, then say it differently.
+    let before_edit = original[1]["id"].as_str().unwrap();
+    let (status, forked) = read(fork(&token, &dialogue, before_edit).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED, "{forked}");
+    assert_eq!(
+        forked["forked_from"],
+        serde_json::json!({"dialogue_id": dialogue, "message_id": before_edit})
+    );
+    assert_eq!(
+        (forked["message_count"].as_u64(), forked["title"].as_str()),
+        (Some(2), Some("A part of me is scared"))
+    );
+    let fork_id = forked["id"].as_str().unwrap().to_owned();
+    let (status, edited) = app.say(&token, "It wants me to be careful", Some(&fork_id)).await;
+    assert_eq!(status, StatusCode::OK, "{edited}");
+    let copies = app.all_messages(&token, &fork_id).await;
+    assert_valid_list(&copies);
+    let words = |messages: &[serde_json::Value]| {
+        messages.iter().map(|m| m["content"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    assert_eq!(words(&copies)[..2], words(&original)[..2]);
+    assert_eq!(copies[2]["content"], "It wants me to be careful");
+    assert!(copies.iter().all(|c| original.iter().all(|o| o["id"] != c["id"])), "new ids");
+    assert_eq!(app.all_messages(&token, &dialogue).await, original, "the original is untouched");
+    let (_, listed) = app.get("/api/v1/dialogues", Some(&token)).await;
+    assert_eq!(listed["dialogues"][0]["id"], fork_id.as_str(), "the fork has the latest activity");
+    assert_eq!(listed["dialogues"][1].get("forked_from"), None);
+
+    let bob = app.user("bob@example.com").await;
+    assert_eq!(fork(&bob, &dialogue, before_edit).await.unwrap().status(), StatusCode::NOT_FOUND);
+    let unknown = ifs_domain::MessageId::generate().to_string();
+    assert_eq!(fork(&token, &dialogue, &unknown).await.unwrap().status(), StatusCode::NOT_FOUND);
+    let (status, refused) = read(fork(&token, &dialogue, "not-an-id").await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused["error"]["message"].as_str().unwrap().starts_with("message_id"), "{refused}");
+    app.stop().await.assert_check_clean(2, 8);
+}
