@@ -129,6 +129,9 @@ def start(bin_dir, port, processes, work):
             # function an event without a request id). That path is tested against a stand-in
             # of Lambda's API (functions/dialogue/tests/lambda_agent.rs).
             function_env["LAMBDA_STREAMING"] = "true"
+        if function == "ifs-me":
+            # As template.yaml does: the account's export streams, and so the whole function.
+            function_env["LAMBDA_STREAMING"] = "true"
         processes.start(function, [bin_dir / function], env=function_env)
     return env
 
@@ -147,6 +150,16 @@ def call(base, method, path, body=None, token=None):
     except urllib.error.HTTPError as error:
         raw = error.read()
         return error.code, json.loads(raw) if raw else None
+
+
+def call_raw(base, path, token):
+    """A GET whose answer is a download: its text, after checking it is one."""
+    request = urllib.request.Request(base + path)
+    request.add_header("authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=90) as response:
+        if response.status != 200 or not response.headers["content-disposition"].startswith("attachment;"):
+            raise AssertionError(f"{path}: {response.status} {response.headers}")
+        return response.read().decode()
 
 
 def stream_turn(base, body, token):
@@ -232,6 +245,13 @@ def end_to_end(base):
     copies = expect(call(base, "GET", f"/api/v1/messages?dialogue_id={forked['id']}", token=token), 200, "fork")
     assert [m["content"] for m in copies["messages"]] == [m["content"] for m in page["messages"][:2]], copies
 
+    # Exports: the dialogue as Markdown, the whole account as JSON (streamed by the me function).
+    markdown = call_raw(base, f"/api/v1/dialogues/{dialogue}/export?format=markdown", token)
+    assert markdown.startswith("# Through Lambda\n") and markdown.count("**You** · ") == 3, markdown
+    account = json.loads(call_raw(base, "/api/v1/me/export", token))
+    assert account["profile"]["email"] == email, account["profile"]
+    assert sorted(len(d["messages"]) for d in account["dialogues"]) == [2, 6], account
+
     # Erasure: one dialogue, then all of them; what was erased is 404 from then on.
     other = expect(call(base, "POST", "/api/v1/dialogue", {"message": "A second one.", "max_tokens": 8}, token),
                    201, "a second dialogue")["dialogue_id"]
@@ -245,8 +265,8 @@ def end_to_end(base):
     expect(call(base, "POST", "/api/v1/logout", {}, token), 204, "logout")
     expect(call(base, "GET", "/api/v1/me", token=token), 401, "me after logout")
     print("end to end through cargo lambda watch: signup, login, me, dialogue (agent invoked as a Lambda "
-          "function), continue, a streamed turn, rename, dialogues, messages, fork, delete one and all, logout — all "
-          "as expected")
+          "function), continue, a streamed turn, rename, dialogues, messages, fork, export, delete one and all, logout — "
+          "all as expected")
 
 
 def interrupted(*_):

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod backends;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod extract;
 pub mod http;
 pub mod lambda;

@@ -172,7 +172,11 @@ pub async fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) 
             clock: clock.clone(),
             throttle: ifs_login::Throttle::default(),
         }))
-        .merge(ifs_me::router(ifs_me::MeState { auth: auth.clone(), users: backends.users.clone() }))
+        .merge(ifs_me::router(ifs_me::MeState {
+            auth: auth.clone(),
+            users: backends.users.clone(),
+            dialogues: backends.dialogues.clone(),
+        }))
         .merge(ifs_logout::router(ifs_logout::LogoutState {
             auth: auth.clone(),
             sessions: backends.sessions.clone(),

@@ -592,6 +592,8 @@ pub async fn a_rename_racing_ten_appends_loses_none_of_them(stores: Stores) {
 
 /// What every operation on a deleted `dialogue` must answer.
 async fn assert_gone(stores: &Stores, owner: UserId, dialogue: DialogueId) {
+    let summary = stores.dialogues.dialogue(owner, dialogue).await;
+    assert!(matches!(summary, Err(StoreError::NotFound)), "{summary:?}");
     let page = stores.dialogues.messages(owner, dialogue, Limit::new_clamped(10, 100), None).await;
     assert!(matches!(page, Err(StoreError::NotFound)), "{page:?}");
     let cursor = Some(MessageCursor { after_seq: 2 });
@@ -734,6 +736,9 @@ pub async fn a_fork_copies_up_to_its_message_with_new_ids_and_leaves_the_origina
     let listed = stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap();
     let found = listed.items.iter().find(|d| d.id == fork.id).expect("the fork is listed");
     assert_eq!(found, &fork);
+    assert_eq!(stores.dialogues.dialogue(owner, fork.id).await.unwrap(), fork);
+    let stranger = stores.dialogues.dialogue(UserId::generate(), fork.id).await;
+    assert!(matches!(stranger, Err(StoreError::NotFound)), "{stranger:?}");
     // A fork continues like any dialogue.
     let next =
         stores.dialogues.append_message(owner, fork.id, said(Role::User, "edited", at(50))).await.unwrap();

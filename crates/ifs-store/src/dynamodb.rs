@@ -721,6 +721,10 @@ impl DialogueStore for DynamoStore {
         Ok(Page { items, next })
     }
 
+    async fn dialogue(&self, owner: UserId, dialogue: DialogueId) -> StoreResult<DialogueSummary> {
+        self.owned_summary(owner, dialogue).await
+    }
+
     async fn rename_dialogue(
         &self,
         owner: UserId,

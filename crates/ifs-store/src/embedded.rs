@@ -449,6 +449,13 @@ impl DialogueStore for EmbeddedStore {
         .await
     }
 
+    async fn dialogue(&self, owner: UserId, dialogue: DialogueId) -> StoreResult<DialogueSummary> {
+        self.read(move |txn| {
+            let messages = txn.open_table(MESSAGES).context("opening messages")?;
+            Ok(owned_head(&messages, owner, dialogue)?.1)
+        })
+    }
+
     async fn rename_dialogue(
         &self,
         owner: UserId,

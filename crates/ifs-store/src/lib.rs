@@ -154,6 +154,9 @@ pub trait DialogueStore: Send + Sync + std::fmt::Debug + 'static {
         after: Option<MessageCursor>,
     ) -> StoreResult<Page<Message, MessageCursor>>;
 
+    /// The dialogue's summary.
+    async fn dialogue(&self, owner: UserId, dialogue: DialogueId) -> StoreResult<DialogueSummary>;
+
     /// Gives the dialogue a new title (already cleaned, see [`ifs_domain::dialogue::title_for`]);
     /// answers its summary. Renaming is not activity: the dialogue keeps its place in the list.
     async fn rename_dialogue(

@@ -2,7 +2,8 @@
 //! at a time; `PATCH /api/v1/dialogues/{dialogue_id}`: a new title for one of them;
 //! `DELETE /api/v1/dialogues/{dialogue_id}` and `DELETE /api/v1/dialogues`: one of them, or all,
 //! erased; `POST /api/v1/dialogues/{dialogue_id}/fork`: a copy up to a message, to go on from
-//! there differently (how an earlier message is edited).
+//! there differently (how an earlier message is edited);
+//! `GET /api/v1/dialogues/{dialogue_id}/export?format=json|markdown`: one of them as a download.
 
 use std::sync::Arc;
 
@@ -39,8 +40,10 @@ pub const DELETE: Route = Route::delete("/api/v1/dialogues/{dialogue_id}");
 pub const DELETE_ALL: Route = Route::delete("/api/v1/dialogues");
 /// A new dialogue copied from one up to a message.
 pub const FORK: Route = Route::post("/api/v1/dialogues/{dialogue_id}/fork");
+/// One dialogue as a download.
+pub const EXPORT: Route = Route::get("/api/v1/dialogues/{dialogue_id}/export");
 /// Every route of this function, for what maps requests to it.
-pub const ROUTES: &[Route] = &[DIALOGUES, RENAME, DELETE, DELETE_ALL, FORK];
+pub const ROUTES: &[Route] = &[DIALOGUES, RENAME, DELETE, DELETE_ALL, FORK, EXPORT];
 
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: DialoguesState) -> Router {
@@ -49,6 +52,7 @@ pub fn router(state: DialoguesState) -> Router {
         .route(RENAME.path, RENAME.to(rename).merge(DELETE.to(delete)))
         .route(DIALOGUES.path, DELETE_ALL.to(delete_all))
         .route(FORK.path, FORK.to(fork))
+        .route(EXPORT.path, EXPORT.to(export))
         .with_state(state)
 }
 
@@ -69,6 +73,11 @@ pub struct ForkRequest {
     /// The last message the fork copies: one of the dialogue's, at most the 1,000th.
     #[schema(format = Uuid)]
     message_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ExportQuery {
+    format: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,7 +147,7 @@ pub struct ListResponse {
 
 /// The operations of this function, for the OpenAPI document.
 #[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(dialogues, rename, delete, delete_all, fork))]
+#[openapi(paths(dialogues, rename, delete, delete_all, fork, export))]
 pub struct Api;
 
 /// The caller's dialogues, newest activity first, a page at a time.
@@ -312,6 +321,47 @@ async fn fork(
         MessageId::parse(&request.message_id).map_err(|e| ApiError::invalid_field("message_id", e))?;
     let summary = store.fork_dialogue(principal.user_id, dialogue, through).await?;
     Ok((StatusCode::CREATED, axum::Json(DialogueView::from(summary))))
+}
+
+/// One of the caller's dialogues as a download: JSON (`ifs-guide-export/1`: the dialogue's
+/// summary and every message, with its reply metadata) or Markdown (for reading). Streamed a page
+/// at a time; if the export fails midway the body ends with an error, never as a shorter
+/// document.
+#[utoipa::path(
+    get,
+    path = "/api/v1/dialogues/{dialogue_id}/export",
+    tag = "dialogues",
+    operation_id = "export_dialogue",
+    security(("bearer" = [])),
+    params(
+        ("dialogue_id" = String, Path, format = Uuid, description = "The dialogue"),
+        ("format" = Option<String>, Query, description = "`json` (the default) or `markdown`",
+         example = "markdown"),
+    ),
+    responses(
+        (status = 200, description = "The dialogue, as an attachment (`content-disposition`)",
+         content((Object = "application/json"), (String = "text/markdown")),
+         headers(("content-disposition" = String, description = "attachment; filename=\"ifs-guide-<id>.json\" (or .md)"))),
+        (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+        (status = 404, response = ifs_api::openapi::NotFound),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
+async fn export(
+    AuthUser(principal): AuthUser,
+    State(store): State<Arc<dyn DialogueStore>>,
+    Path(dialogue_id): Path<String>,
+    Query(query): Query<ExportQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    let dialogue = DialogueId::parse(&dialogue_id).map_err(|e| ApiError::invalid_field("dialogue_id", e))?;
+    let format = ifs_api::export::Format::parse(query.format.as_deref())
+        .map_err(|e| ApiError::invalid_field("format", e))?;
+    // Found before the answer starts: a dialogue that is not the caller's is a 404, not a
+    // broken download.
+    let summary = store.dialogue(principal.user_id, dialogue).await?;
+    Ok(ifs_api::export::dialogue(store, summary, format, chrono::Utc::now()))
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! `GET /api/v1/me`: who the bearer of a token is, and until when their session lasts.
+//! `GET /api/v1/me`: who the bearer of a token is, and until when their session lasts;
+//! `GET /api/v1/me/export`: everything the account holds, as one download.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use axum::{Json, Router};
 use ifs_api::{ApiError, AuthUser, Route};
 use ifs_auth::Authenticator;
 use ifs_domain::{Email, Timestamp, UserId};
-use ifs_store::UserStore;
+use ifs_store::{DialogueStore, UserStore};
 use serde::Serialize;
 
 /// What `/me` needs: the authenticator and the users.
@@ -15,16 +16,19 @@ use serde::Serialize;
 pub struct MeState {
     pub auth: Authenticator,
     pub users: Arc<dyn UserStore>,
+    pub dialogues: Arc<dyn DialogueStore>,
 }
 
-/// The one route of this function.
+/// Who the bearer is.
 pub const ME: Route = Route::get("/api/v1/me");
+/// Everything the account holds.
+pub const EXPORT: Route = Route::get("/api/v1/me/export");
 /// Every route of this function, for what maps requests to it.
-pub const ROUTES: &[Route] = &[ME];
+pub const ROUTES: &[Route] = &[ME, EXPORT];
 
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: MeState) -> Router {
-    Router::new().route(ME.path, ME.to(me)).with_state(state)
+    Router::new().route(ME.path, ME.to(me)).route(EXPORT.path, EXPORT.to(export)).with_state(state)
 }
 
 /// The bearer and their session.
@@ -44,7 +48,7 @@ pub struct MeResponse {
 
 /// The operations of this function, for the OpenAPI document.
 #[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(me))]
+#[openapi(paths(me, export))]
 pub struct Api;
 
 /// Who the bearer of the token is, and until when their session lasts.
@@ -75,6 +79,33 @@ async fn me(
     }))
 }
 
+/// Everything the account holds, as one JSON document (`ifs-guide-export/1`): the profile, then
+/// every dialogue, newest activity first, each with every message. Streamed a page at a time in
+/// bounded memory; if it fails midway the body ends with an error, never as a shorter document.
+#[utoipa::path(
+    get,
+    path = "/api/v1/me/export",
+    tag = "auth",
+    operation_id = "export_account",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The account, as an attachment (`content-disposition`)",
+         content((Object = "application/json")),
+         headers(("content-disposition" = String, description = "attachment; filename=\"ifs-guide-account-<date>.json\""))),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
+async fn export(
+    AuthUser(principal): AuthUser,
+    State(users): State<Arc<dyn UserStore>>,
+    State(dialogues): State<Arc<dyn DialogueStore>>,
+) -> Result<axum::response::Response, ApiError> {
+    let user = users.user_by_id(principal.user_id).await?.ok_or_else(ApiError::unauthorized)?;
+    Ok(ifs_api::export::account(dialogues, user, chrono::Utc::now()))
+}
+
 #[cfg(test)]
 mod tests {
     use axum::http::StatusCode;
@@ -83,7 +114,11 @@ mod tests {
     use super::*;
 
     fn app(world: &World) -> Router {
-        router(MeState { auth: world.authenticator(), users: world.backends.users.clone() })
+        router(MeState {
+            auth: world.authenticator(),
+            users: world.backends.users.clone(),
+            dialogues: world.backends.dialogues.clone(),
+        })
     }
 
     #[tokio::test]

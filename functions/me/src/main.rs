@@ -2,10 +2,23 @@
 
 use ifs_api::lambda::{self, ProtectedConfig};
 
+#[derive(Debug, clap::Parser)]
+struct Config {
+    #[command(flatten)]
+    protected: ProtectedConfig,
+    /// Answer through Lambda response streaming; the function's invocations must stream too.
+    #[arg(long, env = "LAMBDA_STREAMING", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    lambda_streaming: bool,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     let _logs = lambda::init_tracing();
-    let config: ProtectedConfig = lambda::config("me");
-    let (backends, auth) = config.open().await?;
-    lambda::run(ifs_me::router(ifs_me::MeState { auth, users: backends.users })).await
+    let config: Config = lambda::config("me");
+    let (backends, auth) = config.protected.open().await?;
+    let routes =
+        ifs_me::router(ifs_me::MeState { auth, users: backends.users, dialogues: backends.dialogues });
+    // The account's export can outgrow a buffered answer (6 MB): the function streams, and so do
+    // its routes (template.yaml).
+    if config.lambda_streaming { lambda::run_streaming(routes).await } else { lambda::run(routes).await }
 }

@@ -107,6 +107,37 @@ fn the_template_routes_each_declared_route_to_its_own_function() {
     }
 }
 
+/// A function that answers as a stream must be invoked as one by every route to it, and only
+/// such a function may be: either way round the answer would be garbled.
+#[test]
+fn functions_that_stream_are_invoked_as_streams_on_every_route() {
+    let template: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("template.yaml")).unwrap()).unwrap();
+    let mut streaming = Vec::new();
+    for (name, resource) in template["Resources"].as_mapping().unwrap() {
+        if resource["Type"] != "AWS::Serverless::Function" {
+            continue;
+        }
+        let properties = &resource["Properties"];
+        let streams = properties["Environment"]["Variables"]["LAMBDA_STREAMING"] == "true";
+        if streams {
+            streaming.push(text(name));
+        }
+        for (event, spec) in properties["Events"].as_mapping().into_iter().flatten() {
+            let mode = &spec["Properties"]["ResponseTransferMode"];
+            assert_eq!(
+                mode == "RESPONSE_STREAM",
+                streams,
+                "{}: event {} ({mode:?})",
+                text(name),
+                text(event)
+            );
+        }
+    }
+    streaming.sort();
+    assert_eq!(streaming, ["AgentFunction", "DialogueFunction", "MeFunction"]);
+}
+
 #[test]
 fn the_dialogue_route_streams_and_every_timeout_gives_way_to_the_next() {
     let template: Value =

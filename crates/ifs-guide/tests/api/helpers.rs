@@ -531,15 +531,19 @@ pub fn ifs_guide_command() -> std::process::Command {
 pub struct Served {
     pub child: std::process::Child,
     pub address: String,
-    _data_dir: TempDir,
+    data_dir: TempDir,
 }
 
 impl Served {
     /// Starts the binary with `env` on top of a throwaway `DATA_DIR` and the double.
     pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), env).await
+    }
+
+    /// Starts the binary on `data_dir`, which may hold a store already.
+    pub async fn start_in(data_dir: TempDir, env: &[(&str, &str)]) -> Self {
         use std::io::BufRead as _;
         let agent = AgentDouble::start().await;
-        let data_dir = tempfile::tempdir().unwrap();
         let mut command = ifs_guide_command();
         command
             .arg("serve")
@@ -557,7 +561,15 @@ impl Served {
         let address = banner.strip_prefix("ifs-guide listening on ").expect(&banner).to_owned();
         // Keep reading so that the banner's writes never block the server.
         std::thread::spawn(move || lines.for_each(drop));
-        Self { child, address, _data_dir: data_dir }
+        Self { child, address, data_dir }
+    }
+
+    /// Stops the process and hands back its data directory.
+    pub fn stop(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let empty = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.data_dir, empty)
     }
 
     pub fn pid(&self) -> u32 {

@@ -12,6 +12,7 @@ mod deployment;
 mod dialogue;
 mod erasure;
 mod errors;
+mod export;
 mod helpers;
 mod input;
 mod model;
