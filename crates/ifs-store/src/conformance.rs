@@ -48,6 +48,9 @@ macro_rules! conformance_suite {
             an_email_is_registered_only_once_even_under_a_race,
             a_session_lives_until_it_expires,
             a_revoked_session_is_gone,
+            a_users_sessions_are_revoked_all_at_once,
+            a_deleted_user_is_gone_and_their_email_free,
+            a_reset_ends_every_lease_on_a_counter,
             hits_count_within_a_fixed_window_and_then_start_again,
             a_reset_counter_starts_afresh,
             parallel_hits_each_see_a_different_count,
@@ -181,6 +184,31 @@ pub async fn an_email_is_registered_only_once_even_under_a_race(stores: Stores) 
     assert_eq!(stores.users.user_by_id(winner.id).await.unwrap(), Some(winner));
 }
 
+pub async fn a_deleted_user_is_gone_and_their_email_free(stores: Stores) {
+    let ada = user("ada");
+    let bob = user("bob");
+    stores.users.create_user(&ada).await.unwrap();
+    stores.users.create_user(&bob).await.unwrap();
+    assert_eq!(
+        stores.users.user_by_id(ada.id).await.unwrap(),
+        Some(ada.clone()),
+        "remembered, if a store does"
+    );
+
+    stores.users.delete_user(&ada).await.unwrap();
+    assert_eq!(stores.users.user_by_id(ada.id).await.unwrap(), None);
+    assert_eq!(stores.users.user_by_email(&ada.email).await.unwrap(), None);
+    assert_eq!(stores.users.user_by_id(bob.id).await.unwrap(), Some(bob.clone()), "only theirs");
+    stores.users.delete_user(&ada).await.unwrap();
+
+    // The email signs up again as someone new, whom deleting the old record again leaves be.
+    let again = user("ada");
+    stores.users.create_user(&again).await.unwrap();
+    stores.users.delete_user(&ada).await.unwrap();
+    assert_eq!(stores.users.user_by_email(&again.email).await.unwrap(), Some(again.clone()));
+    assert_eq!(stores.users.user_by_id(again.id).await.unwrap(), Some(again));
+}
+
 pub async fn a_session_lives_until_it_expires(stores: Stores) {
     let session = Session {
         id: SessionId::generate(),
@@ -262,6 +290,41 @@ pub async fn parallel_hits_each_see_a_different_count(stores: Stores) {
     }
     seen.sort_unstable();
     assert_eq!(seen, (1..=60).collect::<Vec<u32>>());
+}
+
+pub async fn a_users_sessions_are_revoked_all_at_once(stores: Stores) {
+    let (ada, bob) = (UserId::generate(), UserId::generate());
+    let session = |user_id: UserId, minutes: i64| Session {
+        id: SessionId::generate(),
+        user_id,
+        created_at: at(0),
+        expires_at: at(60 * minutes),
+    };
+    let theirs = [session(ada, 10), session(ada, 60), session(ada, 5)];
+    let other = session(bob, 10);
+    for s in theirs.iter().chain([&other]) {
+        stores.sessions.create_session(s).await.unwrap();
+    }
+    stores.sessions.revoke_session(theirs[2].id).await.unwrap();
+
+    assert_eq!(stores.sessions.revoke_user_sessions(ada).await.unwrap(), 2);
+    for s in &theirs {
+        assert_eq!(stores.sessions.session(s.id, at(1)).await.unwrap(), None);
+    }
+    assert_eq!(stores.sessions.session(other.id, at(1)).await.unwrap(), Some(other.clone()));
+    assert_eq!(stores.sessions.revoke_user_sessions(ada).await.unwrap(), 0);
+    let later = session(ada, 10);
+    stores.sessions.create_session(&later).await.unwrap();
+    assert_eq!(stores.sessions.session(later.id, at(1)).await.unwrap(), Some(later), "a new login works");
+}
+
+pub async fn a_reset_ends_every_lease_on_a_counter(stores: Stores) {
+    let counter = Counter::TurnsInFlight(UserId::generate());
+    let minute = Duration::from_secs(60);
+    assert!(stores.counters.lease(counter, "a", at(0), minute, 1).await.unwrap());
+    assert!(!stores.counters.lease(counter, "b", at(1), minute, 1).await.unwrap());
+    stores.counters.reset(counter).await.unwrap();
+    assert!(stores.counters.lease(counter, "b", at(2), minute, 1).await.unwrap(), "a's lease is gone");
 }
 
 pub async fn leases_are_held_until_released_or_expired(stores: Stores) {

@@ -618,6 +618,44 @@ impl UserStore for DynamoStore {
         Ok(item.as_ref().map(user_from).transpose()?)
     }
 
+    async fn delete_user(&self, user: &UserRecord) -> StoreResult<()> {
+        // Both items in one transaction; the email's only if it is still this user's.
+        let email = aws_sdk_dynamodb::types::Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(email_pk(&user.email), "EMAIL")))
+            .condition_expression("attribute_not_exists(pk) OR id = :id")
+            .expression_attribute_values(":id", s(user.id.to_string()))
+            .build()
+            .context("the delete of the email")?;
+        let record = aws_sdk_dynamodb::types::Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(user_pk(user.id), "USER")))
+            .build()
+            .context("the delete of the user")?;
+        let deleted = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().delete(email).build())
+            .transact_items(TransactWriteItem::builder().delete(record).build())
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            // The email belongs to someone else by now: only the user's own item goes.
+            Err(error) if cancellation_codes(&error).first() == Some(&"ConditionalCheckFailed") => {
+                self.client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key(user_pk(user.id), "USER")))
+                    .send()
+                    .await
+                    .map_err(|e| failure("deleting a user", &e))?;
+                Ok(())
+            }
+            Err(error) => Err(failure("deleting a user", &error)),
+        }
+    }
+
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
         let item = self.get(key(user_pk(id), "USER"), "reading a user").await?;
         Ok(item.as_ref().map(user_from).transpose()?)

@@ -15,7 +15,10 @@ use ifs_domain::{
     Limit, Message, MessageCursor, MessageId, NewMessage, Page, PageFill, SessionId, StoredDialogue,
     StoredLink, Timestamp, UserId,
 };
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata as _, TableDefinition,
+    WriteTransaction,
+};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
@@ -35,6 +38,8 @@ const USER_EMAILS: TableDefinition<&str, &[u8]> = TableDefinition::new("user_ema
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
 /// expiry (ms, big-endian) ‖ session id → nothing: what the sweep deletes, oldest first.
 const SESSION_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("session_expiry");
+/// user id ‖ session id → nothing: a user's sessions, so that all can be revoked at once.
+const USER_SESSIONS: TableDefinition<&[u8], ()> = TableDefinition::new("user_sessions");
 /// counter key → `Window` (JSON).
 const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
 /// window end (ms, big-endian) ‖ counter key → nothing: what the sweep deletes, oldest first.
@@ -106,6 +111,29 @@ fn expired_keys(
     Ok(keys)
 }
 
+fn user_session_key(user: UserId, session: SessionId) -> [u8; 32] {
+    let mut key = [0; 32];
+    key[..16].copy_from_slice(user.as_bytes());
+    key[16..].copy_from_slice(session.as_bytes());
+    key
+}
+
+/// Files under their user the sessions of a store written before sessions were indexed by
+/// user, once: afterwards every session is indexed as it is created.
+fn index_user_sessions(txn: &WriteTransaction) -> anyhow::Result<()> {
+    let mut index = txn.open_table(USER_SESSIONS)?;
+    if !index.is_empty()? {
+        return Ok(());
+    }
+    let sessions = txn.open_table(SESSIONS)?;
+    for entry in sessions.iter()? {
+        let (_, value) = entry?;
+        let session = decode_session(value.value())?;
+        index.insert(user_session_key(session.user_id, session.id).as_slice(), ())?;
+    }
+    Ok(())
+}
+
 /// The embedded store's page cache unless configured (`EMBEDDED_CACHE_MB`).
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -120,9 +148,9 @@ type Leases = Vec<(String, Timestamp)>;
 pub struct EmbeddedStore {
     db: Arc<Database>,
     path: PathBuf,
-    /// Users by id, as read. A user record never changes once written and no port
-    /// deletes one, and this process is the file's only writer (redb locks it), so a remembered
-    /// record is the stored one; every `/me` read one. Sessions are never remembered: a logout
+    /// Users by id, as read. A user record never changes once written, a deleted one is
+    /// forgotten here as it is deleted, and this process is the file's only writer (redb locks
+    /// it), so a remembered record is the stored one; every `/me` read one. Sessions are never remembered: a logout
     /// must take effect at once, however many processes serve.
     users: Arc<Mutex<HashMap<UserId, UserRecord>>>,
     /// Leases by counter: holder and expiry. Kept in memory, not in the file: a lease stands for
@@ -155,6 +183,7 @@ impl EmbeddedStore {
         txn.open_table(USER_EMAILS)?;
         txn.open_table(SESSIONS)?;
         txn.open_table(SESSION_EXPIRY)?;
+        index_user_sessions(&txn)?;
         txn.open_table(COUNTERS)?;
         txn.open_table(COUNTER_EXPIRY)?;
         txn.delete_table(TableDefinition::<&str, &[u8]>::new(LEGACY_LOGIN_FAILURES))
@@ -366,6 +395,25 @@ impl UserStore for EmbeddedStore {
             let user = users.get(id.value()).context("reading user")?;
             Ok(user.map(|bytes| decode(bytes.value())).transpose()?)
         })
+    }
+
+    async fn delete_user(&self, user: &UserRecord) -> StoreResult<()> {
+        let user = user.clone();
+        self.users.lock().unwrap_or_else(PoisonError::into_inner).remove(&user.id);
+        self.write(move |txn| {
+            let mut emails = txn.open_table(USER_EMAILS).context("opening user_emails")?;
+            let theirs = emails
+                .get(user.email.as_str())
+                .context("reading user_emails")?
+                .is_some_and(|id| id.value() == user.id.as_bytes().as_slice());
+            if theirs {
+                emails.remove(user.email.as_str()).context("removing an email")?;
+            }
+            let mut users = txn.open_table(USERS).context("opening users")?;
+            users.remove(user.id.as_bytes().as_slice()).context("removing a user")?;
+            Ok(())
+        })
+        .await
     }
 
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
@@ -668,6 +716,10 @@ impl SessionStore for EmbeddedStore {
             sessions.insert(id, encode_session(&session).as_slice()).context("writing")?;
             let mut expiry = txn.open_table(SESSION_EXPIRY).context("opening session_expiry")?;
             expiry.insert(expiry_key(session.expires_at, id).as_slice(), ()).context("indexing expiry")?;
+            let mut by_user = txn.open_table(USER_SESSIONS).context("opening user_sessions")?;
+            by_user
+                .insert(user_session_key(session.user_id, session.id).as_slice(), ())
+                .context("indexing")?;
             Ok(())
         })
         .await
@@ -693,7 +745,41 @@ impl SessionStore for EmbeddedStore {
             let session = decode_session(bytes.value())?;
             let mut expiry = txn.open_table(SESSION_EXPIRY).context("opening session_expiry")?;
             expiry.remove(expiry_key(session.expires_at, id.as_bytes()).as_slice()).context("unindexing")?;
+            let mut by_user = txn.open_table(USER_SESSIONS).context("opening user_sessions")?;
+            by_user.remove(user_session_key(session.user_id, id).as_slice()).context("unindexing")?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn revoke_user_sessions(&self, user: UserId) -> StoreResult<u64> {
+        self.write(move |txn| {
+            let mut by_user = txn.open_table(USER_SESSIONS).context("opening user_sessions")?;
+            let (first, last) = (
+                user_session_key(user, SessionId::from_bytes([0; 16])),
+                user_session_key(user, SessionId::from_bytes([0xff; 16])),
+            );
+            let mut ids = Vec::new();
+            for entry in by_user
+                .range::<&[u8]>(first.as_slice()..=last.as_slice())
+                .context("scanning user_sessions")?
+            {
+                let (key, _) = entry.context("scanning user_sessions")?;
+                let id: [u8; 16] = key.value()[16..].try_into().context("a user_sessions key")?;
+                ids.push(SessionId::from_bytes(id));
+            }
+            let mut sessions = txn.open_table(SESSIONS).context("opening sessions")?;
+            let mut expiry = txn.open_table(SESSION_EXPIRY).context("opening session_expiry")?;
+            for id in &ids {
+                by_user.remove(user_session_key(user, *id).as_slice()).context("unindexing")?;
+                if let Some(bytes) = sessions.remove(id.as_bytes().as_slice()).context("removing")? {
+                    let session = decode_session(bytes.value())?;
+                    expiry
+                        .remove(expiry_key(session.expires_at, id.as_bytes()).as_slice())
+                        .context("unindexing")?;
+                }
+            }
+            Ok(ids.len() as u64)
         })
         .await
     }
@@ -736,6 +822,7 @@ impl Counters for EmbeddedStore {
 
     async fn reset(&self, counter: Counter<'_>) -> StoreResult<()> {
         let key = counter.key();
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
         self.write(move |txn| {
             let mut counters = txn.open_table(COUNTERS).context("opening counters")?;
             let Some(bytes) = counters.remove(key.as_str()).context("removing a counter")? else {
@@ -794,9 +881,15 @@ impl Sweep for EmbeddedStore {
             let mut expiry = txn.open_table(SESSION_EXPIRY).context("opening session_expiry")?;
             let mut sessions = txn.open_table(SESSIONS).context("opening sessions")?;
             let expired = expired_keys(&expiry, now, batch)?;
+            let mut by_user = txn.open_table(USER_SESSIONS).context("opening user_sessions")?;
             for key in &expired {
                 expiry.remove(key.as_slice()).context("unindexing a session")?;
-                sessions.remove(&key[8..]).context("deleting a session")?;
+                if let Some(bytes) = sessions.remove(&key[8..]).context("deleting a session")? {
+                    let session = decode_session(bytes.value())?;
+                    by_user
+                        .remove(user_session_key(session.user_id, session.id).as_slice())
+                        .context("unindexing")?;
+                }
             }
             let mut windows = txn.open_table(COUNTER_EXPIRY).context("opening counter_expiry")?;
             let mut counters = txn.open_table(COUNTERS).context("opening counters")?;

@@ -116,6 +116,9 @@ pub trait UserStore: Send + Sync + std::fmt::Debug + 'static {
     async fn create_user(&self, user: &UserRecord) -> StoreResult<()>;
     async fn user_by_email(&self, email: &Email) -> StoreResult<Option<UserRecord>>;
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
+    /// Removes the user and their email, which can then sign up again. Removing a user who is
+    /// gone is not an error; an email that now belongs to someone else is left to them.
+    async fn delete_user(&self, user: &UserRecord) -> StoreResult<()>;
 }
 
 /// Dialogues as doubly linked lists of messages, owned by one user each.
@@ -207,6 +210,9 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug + 'static {
     async fn session(&self, id: SessionId, now: Timestamp) -> StoreResult<Option<Session>>;
     /// Removes the session; revoking an unknown session is not an error.
     async fn revoke_session(&self, id: SessionId) -> StoreResult<()>;
+    /// Removes every session of `user`, so that each of their tokens is refused from now on;
+    /// answers how many there were.
+    async fn revoke_user_sessions(&self, user: UserId) -> StoreResult<u64>;
 }
 
 /// Fixed-window counters, atomic so that parallel requests cannot slip past a limit.

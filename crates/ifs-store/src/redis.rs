@@ -11,7 +11,7 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{AsyncCommands as _, RedisError, Script};
 use anyhow::Context as _;
 use async_trait::async_trait;
-use ifs_domain::{SessionId, Timestamp};
+use ifs_domain::{SessionId, Timestamp, UserId};
 use secrecy::{ExposeSecret as _, SecretString};
 
 use crate::{Counter, Counters, Session, SessionStore, StoreError, StoreResult, Window};
@@ -52,6 +52,16 @@ end
 return 0
 ";
 
+/// Files a session under its user, atomically: `KEYS[1]` the user's set of session ids; `ARGV`
+/// the session id and its lifetime (ms). The set lives as long as its longest-lived session.
+const FILE_SESSION: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+";
+
 /// Sessions and counters in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -59,6 +69,7 @@ pub struct RedisStore {
     endpoint: String,
     hit: Script,
     lease: Script,
+    file_session: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -100,7 +111,13 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(200));
         let connection = ConnectionManager::new_lazy_with_config(client, config)
             .context("setting up the Redis connection")?;
-        Ok(Self { connection, endpoint, hit: Script::new(HIT), lease: Script::new(LEASE) })
+        Ok(Self {
+            connection,
+            endpoint,
+            hit: Script::new(HIT),
+            lease: Script::new(LEASE),
+            file_session: Script::new(FILE_SESSION),
+        })
     }
 
     /// `redis://host:port` or `rediss://host:port`, for the start-up banner (never the password).
@@ -139,6 +156,12 @@ fn session_key(id: SessionId) -> String {
     format!("{PREFIX}:session:{id}")
 }
 
+/// The set of a user's session ids. Kept apart from the sessions' own keys, and written by
+/// single-key commands only, so that it works on a clustered Redis (ElastiCache Serverless).
+fn user_sessions_key(user: UserId) -> String {
+    format!("{PREFIX}:user-sessions:{user}")
+}
+
 fn counter_key(counter: Counter<'_>) -> String {
     format!("{PREFIX}:counter:{}", counter.key())
 }
@@ -160,7 +183,11 @@ impl SessionStore for RedisStore {
             "storing a session",
             connection.pset_ex::<_, _, ()>(session_key(session.id), value, lifetime),
         )
-        .await
+        .await?;
+        let mut invocation = self.file_session.key(user_sessions_key(session.user_id));
+        invocation.arg(session.id.to_string()).arg(lifetime);
+        self.run("filing a session under its user", invocation.invoke_async::<i64>(&mut connection)).await?;
+        Ok(())
     }
 
     async fn session(&self, id: SessionId, now: Timestamp) -> StoreResult<Option<Session>> {
@@ -172,8 +199,22 @@ impl SessionStore for RedisStore {
     }
 
     async fn revoke_session(&self, id: SessionId) -> StoreResult<()> {
+        // Its id may stay in its user's set until the set expires: revoking it again is harmless.
         let mut connection = self.connection.clone();
         self.run("revoking a session", connection.del::<_, ()>(session_key(id))).await
+    }
+
+    async fn revoke_user_sessions(&self, user: UserId) -> StoreResult<u64> {
+        let mut connection = self.connection.clone();
+        let ids: Vec<String> =
+            self.run("reading a user's sessions", connection.smembers(user_sessions_key(user))).await?;
+        let mut revoked = 0;
+        for id in &ids {
+            let key = format!("{PREFIX}:session:{id}");
+            revoked += self.run("revoking a session", connection.del::<_, u64>(key)).await?;
+        }
+        self.run("forgetting a user's sessions", connection.del::<_, ()>(user_sessions_key(user))).await?;
+        Ok(revoked)
     }
 }
 

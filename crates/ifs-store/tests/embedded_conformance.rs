@@ -244,7 +244,7 @@ async fn records_earlier_versions_wrote_as_json_still_serve() {
     }
 
     let store = EmbeddedStore::open(&path).unwrap();
-    assert_eq!(store.session(session.id, now).await.unwrap(), Some(session));
+    assert_eq!(store.session(session.id, now).await.unwrap(), Some(session.clone()));
     let page = |limit| Limit::parse(Some(limit), 50, 200).unwrap();
     let listed = store.messages(owner, dialogue, page("50"), None).await.unwrap();
     assert_eq!(listed.items, [head.clone(), reply.clone()]);
@@ -263,6 +263,10 @@ async fn records_earlier_versions_wrote_as_json_still_serve() {
     let report = store.audit().await.unwrap();
     assert_eq!((report.dialogues, report.messages), (1, 3));
     assert!(report.findings.is_empty(), "{:?}", report.findings);
+    // Sessions written before sessions were filed by user are filed when the store opens, so
+    // that deleting an account revokes them too.
+    assert_eq!(store.revoke_user_sessions(owner).await.unwrap(), 1);
+    assert_eq!(store.session(session.id, now).await.unwrap(), None);
 }
 
 /// A fork copies at most `FORK_MAX_MESSAGES`: at that message it is whole, one further it is
