@@ -264,9 +264,18 @@ def end_to_end(base):
 
     expect(call(base, "POST", "/api/v1/logout", {}, token), 204, "logout")
     expect(call(base, "GET", "/api/v1/me", token=token), 401, "me after logout")
+
+    # Erasing the account: the password again, then nothing of it is left and the email is free.
+    token = expect(call(base, "POST", "/api/v1/login", {"email": email, "password": password}), 200,
+                   "login again")["access_token"]
+    expect(call(base, "DELETE", "/api/v1/me", {"password": "not it at all"}, token), 401, "delete, wrong password")
+    expect(call(base, "DELETE", "/api/v1/me", {"password": password}, token), 204, "delete the account")
+    expect(call(base, "GET", "/api/v1/me", token=token), 401, "me after the account's deletion")
+    expect(call(base, "POST", "/api/v1/login", {"email": email, "password": password}), 401, "login, deleted")
+    expect(call(base, "POST", "/api/v1/signup", {"email": email, "password": password}), 201, "sign up again")
     print("end to end through cargo lambda watch: signup, login, me, dialogue (agent invoked as a Lambda "
-          "function), continue, a streamed turn, rename, dialogues, messages, fork, export, delete one and all, logout — "
-          "all as expected")
+          "function), continue, a streamed turn, rename, dialogues, messages, fork, export, delete one and all, logout, "
+          "account deletion — all as expected")
 
 
 def interrupted(*_):

@@ -7,6 +7,7 @@ pub mod password;
 pub mod token;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ifs_domain::{Clock, SessionId, Timestamp, UserId};
 use ifs_store::{SessionStore, StoreError};
@@ -14,6 +15,21 @@ use ifs_store::{SessionStore, StoreError};
 pub use keys::{JwtKeys, PublicKey};
 pub use password::{HashError, HashLimits, PasswordHasher};
 pub use token::{Claims, TokenError, TokenIssuer, TokenSettings, TokenVerifier};
+
+/// How many password checks for one email (logins, and the password that confirms an account's
+/// deletion) are evaluated within how long; beyond that, 429 until the window passes. A correct
+/// password starts the count afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    pub max_attempts: u32,
+    pub window: Duration,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self { max_attempts: 5, window: Duration::from_secs(15 * 60) }
+    }
+}
 
 /// Who is calling, established from a valid token whose session is still alive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

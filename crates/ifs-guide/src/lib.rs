@@ -167,7 +167,7 @@ pub async fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) 
             users: backends.users.clone(),
             sessions: backends.sessions.clone(),
             counters: backends.counters.clone(),
-            hasher,
+            hasher: hasher.clone(),
             issuer: Arc::new(TokenIssuer::new(keys, settings)),
             clock: clock.clone(),
             throttle: ifs_login::Throttle::default(),
@@ -176,6 +176,11 @@ pub async fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) 
             auth: auth.clone(),
             users: backends.users.clone(),
             dialogues: backends.dialogues.clone(),
+            sessions: backends.sessions.clone(),
+            counters: backends.counters.clone(),
+            hasher: hasher.clone(),
+            clock: clock.clone(),
+            throttle: ifs_login::Throttle::default(),
         }))
         .merge(ifs_logout::router(ifs_logout::LogoutState {
             auth: auth.clone(),

@@ -4,7 +4,6 @@
 //! more than a handful of guesses per window are ever evaluated, however many arrive at once.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 pub mod signing_key;
 
@@ -17,19 +16,7 @@ use ifs_domain::{Clock, Email, Password, SessionId};
 use ifs_store::{Counter, Counters, Session, SessionStore, UserStore};
 use serde::{Deserialize, Serialize};
 
-/// How many login attempts for one email are evaluated within how long; beyond that, 429 until
-/// the window passes. A successful login starts the count afresh.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Throttle {
-    pub max_attempts: u32,
-    pub window: Duration,
-}
-
-impl Default for Throttle {
-    fn default() -> Self {
-        Self { max_attempts: 5, window: Duration::from_secs(15 * 60) }
-    }
-}
+pub use ifs_auth::Throttle;
 
 /// What login needs: users to check, sessions to open, and the signing key.
 #[derive(Debug, Clone)]

@@ -1,34 +1,55 @@
 //! `GET /api/v1/me`: who the bearer of a token is, and until when their session lasts;
-//! `GET /api/v1/me/export`: everything the account holds, as one download.
+//! `GET /api/v1/me/export`: everything the account holds, as one download;
+//! `DELETE /api/v1/me`: the account erased, with everything it holds.
 
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::{Json, Router};
 use ifs_api::{ApiError, AuthUser, Route};
-use ifs_auth::Authenticator;
-use ifs_domain::{Email, Timestamp, UserId};
-use ifs_store::{DialogueStore, UserStore};
-use serde::Serialize;
+use ifs_auth::{Authenticator, PasswordHasher, Throttle};
+use ifs_domain::{Clock, Email, Password, Timestamp, UserId};
+use ifs_store::{Counter, Counters, DialogueStore, SessionStore, StoreError, UserRecord, UserStore};
+use serde::{Deserialize, Serialize};
 
-/// What `/me` needs: the authenticator and the users.
+/// What `/me` needs: the authenticator, and every store that holds something of a user.
 #[derive(Debug, Clone, axum::extract::FromRef)]
 pub struct MeState {
     pub auth: Authenticator,
     pub users: Arc<dyn UserStore>,
     pub dialogues: Arc<dyn DialogueStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub counters: Arc<dyn Counters>,
+    /// Checks the password that confirms a deletion.
+    pub hasher: PasswordHasher,
+    pub clock: Arc<dyn Clock>,
+    /// Wrong passwords count with wrong logins for the same email.
+    pub throttle: Throttle,
 }
 
 /// Who the bearer is.
 pub const ME: Route = Route::get("/api/v1/me");
 /// Everything the account holds.
 pub const EXPORT: Route = Route::get("/api/v1/me/export");
+/// The account erased.
+pub const DELETE: Route = Route::delete("/api/v1/me");
 /// Every route of this function, for what maps requests to it.
-pub const ROUTES: &[Route] = &[ME, EXPORT];
+pub const ROUTES: &[Route] = &[ME, EXPORT, DELETE];
 
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: MeState) -> Router {
-    Router::new().route(ME.path, ME.to(me)).route(EXPORT.path, EXPORT.to(export)).with_state(state)
+    Router::new()
+        .route(ME.path, ME.to(me).merge(DELETE.to(delete_account)))
+        .route(EXPORT.path, EXPORT.to(export))
+        .with_state(state)
+}
+
+/// The password that confirms an account's deletion.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"password": "correct horse battery staple"}))]
+pub struct DeleteAccountRequest {
+    password: String,
 }
 
 /// The bearer and their session.
@@ -48,7 +69,7 @@ pub struct MeResponse {
 
 /// The operations of this function, for the OpenAPI document.
 #[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(me, export))]
+#[openapi(paths(me, export, delete_account))]
 pub struct Api;
 
 /// Who the bearer of the token is, and until when their session lasts.
@@ -106,9 +127,84 @@ async fn export(
     Ok(ifs_api::export::account(dialogues, user, chrono::Utc::now()))
 }
 
+/// Erases the account: every dialogue and message, every session (each token of the user is
+/// refused from then on), its counters, then the user and their email, which can sign up again.
+/// The password must be given again; wrong passwords count with wrong logins for this email
+/// (429 past the limit). A deletion cut short can be asked for again after logging in: each step
+/// finishes what an earlier attempt left.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/me",
+    tag = "auth",
+    operation_id = "delete_account",
+    security(("bearer" = [])),
+    request_body = DeleteAccountRequest,
+    responses(
+        (status = 204, description = "The account and everything it held are gone"),
+        (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 401, description = "No valid token, or the password is wrong (`invalid_credentials`): nothing was deleted",
+         body = ifs_api::openapi::ErrorBody,
+         example = json!({"error": {"code": "invalid_credentials", "message": "the password is wrong; nothing was deleted"}})),
+        (status = 413, response = ifs_api::openapi::PayloadTooLarge),
+        (status = 415, response = ifs_api::openapi::UnsupportedMediaType),
+        (status = 429, response = ifs_api::openapi::TooManyRequests),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
+async fn delete_account(
+    AuthUser(principal): AuthUser,
+    State(state): State<MeState>,
+    ifs_api::Json(request): ifs_api::Json<DeleteAccountRequest>,
+) -> Result<StatusCode, ApiError> {
+    let user = state.users.user_by_id(principal.user_id).await?.ok_or_else(ApiError::unauthorized)?;
+    let now = state.clock.now();
+    let attempts =
+        state.counters.hit(Counter::LoginAttempts(&user.email), now, state.throttle.window).await?;
+    if attempts.hits > state.throttle.max_attempts {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "too many wrong passwords for this account; try again later",
+        )
+        .retry_after(attempts.seconds_left(now)));
+    }
+    let password = Password::offered(request.password);
+    if !state.hasher.verify(&password, Some(&user.password_hash)).await? {
+        tracing::info!(attempts = attempts.hits, "account deletion refused: wrong password");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "the password is wrong; nothing was deleted",
+        ));
+    }
+    erase(&state, &user).await?;
+    tracing::info!(user_id = %user.id, "account deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Erases everything of `user` in an order that leaves a failure resumable: the sessions first,
+/// so that no token of theirs writes anything more; the dialogues (resumable themselves); the
+/// counters; the user and email last, so that until then they can log in and ask again.
+async fn erase(state: &MeState, user: &UserRecord) -> Result<(), StoreError> {
+    state.sessions.revoke_user_sessions(user.id).await?;
+    state.dialogues.delete_dialogues(user.id).await?;
+    for counter in [
+        Counter::LoginAttempts(&user.email),
+        Counter::DialogueTurns(user.id),
+        Counter::TurnsInFlight(user.id),
+    ] {
+        state.counters.reset(counter).await?;
+    }
+    state.users.delete_user(user).await?;
+    // A turn that had passed its authentication before the sessions went may have started a
+    // dialogue since.
+    state.dialogues.delete_dialogues(user.id).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use axum::http::StatusCode;
     use ifs_api::testing::{World, call, empty_request};
 
     use super::*;
@@ -118,6 +214,11 @@ mod tests {
             auth: world.authenticator(),
             users: world.backends.users.clone(),
             dialogues: world.backends.dialogues.clone(),
+            sessions: world.backends.sessions.clone(),
+            counters: world.backends.counters.clone(),
+            hasher: world.hasher.clone(),
+            clock: world.clock.clone(),
+            throttle: Throttle::default(),
         })
     }
 

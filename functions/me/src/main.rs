@@ -16,8 +16,16 @@ async fn main() -> Result<(), lambda_http::Error> {
     let _logs = lambda::init_tracing();
     let config: Config = lambda::config("me");
     let (backends, auth) = config.protected.open().await?;
-    let routes =
-        ifs_me::router(ifs_me::MeState { auth, users: backends.users, dialogues: backends.dialogues });
+    let routes = ifs_me::router(ifs_me::MeState {
+        auth,
+        users: backends.users,
+        dialogues: backends.dialogues,
+        sessions: backends.sessions,
+        counters: backends.counters,
+        hasher: ifs_auth::PasswordHasher::new()?,
+        clock: std::sync::Arc::new(ifs_domain::SystemClock),
+        throttle: ifs_auth::Throttle::default(),
+    });
     // The account's export can outgrow a buffered answer (6 MB): the function streams, and so do
     // its routes (template.yaml).
     if config.lambda_streaming { lambda::run_streaming(routes).await } else { lambda::run(routes).await }

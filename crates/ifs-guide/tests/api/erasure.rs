@@ -166,3 +166,115 @@ async fn a_deletion_killed_midway_on_dynamodb_is_finished_afterwards() {
         )
     );
 }
+
+/// `DELETE /api/v1/me` with a `password`.
+async fn delete_account(
+    app: &crate::helpers::TestApp,
+    token: &str,
+    password: &str,
+) -> (StatusCode, serde_json::Value) {
+    read(
+        app.client
+            .delete(app.url("/api/v1/me"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "password": password }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_account_is_erased_with_everything_and_its_email_signs_up_again() {
+    let app = spawn_app().await;
+    let ada = app.user("ada@example.com").await;
+    let (_, second_login) = app.login("ada@example.com", "a long password").await;
+    let elsewhere = second_login["access_token"].as_str().unwrap().to_owned();
+    let bob = app.user("bob@example.com").await;
+    let (_, first) = app.say(&ada, "A part of me is tired", None).await;
+    let dialogue = first["dialogue_id"].as_str().unwrap().to_owned();
+    app.say(&ada, "Another part wants to rest", None).await;
+    app.say(&bob, "Bob stays", None).await;
+
+    let (status, refused) = delete_account(&app, &ada, "not my password").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{refused}");
+    assert_eq!(refused["error"]["code"], "invalid_credentials");
+    let (status, _) = app.get("/api/v1/dialogues", Some(&ada)).await;
+    assert_eq!(status, StatusCode::OK, "a wrong password deletes nothing, logs nobody out");
+    let (status, refused) = read(
+        app.client
+            .delete(app.url("/api/v1/me"))
+            .bearer_auth(&ada)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+
+    // Ten turns race the deletion on the dialogue: each lands before it or is refused.
+    let turns: Vec<_> = (0..10)
+        .map(|i| {
+            let (client, url, token, dialogue) =
+                (app.client.clone(), app.url("/api/v1/dialogue"), ada.clone(), dialogue.clone());
+            tokio::spawn(async move {
+                let body = serde_json::json!({"message": format!("racer {i}"), "dialogue_id": dialogue});
+                client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status()
+            })
+        })
+        .collect();
+    let (status, none) = delete_account(&app, &ada, "a long password").await;
+    assert_eq!((status, none), (StatusCode::NO_CONTENT, serde_json::Value::Null));
+    for turn in turns {
+        let status = turn.await.unwrap();
+        assert!(
+            [StatusCode::OK, StatusCode::NOT_FOUND, StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS]
+                .contains(&status),
+            "a racing turn answered {status}"
+        );
+    }
+
+    for token in [&ada, &elsewhere] {
+        for path in ["/api/v1/me", "/api/v1/dialogues", "/api/v1/me/export"] {
+            assert_eq!(app.get(path, Some(token)).await.0, StatusCode::UNAUTHORIZED, "{path}");
+        }
+        assert_eq!(app.say(token, "hello?", None).await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(app.login("ada@example.com", "a long password").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.signup("ada@example.com", "a new long password").await.0, StatusCode::CREATED);
+    let (status, fresh) = app.login("ada@example.com", "a new long password").await;
+    assert_eq!(status, StatusCode::OK, "{fresh}");
+    let fresh = fresh["access_token"].as_str().unwrap().to_owned();
+    let (_, listed) = app.get("/api/v1/dialogues", Some(&fresh)).await;
+    assert_eq!(listed["dialogues"], serde_json::json!([]), "nothing of the old account");
+    let (_, bobs) = app.get("/api/v1/dialogues", Some(&bob)).await;
+    assert_eq!(bobs["dialogues"].as_array().unwrap().len(), 1);
+    app.stop().await.assert_check_clean(1, 2);
+}
+
+#[tokio::test]
+async fn wrong_passwords_for_a_deletion_are_throttled_with_logins() {
+    let app = spawn_app().await;
+    let carol = app.user("carol@example.com").await;
+    for _ in 0..5 {
+        assert_eq!(delete_account(&app, &carol, "wrong password").await.0, StatusCode::UNAUTHORIZED);
+    }
+    let response = app
+        .client
+        .delete(app.url("/api/v1/me"))
+        .bearer_auth(&carol)
+        .json(&serde_json::json!({"password": "a long password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() > 0);
+    assert_eq!(
+        app.login("carol@example.com", "a long password").await.0,
+        StatusCode::TOO_MANY_REQUESTS,
+        "one count for both"
+    );
+    assert_eq!(app.get("/api/v1/me", Some(&carol)).await.0, StatusCode::OK, "nothing was deleted");
+}
