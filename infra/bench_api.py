@@ -166,7 +166,7 @@ def main():
         hello_port = start_peer(peers, "hello", processes)
         # One user sends thousands of turns a minute here, many at once; the per-user limits are lifted.
         api_port = start_serve(ifs_guide, peers, workdir, processes, DIALOGUE_RATE_LIMIT="100000",
-                               DIALOGUE_CONCURRENT_TURNS="64")
+                               DIALOGUE_CONCURRENT_TURNS="64", DAILY_TOKEN_LIMIT="0")
 
         client = Client(api_port)
         tokens = {}

@@ -143,7 +143,7 @@ def main():
     try:
         # 60 connections share 16 users: the per-user limits are lifted.
         api_port = start_serve(ifs_guide, peers, workdir, processes, DIALOGUE_RATE_LIMIT="100000",
-                               DIALOGUE_CONCURRENT_TURNS="64", EMBEDDED_CACHE_MB="8")
+                               DIALOGUE_CONCURRENT_TURNS="64", DAILY_TOKEN_LIMIT="0", EMBEDDED_CACHE_MB="8")
         server = processes[-1]
         env = dict(os.environ, DATA_DIR=data_dir)
 

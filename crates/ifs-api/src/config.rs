@@ -81,6 +81,20 @@ impl TokenConfig {
     }
 }
 
+/// The budget of agent tokens each user has per day.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct QuotaConfig {
+    /// Agent tokens (prompt + completion, as the agent reports them) one user's turns may use per
+    /// UTC day; past it a turn is refused (429 quota_exceeded) until midnight UTC. 0 turns the
+    /// quota off.
+    #[arg(long, env = "DAILY_TOKEN_LIMIT", default_value_t = DEFAULT_DAILY_TOKEN_LIMIT)]
+    pub daily_token_limit: u32,
+}
+
+/// About 150 turns of the bundled model with its default memory: a day of heavy use, while a
+/// script sending turns around the clock stops within hours.
+pub const DEFAULT_DAILY_TOKEN_LIMIT: u32 = 300_000;
+
 /// The Dialogue Manager's conversation with the agent.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DialogueConfig {
@@ -111,6 +125,8 @@ pub struct DialogueConfig {
     #[arg(long, env = "DIALOGUE_CONCURRENT_TURNS", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub dialogue_concurrent_turns: u32,
+    #[command(flatten)]
+    pub quota: QuotaConfig,
 }
 
 impl DialogueConfig {

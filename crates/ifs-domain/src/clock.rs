@@ -10,6 +10,13 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     fn now(&self) -> Timestamp;
 }
 
+/// The end of `now`'s day in UTC: when a daily budget starts again.
+#[must_use]
+pub fn next_utc_midnight(now: Timestamp) -> Timestamp {
+    let tomorrow = now.date_naive().succ_opt().unwrap_or(now.date_naive());
+    tomorrow.and_hms_opt(0, 0, 0).map_or(now, |midnight| midnight.and_utc())
+}
+
 /// The real time, at millisecond precision (what every store keeps).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;

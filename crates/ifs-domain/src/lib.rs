@@ -10,7 +10,7 @@ pub mod page;
 pub mod text;
 
 pub use audit::{AuditReport, Finding, StoredDialogue, StoredLink, audit};
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, next_utc_midnight};
 pub use credentials::{Email, EmailError, Password, PasswordError};
 pub use dialogue::{
     ChainError, DialogueSummary, FORK_MAX_MESSAGES, Fork, ForkOrigin, Message, MessageText, MessageTextError,

@@ -181,6 +181,7 @@ pub async fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) 
             hasher: hasher.clone(),
             clock: clock.clone(),
             throttle: ifs_login::Throttle::default(),
+            daily_token_limit: args.dialogue.quota.daily_token_limit,
         }))
         .merge(ifs_logout::router(ifs_logout::LogoutState {
             auth: auth.clone(),

@@ -53,6 +53,7 @@ macro_rules! conformance_suite {
             a_reset_ends_every_lease_on_a_counter,
             hits_count_within_a_fixed_window_and_then_start_again,
             a_reset_counter_starts_afresh,
+            amounts_add_up_in_a_window_that_closes_when_asked,
             parallel_hits_each_see_a_different_count,
             leases_are_held_until_released_or_expired,
             parallel_leases_admit_exactly_max,
@@ -325,6 +326,37 @@ pub async fn a_reset_ends_every_lease_on_a_counter(stores: Stores) {
     assert!(!stores.counters.lease(counter, "b", at(1), minute, 1).await.unwrap());
     stores.counters.reset(counter).await.unwrap();
     assert!(stores.counters.lease(counter, "b", at(2), minute, 1).await.unwrap(), "a's lease is gone");
+}
+
+pub async fn amounts_add_up_in_a_window_that_closes_when_asked(stores: Stores) {
+    let counter = Counter::TokensToday(UserId::generate());
+    let counters = &stores.counters;
+    assert_eq!(counters.peek(counter, at(0)).await.unwrap(), None);
+    assert_eq!(
+        counters.add(counter, 300, at(0), at(100)).await.unwrap(),
+        Window { hits: 300, resets_at: at(100) }
+    );
+    let more = counters.add(counter, 200, at(50), at(500)).await.unwrap();
+    assert_eq!(more, Window { hits: 500, resets_at: at(100) }, "an open window keeps its end");
+    assert_eq!(counters.peek(counter, at(60)).await.unwrap(), Some(more), "a peek counts nothing");
+    assert_eq!(counters.peek(counter, at(100)).await.unwrap(), None, "closed at its end");
+    assert_eq!(
+        counters.add(counter, 7, at(100), at(200)).await.unwrap(),
+        Window { hits: 7, resets_at: at(200) }
+    );
+
+    let adds: Vec<_> = (0..20)
+        .map(|_| {
+            let counters = Arc::clone(&stores.counters);
+            tokio::spawn(async move { counters.add(counter, 5, at(101), at(300)).await })
+        })
+        .collect();
+    for add in adds {
+        add.await.unwrap().unwrap();
+    }
+    assert_eq!(counters.peek(counter, at(102)).await.unwrap().map(|w| w.hits), Some(107), "no add is lost");
+    counters.reset(counter).await.unwrap();
+    assert_eq!(counters.peek(counter, at(102)).await.unwrap(), None);
 }
 
 pub async fn leases_are_held_until_released_or_expired(stores: Stores) {

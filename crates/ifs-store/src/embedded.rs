@@ -787,9 +787,14 @@ impl SessionStore for EmbeddedStore {
 
 #[async_trait]
 impl Counters for EmbeddedStore {
-    async fn hit(&self, counter: Counter<'_>, now: Timestamp, window: Duration) -> StoreResult<Window> {
+    async fn add(
+        &self,
+        counter: Counter<'_>,
+        amount: u32,
+        now: Timestamp,
+        closes_at: Timestamp,
+    ) -> StoreResult<Window> {
         let key = counter.key();
-        let length = chrono::Duration::from_std(window).context("window length")?;
         // One write transaction reads and increments: redb runs writers one at a time, so
         // parallel hits are serialised and none can read a count another has already raised.
         self.write(move |txn| {
@@ -799,9 +804,11 @@ impl Counters for EmbeddedStore {
                 None => None,
             };
             let updated = match current {
-                Some(open) if open.resets_at > now => Window { hits: open.hits.saturating_add(1), ..open },
+                Some(open) if open.resets_at > now => {
+                    Window { hits: open.hits.saturating_add(amount), ..open }
+                }
                 closed => {
-                    let fresh = Window { hits: 1, resets_at: now + length };
+                    let fresh = Window { hits: amount, resets_at: closes_at };
                     let mut expiry = txn.open_table(COUNTER_EXPIRY).context("opening counter_expiry")?;
                     if let Some(closed) = closed {
                         expiry
@@ -818,6 +825,18 @@ impl Counters for EmbeddedStore {
             Ok(updated)
         })
         .await
+    }
+
+    async fn peek(&self, counter: Counter<'_>, now: Timestamp) -> StoreResult<Option<Window>> {
+        let key = counter.key();
+        self.read(move |txn| {
+            let counters = txn.open_table(COUNTERS).context("opening counters")?;
+            let Some(bytes) = counters.get(key.as_str()).context("reading a counter")? else {
+                return Ok(None);
+            };
+            let window: Window = decode(bytes.value())?;
+            Ok((window.resets_at > now).then_some(window))
+        })
     }
 
     async fn reset(&self, counter: Counter<'_>) -> StoreResult<()> {

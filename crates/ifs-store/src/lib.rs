@@ -73,6 +73,8 @@ pub enum Counter<'a> {
     DialogueTurns(UserId),
     /// Dialogue turns of one user being answered right now (a lease per turn).
     TurnsInFlight(UserId),
+    /// Agent tokens (prompt and completion) one user's turns used today (UTC).
+    TokensToday(UserId),
 }
 
 impl Counter<'_> {
@@ -83,6 +85,7 @@ impl Counter<'_> {
             Self::LoginAttempts(email) => format!("login:{email}"),
             Self::DialogueTurns(user) => format!("turns:{user}"),
             Self::TurnsInFlight(user) => format!("in-flight:{user}"),
+            Self::TokensToday(user) => format!("tokens:{user}"),
         }
     }
 }
@@ -221,7 +224,22 @@ pub trait Counters: Send + Sync + std::fmt::Debug + 'static {
     /// Counts one hit and answers the window including it, opening a window of length `window`
     /// if none is open at `now`. Atomic: of n parallel hits in one window, each sees a different
     /// count, 1 to n.
-    async fn hit(&self, counter: Counter<'_>, now: Timestamp, window: Duration) -> StoreResult<Window>;
+    async fn hit(&self, counter: Counter<'_>, now: Timestamp, window: Duration) -> StoreResult<Window> {
+        let length = chrono::Duration::from_std(window).map_err(|e| StoreError::Unexpected(e.into()))?;
+        self.add(counter, 1, now, now + length).await
+    }
+    /// Counts `amount` hits at once, opening a window that closes at `closes_at` if none is open
+    /// at `now` (a window aligned to a calendar day, for example); answers the window including
+    /// them. Atomic as [`hit`](Self::hit) is.
+    async fn add(
+        &self,
+        counter: Counter<'_>,
+        amount: u32,
+        now: Timestamp,
+        closes_at: Timestamp,
+    ) -> StoreResult<Window>;
+    /// The counter's window open at `now`, if one is, without counting anything.
+    async fn peek(&self, counter: Counter<'_>, now: Timestamp) -> StoreResult<Option<Window>>;
     /// Closes the counter's window; resetting a counter that has none is not an error.
     async fn reset(&self, counter: Counter<'_>) -> StoreResult<()>;
 

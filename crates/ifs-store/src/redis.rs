@@ -25,18 +25,19 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one operation may take in all, reconnecting included: a request never hangs on Redis.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Counts one hit in a fixed window, atomically. `KEYS[1]` the counter; `ARGV` now (ms), the
-/// window's end if a new one opens (ms), its length (ms). The window's end is kept in the hash
-/// rather than read from the TTL so that it is exact, and so that it follows the caller's clock.
+/// Counts hits in a fixed window, atomically. `KEYS[1]` the counter; `ARGV` now (ms), the
+/// window's end if a new one opens (ms), its length from now (ms), the hits to count. The
+/// window's end is kept in the hash rather than read from the TTL so that it is exact, and so that
+/// it follows the caller's clock.
 const HIT: &str = r"
 local resets = redis.call('HGET', KEYS[1], 'resets_at')
 if resets and tonumber(resets) > tonumber(ARGV[1]) then
-  return {redis.call('HINCRBY', KEYS[1], 'hits', 1), tonumber(resets)}
+  return {redis.call('HINCRBY', KEYS[1], 'hits', ARGV[4]), tonumber(resets)}
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'hits', 1, 'resets_at', ARGV[2])
+redis.call('HSET', KEYS[1], 'hits', ARGV[4], 'resets_at', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {1, tonumber(ARGV[2])}
+return {tonumber(ARGV[4]), tonumber(ARGV[2])}
 ";
 
 /// Takes or renews a lease, atomically. `KEYS[1]` the leases, a sorted set of holders scored by
@@ -220,15 +221,35 @@ impl SessionStore for RedisStore {
 
 #[async_trait]
 impl Counters for RedisStore {
-    async fn hit(&self, counter: Counter<'_>, now: Timestamp, window: Duration) -> StoreResult<Window> {
-        let length = i64::try_from(window.as_millis()).context("window length")?;
+    async fn add(
+        &self,
+        counter: Counter<'_>,
+        amount: u32,
+        now: Timestamp,
+        closes_at: Timestamp,
+    ) -> StoreResult<Window> {
+        let length = (millis(closes_at) - millis(now)).max(1);
         let mut connection = self.connection.clone();
         let mut invocation = self.hit.key(counter_key(counter));
-        invocation.arg(millis(now)).arg(millis(now) + length).arg(length);
+        invocation.arg(millis(now)).arg(millis(closes_at)).arg(length).arg(amount);
         let (hits, resets_at): (u32, i64) =
             self.run("counting a hit", invocation.invoke_async(&mut connection)).await?;
         let resets_at = chrono::DateTime::from_timestamp_millis(resets_at).context("a window's end")?;
         Ok(Window { hits, resets_at })
+    }
+
+    async fn peek(&self, counter: Counter<'_>, now: Timestamp) -> StoreResult<Option<Window>> {
+        let mut connection = self.connection.clone();
+        let mut command = ::redis::cmd("HMGET");
+        command.arg(counter_key(counter)).arg("hits").arg("resets_at");
+        let (hits, resets_at): (Option<u32>, Option<i64>) =
+            self.run("reading a counter", command.query_async(&mut connection)).await?;
+        let (Some(hits), Some(resets_at)) = (hits, resets_at) else { return Ok(None) };
+        if resets_at <= millis(now) {
+            return Ok(None);
+        }
+        let resets_at = chrono::DateTime::from_timestamp_millis(resets_at).context("a window's end")?;
+        Ok(Some(Window { hits, resets_at }))
     }
 
     async fn reset(&self, counter: Counter<'_>) -> StoreResult<()> {

@@ -61,6 +61,8 @@ pub struct DialogueSettings {
     pub max_tokens_limit: u32,
     /// Turns of one user answered at once.
     pub concurrent_turns: u32,
+    /// Agent tokens one user may use per UTC day; 0 is no limit.
+    pub daily_token_limit: u32,
 }
 
 impl DialogueSettings {
@@ -75,6 +77,7 @@ impl DialogueSettings {
             turns_per_minute: config.dialogue_rate_limit,
             max_tokens_limit,
             concurrent_turns: config.dialogue_concurrent_turns,
+            daily_token_limit: config.quota.daily_token_limit,
         }
     }
 }
@@ -347,6 +350,7 @@ async fn store_and_ask(
         )
         .retry_after(turns.seconds_left(now)));
     }
+    within_quota(state, owner, now).await?;
     let id = MessageId::generate();
     let lease = TurnLease::take(state, owner, id).await?;
     state.agent.admits().map_err(|error| busy(&error))?;
@@ -368,6 +372,49 @@ async fn store_and_ask(
     Ok((Asked { owner, message, request, status }, lease))
 }
 
+/// Refuses a turn once the user's agent tokens today reached the daily limit, until midnight UTC.
+async fn within_quota(
+    state: &DialogueState,
+    owner: ifs_domain::UserId,
+    now: ifs_domain::Timestamp,
+) -> Result<(), ApiError> {
+    let limit = state.settings.daily_token_limit;
+    if limit == 0 {
+        return Ok(());
+    }
+    match state.counters.peek(Counter::TokensToday(owner), now).await? {
+        Some(used) if used.hits >= limit => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded",
+            format!("today's {limit} agent tokens are used up; the quota starts again at midnight UTC"),
+        )
+        .retry_after(used.seconds_left(now))),
+        _ => Ok(()),
+    }
+}
+
+/// Counts a reply's tokens against its user's day (UTC). The reply is stored already: a count that
+/// cannot be kept is logged, not turned into a failed turn.
+async fn count_tokens(state: &DialogueState, owner: ifs_domain::UserId, usage: Option<ifs_domain::Usage>) {
+    let Some(usage) = usage else { return };
+    let spent = usage
+        .total_tokens
+        .or_else(|| Some(usage.prompt_tokens?.saturating_add(usage.completion_tokens?)))
+        .or(usage.prompt_tokens)
+        .or(usage.completion_tokens);
+    let Some(spent) = spent.filter(|n| *n > 0) else { return };
+    // Without a limit nothing is counted: a write per turn that nothing reads.
+    if state.settings.daily_token_limit == 0 {
+        return;
+    }
+    let now = state.clock.now();
+    let counted =
+        state.counters.add(Counter::TokensToday(owner), spent, now, ifs_domain::next_utc_midnight(now)).await;
+    if let Err(error) = counted {
+        tracing::warn!(error = %error, spent, "a reply's tokens were not counted against the quota");
+    }
+}
+
 /// Appends the agent's reply after the user's message.
 async fn store_reply(
     state: &DialogueState,
@@ -377,6 +424,7 @@ async fn store_reply(
 ) -> Result<Message, ApiError> {
     let text = MessageText::parse(fit(content).to_owned())
         .map_err(|_| agent_failed(&AgentError::Unavailable("the reply was empty".into()), &asked.message))?;
+    let finished_usage = finished.usage;
     let reply = NewMessage {
         id: MessageId::generate(),
         role: Role::Assistant,
@@ -389,6 +437,8 @@ async fn store_reply(
             truncated_messages: finished.truncated_messages.filter(|n| *n > 0),
         }),
     };
+    // Spent whether or not the reply can still be stored.
+    count_tokens(state, asked.owner, finished_usage).await;
     Ok(state.dialogues.append_message(asked.owner, asked.message.dialogue_id, reply).await?)
 }
 
@@ -908,6 +958,28 @@ mod tests {
                 turns_per_minute,
                 max_tokens_limit: ifs_api::openai::MAX_TOKENS_LIMIT,
                 concurrent_turns,
+                daily_token_limit: 0,
+            }),
+            clock: world.clock.clone(),
+        })
+    }
+
+    /// The app with a daily budget of `tokens` agent tokens a user.
+    fn app_with_quota(world: &World, agent: Arc<dyn Agent>, tokens: u32) -> Router {
+        router(DialogueState {
+            auth: world.authenticator(),
+            dialogues: world.backends.dialogues.clone(),
+            counters: world.backends.counters.clone(),
+            agent,
+            settings: Arc::new(DialogueSettings {
+                system_prompt: "Be kind.".into(),
+                memory_messages: 4,
+                model: "m".into(),
+                agent_timeout: Duration::from_secs(5),
+                turns_per_minute: 100,
+                max_tokens_limit: ifs_api::openai::MAX_TOKENS_LIMIT,
+                concurrent_turns: 2,
+                daily_token_limit: tokens,
             }),
             clock: world.clock.clone(),
         })
@@ -931,6 +1003,7 @@ mod tests {
                 turns_per_minute: 120,
                 max_tokens_limit: ifs_api::openai::MAX_TOKENS_LIMIT,
                 concurrent_turns: 1,
+                daily_token_limit: 0,
             }),
             clock: world.clock.clone(),
         };
@@ -1180,6 +1253,44 @@ mod tests {
 
         world.clock.advance(chrono::Duration::seconds(30));
         assert_eq!(call(app, turn(&ada)).await.0, StatusCode::BAD_GATEWAY, "a new minute, a new allowance");
+    }
+
+    #[tokio::test]
+    async fn past_the_daily_token_budget_a_turn_is_refused_until_midnight_and_stores_nothing() {
+        let world = World::new();
+        let (ada_id, ada) = world.signed_in("ada").await;
+        let (_, bob) = world.signed_in("bob").await;
+        // Every reply of the double uses 14 tokens: the third turn passes 30, the fourth is refused.
+        let app = app_with_quota(&world, Arc::new(ScriptedAgent::default()), 30);
+        let turn = |token: &str, stream: bool| {
+            json_request("POST", "/api/v1/dialogue", Some(token), &json!({"message": "hi", "stream": stream}))
+        };
+        for stream in [false, true, false] {
+            let response = crate::tests::raw(app.clone(), turn(&ada, stream)).await;
+            assert_eq!(response.status(), StatusCode::CREATED);
+            drop(axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap());
+        }
+        let tokens =
+            world.backends.counters.peek(Counter::TokensToday(ada_id), world.clock.now()).await.unwrap();
+        assert_eq!(tokens.map(|w| w.hits), Some(42), "streamed replies count too");
+
+        world.clock.advance(chrono::Duration::minutes(30));
+        let response = crate::tests::raw(app.clone(), turn(&ada, true)).await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        // The world's clock started at midnight UTC; the next is 23.5 hours away.
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "84600");
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"]["code"], "quota_exceeded");
+        let stored =
+            world.backends.dialogues.dialogues(ada_id, Limit::new_clamped(100, 100), None).await.unwrap();
+        assert_eq!(stored.items.len(), 3, "a refused turn stores nothing");
+        assert_eq!(call(app.clone(), turn(&bob, false)).await.0, StatusCode::CREATED, "a budget is per user");
+
+        // Tokens last an hour, so the new day is read from the counter that decides.
+        let tomorrow = world.clock.now() + chrono::Duration::hours(24);
+        let budget = world.backends.counters.peek(Counter::TokensToday(ada_id), tomorrow).await.unwrap();
+        assert_eq!(budget, None, "a new day, a new budget");
     }
 
     #[tokio::test]

@@ -86,6 +86,7 @@ async fn invoke(world: &World, token: &str, body: &serde_json::Value) -> (u16, S
             turns_per_minute: 100,
             max_tokens_limit: ifs_api::openai::MAX_TOKENS_LIMIT,
             concurrent_turns: 2,
+            daily_token_limit: 0,
         }),
         clock: Arc::new(ifs_domain::SystemClock),
     };

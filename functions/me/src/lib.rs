@@ -26,6 +26,8 @@ pub struct MeState {
     pub clock: Arc<dyn Clock>,
     /// Wrong passwords count with wrong logins for the same email.
     pub throttle: Throttle,
+    /// Agent tokens a user may use per UTC day (`DAILY_TOKEN_LIMIT`); 0 is no limit.
+    pub daily_token_limit: u32,
 }
 
 /// Who the bearer is.
@@ -65,6 +67,22 @@ pub struct MeResponse {
     #[schema(value_type = String, format = DateTime)]
     #[serde(serialize_with = "ifs_api::views::rfc3339")]
     session_expires_at: Timestamp,
+    usage: Usage,
+}
+
+/// The bearer's use of the agent today (UTC).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Usage {
+    /// Agent tokens (prompt + completion) their replies used since midnight UTC (not counted,
+    /// so 0, when there is no limit).
+    tokens_today: u32,
+    /// How many they may use a day; 0 is no limit. Past it a turn is refused (429
+    /// `quota_exceeded`) until `resets_at`.
+    daily_token_limit: u32,
+    /// The next midnight UTC, when the count starts again.
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(serialize_with = "ifs_api::views::rfc3339")]
+    resets_at: Timestamp,
 }
 
 /// The operations of this function, for the OpenAPI document.
@@ -88,15 +106,22 @@ pub struct Api;
 )]
 async fn me(
     AuthUser(principal): AuthUser,
-    State(users): State<Arc<dyn UserStore>>,
+    State(state): State<MeState>,
 ) -> Result<Json<MeResponse>, ApiError> {
     // A valid session for a user who no longer exists is as good as no session.
-    let user = users.user_by_id(principal.user_id).await?.ok_or_else(ApiError::unauthorized)?;
+    let user = state.users.user_by_id(principal.user_id).await?.ok_or_else(ApiError::unauthorized)?;
+    let now = state.clock.now();
+    let today = state.counters.peek(Counter::TokensToday(user.id), now).await?;
     Ok(Json(MeResponse {
         id: user.id,
         email: user.email,
         created_at: user.created_at,
         session_expires_at: principal.session_expires_at,
+        usage: Usage {
+            tokens_today: today.map_or(0, |w| w.hits),
+            daily_token_limit: state.daily_token_limit,
+            resets_at: today.map_or_else(|| ifs_domain::next_utc_midnight(now), |w| w.resets_at),
+        },
     }))
 }
 
@@ -219,6 +244,7 @@ mod tests {
             hasher: world.hasher.clone(),
             clock: world.clock.clone(),
             throttle: Throttle::default(),
+            daily_token_limit: 1000,
         })
     }
 
@@ -231,6 +257,15 @@ mod tests {
         assert_eq!(json["id"], id.to_string());
         assert_eq!(json["email"], "ada@example.com");
         assert_eq!(json["session_expires_at"], "2026-01-01T01:00:00Z");
+        assert_eq!(
+            json["usage"],
+            serde_json::json!({"tokens_today": 0, "daily_token_limit": 1000, "resets_at": "2026-01-02T00:00:00Z"})
+        );
+        let now = world.clock.now();
+        let midnight = ifs_domain::next_utc_midnight(now);
+        world.backends.counters.add(Counter::TokensToday(id), 250, now, midnight).await.unwrap();
+        let (_, json) = call(app(&world), empty_request("GET", "/api/v1/me", Some(&token))).await;
+        assert_eq!(json["usage"]["tokens_today"], 250);
     }
 
     #[tokio::test]

@@ -6,6 +6,8 @@ use ifs_api::lambda::{self, ProtectedConfig};
 struct Config {
     #[command(flatten)]
     protected: ProtectedConfig,
+    #[command(flatten)]
+    quota: ifs_api::config::QuotaConfig,
     /// Answer through Lambda response streaming; the function's invocations must stream too.
     #[arg(long, env = "LAMBDA_STREAMING", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
     lambda_streaming: bool,
@@ -25,6 +27,7 @@ async fn main() -> Result<(), lambda_http::Error> {
         hasher: ifs_auth::PasswordHasher::new()?,
         clock: std::sync::Arc::new(ifs_domain::SystemClock),
         throttle: ifs_auth::Throttle::default(),
+        daily_token_limit: config.quota.daily_token_limit,
     });
     // The account's export can outgrow a buffered answer (6 MB): the function streams, and so do
     // its routes (template.yaml).

@@ -346,3 +346,46 @@ async fn an_earlier_message_is_edited_by_forking_before_it_and_going_on() {
     assert!(refused["error"]["message"].as_str().unwrap().starts_with("message_id"), "{refused}");
     app.stop().await.assert_check_clean(2, 8);
 }
+
+#[tokio::test]
+async fn a_user_past_the_daily_token_budget_is_refused_before_anything_is_stored() {
+    // The double reports 10 prompt tokens a message and 3 completion tokens: a first turn
+    // (system prompt and message) uses 23, and a streamed one what its usage chunk says.
+    let app = spawn_app_with(&["--daily-token-limit", "30"]).await;
+    let token = app.user("ada@example.com").await;
+    let (_, me) = app.get("/api/v1/me", Some(&token)).await;
+    assert_eq!(
+        (me["usage"]["tokens_today"].as_u64(), me["usage"]["daily_token_limit"].as_u64()),
+        (Some(0), Some(30))
+    );
+    let resets_at = me["usage"]["resets_at"].as_str().unwrap().to_owned();
+    assert!(resets_at.ends_with("T00:00:00Z"), "{resets_at}");
+
+    let (status, first) = app.say(&token, "one", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, events) = app.say_streaming(&token, "two", None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(events.last().unwrap().0, "reply");
+    let (_, me) = app.get("/api/v1/me", Some(&token)).await;
+    let used = me["usage"]["tokens_today"].as_u64().unwrap();
+    assert!(used > 23, "the streamed turn counted too: {used}");
+
+    let response = app
+        .client
+        .post(app.url("/api/v1/dialogue"))
+        .bearer_auth(&token)
+        .json(&json!({"message": "three"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&wait), "{wait}");
+    let (_, refused) = read(response).await;
+    assert_eq!(refused["error"]["code"], "quota_exceeded");
+    let (_, listed) = app.get("/api/v1/dialogues", Some(&token)).await;
+    assert_eq!(listed["dialogues"].as_array().unwrap().len(), 2, "the refused turn stored nothing");
+    let bob = app.user("bob@example.com").await;
+    assert_eq!(app.say(&bob, "mine", None).await.0, StatusCode::CREATED, "a budget is per user");
+    app.stop().await.assert_check_clean(3, 6);
+}

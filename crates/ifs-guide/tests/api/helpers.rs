@@ -511,6 +511,7 @@ pub fn ifs_guide_command() -> std::process::Command {
         "BODY_TIMEOUT",
         "WRITE_TIMEOUT",
         "DIALOGUE_CONCURRENT_TURNS",
+        "DAILY_TOKEN_LIMIT",
         "AGENT_MAX_TOKENS_LIMIT",
         "MAX_CONNECTIONS",
         "SHUTDOWN_TIMEOUT",
