@@ -163,6 +163,15 @@ impl From<StoreError> for ApiError {
             StoreError::EmailTaken => {
                 Self::new(StatusCode::CONFLICT, "email_taken", "an account with this email already exists")
             }
+            StoreError::Regenerate(refusal) => Self::new(
+                StatusCode::CONFLICT,
+                match refusal {
+                    ifs_domain::RegenerateRefusal::NotLastReply => "not_last_reply",
+                    ifs_domain::RegenerateRefusal::NoReply => "nothing_to_regenerate",
+                    ifs_domain::RegenerateRefusal::VersionsFull => "too_many_versions",
+                },
+                refusal.to_string(),
+            ),
             StoreError::ForkTooLong => Self::new(
                 StatusCode::CONFLICT,
                 "fork_too_long",

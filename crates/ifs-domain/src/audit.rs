@@ -460,7 +460,7 @@ mod tests {
         headless.messages.remove(0);
         headless.summary = None;
         headless.listed.clear();
-        assert!(matches!(audit(&headless)[..], [Finding::NoHead { .. }]));
+        assert!(audit(&headless).iter().any(|f| matches!(f, Finding::NoHead { .. })));
     }
 
     #[test]

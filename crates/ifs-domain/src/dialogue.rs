@@ -115,6 +115,84 @@ pub struct ReplyMeta {
     /// absent when none were (the Dialogue Manager stores no zero).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated_messages: Option<u32>,
+    /// Which version of the reply this is, from 2 once it was regenerated; absent on a first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+impl ReplyMeta {
+    /// The version of the reply this describes: 1 unless it was regenerated.
+    #[must_use]
+    pub fn version(meta: Option<&Self>) -> u32 {
+        meta.and_then(|meta| meta.version).unwrap_or(1)
+    }
+}
+
+/// Most versions one reply keeps (the current and the earlier ones): regenerating past it is
+/// refused, so that nothing a person saw is thrown away and a message stays bounded.
+pub const REPLY_VERSIONS_MAX: u32 = 10;
+
+/// A version of a reply as it was before it was regenerated (or is now, for the current one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyVersion {
+    pub version: u32,
+    pub content: String,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<ReplyMeta>,
+}
+
+impl ReplyVersion {
+    /// `message` as the version it is now.
+    #[must_use]
+    pub fn of(message: &Message) -> Self {
+        Self {
+            version: ReplyMeta::version(message.meta.as_ref()),
+            content: message.content.clone(),
+            created_at: message.created_at,
+            meta: message.meta.clone(),
+        }
+    }
+}
+
+/// Why a reply cannot be regenerated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RegenerateRefusal {
+    /// The message named is not the dialogue's last.
+    #[error("only the last reply of a dialogue can be regenerated")]
+    NotLastReply,
+    /// The dialogue ends with the user's message, not a reply.
+    #[error("the dialogue does not end with a reply to regenerate")]
+    NoReply,
+    /// The reply has all the versions it may keep.
+    #[error("this reply has its {REPLY_VERSIONS_MAX} versions already; fork the dialogue to try again")]
+    VersionsFull,
+}
+
+impl Message {
+    /// This reply (the tail of its dialogue) regenerated as `new`: its words, time and metadata
+    /// replaced, its place and id kept, its version one more; refused past
+    /// [`REPLY_VERSIONS_MAX`] or if it is not a reply.
+    pub fn regenerated(&self, new: NewMessage) -> Result<Self, RegenerateRefusal> {
+        if self.next_id.is_some() {
+            return Err(RegenerateRefusal::NotLastReply);
+        }
+        if self.role != Role::Assistant {
+            return Err(RegenerateRefusal::NoReply);
+        }
+        let version = ReplyMeta::version(self.meta.as_ref());
+        if version >= REPLY_VERSIONS_MAX {
+            return Err(RegenerateRefusal::VersionsFull);
+        }
+        let mut meta = new.meta.unwrap_or_default();
+        meta.version = Some(version + 1);
+        Ok(Self {
+            content: new.content.into_string(),
+            created_at: new.created_at,
+            meta: Some(meta),
+            ..self.clone()
+        })
+    }
 }
 
 /// One item of the list.
@@ -256,7 +334,8 @@ impl Fork {
             created_at: original.created_at,
             prev_id: at.checked_sub(1).map(|prev| self.ids[prev]),
             next_id: self.ids.get(at + 1).copied(),
-            meta: original.meta.clone(),
+            // The copy is a first version: earlier ones stay with the original.
+            meta: original.meta.clone().map(|meta| ReplyMeta { version: None, ..meta }),
         }
     }
 

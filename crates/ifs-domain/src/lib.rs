@@ -14,7 +14,8 @@ pub use clock::{Clock, ManualClock, SystemClock, next_utc_midnight};
 pub use credentials::{Email, EmailError, Password, PasswordError};
 pub use dialogue::{
     ChainError, DialogueSummary, FORK_MAX_MESSAGES, Fork, ForkOrigin, Message, MessageText, MessageTextError,
-    NewMessage, ReplyMeta, Role, Usage, check_chain, title_for,
+    NewMessage, REPLY_VERSIONS_MAX, RegenerateRefusal, ReplyMeta, ReplyVersion, Role, Usage, check_chain,
+    title_for,
 };
 pub use id::{DialogueId, IdError, MessageId, SessionId, UserId};
 pub use page::{CursorError, DialogueCursor, Limit, LimitError, MessageCursor, PAGE_BYTES, Page, PageFill};

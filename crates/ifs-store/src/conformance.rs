@@ -74,7 +74,9 @@ macro_rules! conformance_suite {
             deleting_all_racing_appends_leaves_no_orphans,
             a_fork_copies_up_to_its_message_with_new_ids_and_leaves_the_original,
             a_fork_of_a_long_dialogue_is_whole,
-            a_fork_racing_ten_appends_copies_exactly_its_part
+            a_fork_racing_ten_appends_copies_exactly_its_part,
+            a_regenerated_reply_keeps_its_earlier_versions,
+            a_regeneration_racing_ten_appends_lands_first_or_is_refused
         );
     };
     (@cases $make:path; $($case:ident),*) => {
@@ -886,4 +888,107 @@ pub async fn a_fork_racing_ten_appends_copies_exactly_its_part(stores: Stores) {
     assert_eq!(check_chain(&copies), Ok(()));
     assert_eq!(whole(&stores, owner, original).await.len(), 13);
     assert_audit_clean(&stores, 2, 16).await;
+}
+
+pub async fn a_regenerated_reply_keeps_its_earlier_versions(stores: Stores) {
+    use ifs_domain::{REPLY_VERSIONS_MAX, RegenerateRefusal, ReplyMeta};
+    let owner = UserId::generate();
+    let dialogue = dialogue_of(&stores, owner, 2, 0).await;
+    let other = dialogue_of(&stores, owner, 2, 100).await;
+    let before = whole(&stores, owner, dialogue).await;
+    let reply = before[1].id;
+
+    let again = stores
+        .dialogues
+        .replace_reply(owner, dialogue, reply, said(Role::Assistant, "said better", at(200)))
+        .await
+        .unwrap();
+    assert_eq!((again.id, again.seq, again.content.as_str()), (reply, 2, "said better"));
+    assert_eq!(ReplyMeta::version(again.meta.as_ref()), 2);
+    let now = whole(&stores, owner, dialogue).await;
+    assert_eq!(now[1], again);
+    assert_eq!(now[0], before[0]);
+    let versions = stores.dialogues.versions(owner, dialogue, reply).await.unwrap();
+    let texts: Vec<_> = versions.iter().map(|v| (v.version, v.content.as_str())).collect();
+    assert_eq!(texts, [(1, "message 2"), (2, "said better")]);
+    assert_eq!(versions[0].created_at, before[1].created_at);
+    let listed = stores.dialogues.dialogues(owner, Limit::new_clamped(10, 100), None).await.unwrap();
+    assert_eq!(listed.items[0].id, dialogue, "regenerating is activity");
+    assert_eq!(listed.items[0].updated_at, at(200));
+    let head = stores.dialogues.versions(owner, dialogue, before[0].id).await.unwrap();
+    assert_eq!(head.len(), 1, "a message never regenerated is its only version");
+
+    let refuse = |who: UserId, message: MessageId| {
+        let dialogues = Arc::clone(&stores.dialogues);
+        async move { dialogues.replace_reply(who, dialogue, message, said(Role::Assistant, "no", at(300))).await }
+    };
+    assert!(matches!(
+        refuse(owner, before[0].id).await,
+        Err(StoreError::Regenerate(RegenerateRefusal::NotLastReply))
+    ));
+    assert!(matches!(refuse(UserId::generate(), reply).await, Err(StoreError::NotFound)));
+    for k in 3..=REPLY_VERSIONS_MAX {
+        let text = format!("version {k}");
+        stores
+            .dialogues
+            .replace_reply(owner, dialogue, reply, said(Role::Assistant, &text, at(200 + i64::from(k))))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        refuse(owner, reply).await,
+        Err(StoreError::Regenerate(RegenerateRefusal::VersionsFull))
+    ));
+    assert_eq!(
+        stores.dialogues.versions(owner, dialogue, reply).await.unwrap().len(),
+        REPLY_VERSIONS_MAX as usize
+    );
+    let unknown = stores.dialogues.versions(owner, dialogue, MessageId::generate()).await;
+    assert!(matches!(unknown, Err(StoreError::NotFound)), "{unknown:?}");
+
+    // Once the user speaks again, the reply is no longer the last; a user's message never is one.
+    let asked =
+        stores.dialogues.append_message(owner, dialogue, said(Role::User, "and?", at(400))).await.unwrap();
+    assert!(matches!(
+        refuse(owner, reply).await,
+        Err(StoreError::Regenerate(RegenerateRefusal::NotLastReply))
+    ));
+    assert!(matches!(refuse(owner, asked.id).await, Err(StoreError::Regenerate(RegenerateRefusal::NoReply))));
+    assert_audit_clean(&stores, 2, 5).await;
+
+    stores.dialogues.delete_dialogue(owner, dialogue).await.unwrap();
+    let gone = stores.dialogues.versions(owner, dialogue, reply).await;
+    assert!(matches!(gone, Err(StoreError::NotFound)), "{gone:?}");
+    assert_eq!(whole(&stores, owner, other).await.len(), 2);
+    assert_audit_clean(&stores, 1, 2).await;
+}
+
+pub async fn a_regeneration_racing_ten_appends_lands_first_or_is_refused(stores: Stores) {
+    use ifs_domain::RegenerateRefusal;
+    let owner = UserId::generate();
+    let dialogue = dialogue_of(&stores, owner, 2, 0).await;
+    let reply = whole(&stores, owner, dialogue).await[1].id;
+    let appends: Vec<_> = (0..10)
+        .map(|i| {
+            let dialogues = Arc::clone(&stores.dialogues);
+            let message = said(Role::User, &format!("racer {i}"), at(10 + i));
+            tokio::spawn(async move { dialogues.append_message(owner, dialogue, message).await })
+        })
+        .collect();
+    let regenerated =
+        stores.dialogues.replace_reply(owner, dialogue, reply, said(Role::Assistant, "again", at(5))).await;
+    for append in appends {
+        append.await.unwrap().unwrap();
+    }
+    let messages = whole(&stores, owner, dialogue).await;
+    assert_eq!(messages.len(), 12);
+    assert_eq!(check_chain(&messages), Ok(()));
+    match regenerated {
+        Ok(_) => assert_eq!(messages[1].content, "again"),
+        Err(StoreError::Regenerate(RegenerateRefusal::NotLastReply)) => {
+            assert_eq!(messages[1].content, "message 2")
+        }
+        Err(other) => panic!("a regeneration racing appends failed otherwise: {other:?}"),
+    }
+    assert_audit_clean(&stores, 1, 12).await;
 }

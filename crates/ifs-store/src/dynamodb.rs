@@ -24,8 +24,8 @@ use aws_sdk_dynamodb::types::{
 };
 use ifs_domain::{
     AuditReport, DialogueCursor, DialogueId, DialogueSummary, Email, FORK_MAX_MESSAGES, Fork, ForkOrigin,
-    Limit, Message, MessageCursor, MessageId, NewMessage, Page, PageFill, ReplyMeta, Role, StoredDialogue,
-    StoredLink, Timestamp, UserId,
+    Limit, Message, MessageCursor, MessageId, NewMessage, Page, PageFill, RegenerateRefusal, ReplyMeta,
+    ReplyVersion, Role, StoredDialogue, StoredLink, Timestamp, UserId,
 };
 
 use crate::{Audit, DialogueStore, StoreError, StoreResult, UserRecord, UserStore};
@@ -66,6 +66,17 @@ fn email_pk(email: &Email) -> String {
 
 fn dialogue_pk(id: DialogueId) -> String {
     format!("DLG#{id}")
+}
+
+/// Where a dialogue's earlier reply versions are kept: a partition of their own, so that reading
+/// messages never meets them.
+fn versions_pk(id: DialogueId) -> String {
+    format!("VER#{id}")
+}
+
+/// A version's sort key: the message's position, then the version, both zero-padded.
+fn version_sk(seq: u64, version: u32) -> String {
+    format!("{seq:020}#{version:010}")
 }
 
 /// Zero-padded so that the sort key orders as the number does: a `Query` returns list order.
@@ -759,6 +770,69 @@ impl DialogueStore for DynamoStore {
         Ok(Page { items, next })
     }
 
+    async fn replace_reply(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        reply: MessageId,
+        new: NewMessage,
+    ) -> StoreResult<Message> {
+        for attempt in 0..APPEND_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(new.id, attempt)).await;
+            }
+            if let Some(regenerated) = self.try_replace(owner, dialogue, reply, &new).await? {
+                return Ok(regenerated);
+            }
+        }
+        Err(StoreError::Unavailable(anyhow::anyhow!(
+            "regenerating in {dialogue} lost {APPEND_ATTEMPTS} races in a row"
+        )))
+    }
+
+    async fn versions(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        message: MessageId,
+    ) -> StoreResult<Vec<ReplyVersion>> {
+        self.owned_summary(owner, dialogue).await?;
+        let seq = self.position(dialogue, message).await?.ok_or(StoreError::NotFound)?;
+        let item = self
+            .get(key(dialogue_pk(dialogue), message_sk(seq)), "reading a message")
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let current = message_from(&item)?;
+        let mut all = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :seq)")
+                .expression_attribute_values(":pk", s(versions_pk(dialogue)))
+                .expression_attribute_values(":seq", s(format!("{seq:020}#")))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| failure("reading a reply's versions", &e))?;
+            for item in output.items() {
+                all.push(
+                    serde_json::from_str::<ReplyVersion>(text(item, "version")?)
+                        .context("a stored version")?,
+                );
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        all.push(ReplyVersion::of(&current));
+        Ok(all)
+    }
+
     async fn dialogue(&self, owner: UserId, dialogue: DialogueId) -> StoreResult<DialogueSummary> {
         self.owned_summary(owner, dialogue).await
     }
@@ -950,6 +1024,93 @@ impl DynamoStore {
         }
     }
 
+    /// One attempt at regenerating: `Ok(None)` when an append or another regeneration won a
+    /// race and the state must be read again.
+    async fn try_replace(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        reply: MessageId,
+        new: &NewMessage,
+    ) -> StoreResult<Option<Message>> {
+        let summary = self.owned_summary(owner, dialogue).await?;
+        if summary.tail_id != reply {
+            return Err(RegenerateRefusal::NotLastReply.into());
+        }
+        let count = summary.message_count;
+        let item = self
+            .get(key(dialogue_pk(dialogue), message_sk(count)), "reading the last reply")
+            .await?
+            .ok_or_else(|| {
+            StoreError::Unexpected(anyhow::anyhow!("the tail of {dialogue} is missing"))
+        })?;
+        let tail = message_from(&item)?;
+        let regenerated = tail.regenerated(new.clone())?;
+        let earlier = ReplyVersion::of(&tail);
+        let updated_at = summary.updated_at.max(regenerated.created_at).timestamp_millis();
+
+        let mut version = key(versions_pk(dialogue), version_sk(tail.seq, earlier.version));
+        version.insert("owner".into(), s(owner.to_string()));
+        version.insert("version".into(), s(serde_json::to_string(&earlier).context("encoding a version")?));
+        let keep = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(version))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .context("the put of the earlier version")?;
+        let meta = serde_json::to_string(&regenerated.meta).context("encoding reply metadata")?;
+        // The tail as it was read: still the last, still this version.
+        let mut replace = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(dialogue_pk(dialogue), message_sk(count))))
+            .update_expression("SET content = :content, created_at = :created, meta = :meta")
+            .expression_attribute_values(":content", s(&regenerated.content))
+            .expression_attribute_values(":created", n(regenerated.created_at.timestamp_millis()))
+            .expression_attribute_values(":meta", s(meta))
+            .expression_attribute_values(":id", s(reply.to_string()));
+        replace = match optional_text(&item, "meta")? {
+            Some(old) => replace
+                .condition_expression("id = :id AND attribute_not_exists(next_id) AND meta = :old")
+                .expression_attribute_values(":old", s(old)),
+            None => replace.condition_expression(
+                "id = :id AND attribute_not_exists(next_id) AND attribute_not_exists(meta)",
+            ),
+        };
+        let head = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(dialogue_pk(dialogue), message_sk(1))))
+            .update_expression("SET updated_at = :updated, gsi1sk = :activity")
+            .condition_expression(
+                "message_count = :count AND attribute_not_exists(deleting) AND attribute_not_exists(forking)",
+            )
+            .expression_attribute_values(":updated", n(updated_at))
+            .expression_attribute_values(":activity", s(activity_sk(updated_at, dialogue)))
+            .expression_attribute_values(":count", n(count))
+            .build()
+            .context("the update of the head")?;
+        let written = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(keep).build())
+            .transact_items(
+                TransactWriteItem::builder()
+                    .update(replace.build().context("the update of the reply")?)
+                    .build(),
+            )
+            .transact_items(TransactWriteItem::builder().update(head).build())
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(Some(regenerated)),
+            Err(error) => {
+                let lost_race = cancellation_codes(&error)
+                    .iter()
+                    .any(|code| matches!(*code, "ConditionalCheckFailed" | "TransactionConflict"));
+                if lost_race { Ok(None) } else { Err(failure("regenerating a reply", &error)) }
+            }
+        }
+    }
+
     /// Where `message` is in `dialogue` (its seq), reading ids only, page after page.
     async fn position(&self, dialogue: DialogueId, message: MessageId) -> StoreResult<Option<u64>> {
         let wanted = message.to_string();
@@ -1108,28 +1269,8 @@ impl DynamoStore {
     /// batches, then the head. Whatever stops it midway leaves a marked head, which the next
     /// deletion (or `ifs-guide check --repair-deletions`) takes up again.
     async fn purge(&self, dialogue: DialogueId) -> StoreResult<()> {
-        loop {
-            // From the top each time: a consistent read no longer sees what was deleted.
-            let output = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#pk = :pk AND #sk > :head")
-                .expression_attribute_names("#pk", "pk")
-                .expression_attribute_names("#sk", "sk")
-                .expression_attribute_values(":pk", s(dialogue_pk(dialogue)))
-                .expression_attribute_values(":head", s(message_sk(1)))
-                .projection_expression("#pk, #sk")
-                .consistent_read(true)
-                .limit(DELETE_PAGE)
-                .send()
-                .await
-                .map_err(|e| failure("reading a dialogue to delete", &e))?;
-            let keys = output.items;
-            let Some(keys) = keys.filter(|keys| !keys.is_empty()) else { break };
-            futures::future::try_join_all(keys.chunks(BATCH_WRITE).map(|chunk| self.delete_batch(chunk)))
-                .await?;
-        }
+        self.delete_partition(dialogue_pk(dialogue), Some(message_sk(1))).await?;
+        self.delete_partition(versions_pk(dialogue), None).await?;
         self.client
             .delete_item()
             .table_name(&self.table)
@@ -1138,6 +1279,35 @@ impl DynamoStore {
             .await
             .map_err(|e| failure("deleting a dialogue's head", &e))?;
         Ok(())
+    }
+
+    /// Deletes every item under `pk` (after the sort key `after`, if given), a page of keys at a
+    /// time, until a consistent read finds none.
+    async fn delete_partition(&self, pk: String, after: Option<String>) -> StoreResult<()> {
+        loop {
+            // From the top each time: a consistent read no longer sees what was deleted.
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .expression_attribute_names("#pk", "pk")
+                .expression_attribute_names("#sk", "sk")
+                .expression_attribute_values(":pk", s(&pk))
+                .projection_expression("#pk, #sk")
+                .consistent_read(true)
+                .limit(DELETE_PAGE);
+            query = match &after {
+                Some(after) => query
+                    .key_condition_expression("#pk = :pk AND #sk > :after")
+                    .expression_attribute_values(":after", s(after)),
+                None => query.key_condition_expression("#pk = :pk"),
+            };
+            let output = query.send().await.map_err(|e| failure("reading what to delete", &e))?;
+            let keys = output.items;
+            let Some(keys) = keys.filter(|keys| !keys.is_empty()) else { return Ok(()) };
+            futures::future::try_join_all(keys.chunks(BATCH_WRITE).map(|chunk| self.delete_batch(chunk)))
+                .await?;
+        }
     }
 
     /// Deletes the items `keys` name (at most [`BATCH_WRITE`]), retrying what DynamoDB leaves

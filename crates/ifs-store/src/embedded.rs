@@ -12,8 +12,8 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use ifs_domain::{
     AuditReport, DialogueCursor, DialogueId, DialogueSummary, Email, FORK_MAX_MESSAGES, Fork, ForkOrigin,
-    Limit, Message, MessageCursor, MessageId, NewMessage, Page, PageFill, SessionId, StoredDialogue,
-    StoredLink, Timestamp, UserId,
+    Limit, Message, MessageCursor, MessageId, NewMessage, Page, PageFill, RegenerateRefusal, ReplyVersion,
+    SessionId, StoredDialogue, StoredLink, Timestamp, UserId,
 };
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata as _, TableDefinition,
@@ -49,6 +49,9 @@ const LEGACY_LOGIN_FAILURES: &str = "login_failures";
 /// dialogue id ‖ seq (big-endian) → `StoredMessage` (binary, see `layout`): a dialogue's
 /// messages are contiguous and in list order, so pages and "the last n" are range scans.
 const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
+/// dialogue id ‖ seq ‖ version (big-endian) → `ReplyVersion` (JSON): a reply's earlier versions,
+/// read only when asked for.
+const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reply_versions");
 /// owner ‖ (u64::MAX − updated ms) ‖ dialogue id → nothing: the owner's dialogues, newest first.
 const DIALOGUES_BY_OWNER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dialogues_by_owner");
 
@@ -64,6 +67,13 @@ fn message_key(dialogue: DialogueId, seq: u64) -> [u8; 24] {
     let mut key = [0; 24];
     key[..16].copy_from_slice(dialogue.as_bytes());
     key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn version_key(dialogue: DialogueId, seq: u64, version: u32) -> [u8; 28] {
+    let mut key = [0; 28];
+    key[..24].copy_from_slice(&message_key(dialogue, seq));
+    key[24..].copy_from_slice(&version.to_be_bytes());
     key
 }
 
@@ -190,6 +200,7 @@ impl EmbeddedStore {
             .context("dropping the legacy login_failures table")?;
         txn.open_table(MESSAGES)?;
         txn.open_table(DIALOGUES_BY_OWNER)?;
+        txn.open_table(VERSIONS)?;
         txn.commit().context("creating the tables")?;
         Ok(Self { db: Arc::new(db), path: path.to_owned(), users: Arc::default(), leases: Arc::default() })
     }
@@ -353,8 +364,10 @@ fn dialogue_in(index_key: &[u8]) -> StoreResult<DialogueId> {
     Ok(DialogueId::from_bytes(id))
 }
 
-/// Removes every message of the dialogue `summary` describes, and its listing entry.
+/// Removes every message of the dialogue `summary` describes, their earlier versions, and its
+/// listing entry.
 fn remove_dialogue(
+    txn: &WriteTransaction,
     messages: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
     index: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
     summary: &DialogueSummary,
@@ -364,6 +377,11 @@ fn remove_dialogue(
     messages
         .retain_in::<&[u8], _>(first.as_slice()..=last.as_slice(), |_, _| false)
         .context("deleting messages")?;
+    let mut versions = txn.open_table(VERSIONS).context("opening reply_versions")?;
+    let (first, last) = (version_key(summary.id, 0, 0), version_key(summary.id, u64::MAX, u32::MAX));
+    versions
+        .retain_in::<&[u8], _>(first.as_slice()..=last.as_slice(), |_, _| false)
+        .context("deleting versions")?;
     Ok(())
 }
 
@@ -497,6 +515,93 @@ impl DialogueStore for EmbeddedStore {
         .await
     }
 
+    async fn replace_reply(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        reply: MessageId,
+        new: NewMessage,
+    ) -> StoreResult<Message> {
+        // One write transaction, like an append's: the two cannot interleave.
+        self.write(move |txn| {
+            let mut messages = txn.open_table(MESSAGES).context("opening messages")?;
+            let (head, mut summary) = owned_head(&messages, owner, dialogue)?;
+            if summary.tail_id != reply {
+                return Err(RegenerateRefusal::NotLastReply.into());
+            }
+            let tail = if summary.message_count == 1 {
+                head
+            } else {
+                read_message(&messages, dialogue, summary.message_count)?.message
+            };
+            let regenerated = tail.regenerated(new)?;
+            let mut versions = txn.open_table(VERSIONS).context("opening reply_versions")?;
+            let earlier = ReplyVersion::of(&tail);
+            versions
+                .insert(
+                    version_key(dialogue, tail.seq, earlier.version).as_slice(),
+                    encode(&earlier)?.as_slice(),
+                )
+                .context("keeping the earlier version")?;
+            let old_index_key = summary_key(&summary);
+            summary.updated_at = summary.updated_at.max(regenerated.created_at);
+            let stored = StoredMessage { message: regenerated, summary: None };
+            messages
+                .insert(
+                    message_key(dialogue, stored.message.seq).as_slice(),
+                    encode_message(&stored).as_slice(),
+                )
+                .context("writing the new version")?;
+            let (head, _) = owned_head(&messages, owner, dialogue)?;
+            let head_stored = StoredMessage { message: head, summary: Some(summary.clone()) };
+            messages
+                .insert(message_key(dialogue, 1).as_slice(), encode_message(&head_stored).as_slice())
+                .context("updating the head")?;
+            let mut index = txn.open_table(DIALOGUES_BY_OWNER).context("opening dialogues_by_owner")?;
+            index.remove(old_index_key.as_slice()).context("unindexing")?;
+            index.insert(summary_key(&summary).as_slice(), [].as_slice()).context("reindexing")?;
+            Ok(stored.message)
+        })
+        .await
+    }
+
+    async fn versions(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        message: MessageId,
+    ) -> StoreResult<Vec<ReplyVersion>> {
+        self.read(move |txn| {
+            let messages = txn.open_table(MESSAGES).context("opening messages")?;
+            owned_head(&messages, owner, dialogue)?;
+            let range = messages
+                .range(message_key(dialogue, 1).as_slice()..=message_key(dialogue, u64::MAX).as_slice())
+                .context("scanning messages")?;
+            let mut current = None;
+            for entry in range {
+                let (_, value) = entry.context("scanning messages")?;
+                let stored = decode_message(value.value())?.message;
+                if stored.id == message {
+                    current = Some(stored);
+                    break;
+                }
+            }
+            let current = current.ok_or(StoreError::NotFound)?;
+            let versions = txn.open_table(VERSIONS).context("opening reply_versions")?;
+            let (first, last) =
+                (version_key(dialogue, current.seq, 0), version_key(dialogue, current.seq, u32::MAX));
+            let mut all = Vec::new();
+            for entry in
+                versions.range::<&[u8]>(first.as_slice()..=last.as_slice()).context("scanning versions")?
+            {
+                let (_, value) = entry.context("scanning versions")?;
+                all.push(decode::<ReplyVersion>(value.value())?);
+            }
+            all.push(ReplyVersion::of(&current));
+            Ok(all)
+        })
+    }
+
     async fn dialogue(&self, owner: UserId, dialogue: DialogueId) -> StoreResult<DialogueSummary> {
         self.read(move |txn| {
             let messages = txn.open_table(MESSAGES).context("opening messages")?;
@@ -583,7 +688,7 @@ impl DialogueStore for EmbeddedStore {
             let mut messages = txn.open_table(MESSAGES).context("opening messages")?;
             let (_, summary) = owned_head(&messages, owner, dialogue)?;
             let mut index = txn.open_table(DIALOGUES_BY_OWNER).context("opening dialogues_by_owner")?;
-            remove_dialogue(&mut messages, &mut index, &summary)
+            remove_dialogue(txn, &mut messages, &mut index, &summary)
         })
         .await
     }
@@ -613,7 +718,7 @@ impl DialogueStore for EmbeddedStore {
                     }
                     for dialogue in &owned {
                         let (_, summary) = owned_head(&messages, owner, *dialogue)?;
-                        remove_dialogue(&mut messages, &mut index, &summary)?;
+                        remove_dialogue(txn, &mut messages, &mut index, &summary)?;
                     }
                     Ok(owned.len() as u64)
                 })

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ifs_domain::{
     AuditReport, DialogueCursor, DialogueId, DialogueSummary, Email, Limit, Message, MessageCursor,
-    MessageId, NewMessage, Page, SessionId, Timestamp, UserId,
+    MessageId, NewMessage, Page, ReplyVersion, SessionId, Timestamp, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +32,9 @@ pub enum StoreError {
     /// The thing does not exist, or belongs to someone else: callers cannot tell which.
     #[error("not found")]
     NotFound,
+    /// A reply cannot be regenerated, and why.
+    #[error(transparent)]
+    Regenerate(#[from] ifs_domain::RegenerateRefusal),
     /// A fork would copy more than [`ifs_domain::FORK_MAX_MESSAGES`] messages.
     #[error("a fork copies at most {} messages", ifs_domain::FORK_MAX_MESSAGES)]
     ForkTooLong,
@@ -159,6 +162,27 @@ pub trait DialogueStore: Send + Sync + std::fmt::Debug + 'static {
         limit: Limit,
         after: Option<MessageCursor>,
     ) -> StoreResult<Page<Message, MessageCursor>>;
+
+    /// Regenerates the dialogue's last reply `reply`: its words become `new`'s, its version one
+    /// more, and what it said until now is kept as an earlier version; the dialogue's activity
+    /// moves to `new`'s time. Atomic against appends and deletions: a reply that is no longer
+    /// the tail is [`RegenerateRefusal::NotLastReply`](ifs_domain::RegenerateRefusal).
+    async fn replace_reply(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        reply: MessageId,
+        new: NewMessage,
+    ) -> StoreResult<Message>;
+
+    /// Every version of `message` in `dialogue`, oldest first, the current one last (just the
+    /// current one for a message never regenerated).
+    async fn versions(
+        &self,
+        owner: UserId,
+        dialogue: DialogueId,
+        message: MessageId,
+    ) -> StoreResult<Vec<ReplyVersion>>;
 
     /// The dialogue's summary.
     async fn dialogue(&self, owner: UserId, dialogue: DialogueId) -> StoreResult<DialogueSummary>;

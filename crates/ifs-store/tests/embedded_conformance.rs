@@ -194,6 +194,7 @@ async fn records_earlier_versions_wrote_as_json_still_serve() {
             finish_reason: Some("stop".into()),
             usage: Some(Usage::of(12, 3)),
             truncated_messages: Some(1),
+            version: None,
         }),
         ..head.clone()
     };

@@ -435,6 +435,7 @@ async fn store_reply(
             finish_reason: finished.finish_reason,
             usage: finished.usage,
             truncated_messages: finished.truncated_messages.filter(|n| *n > 0),
+            version: None,
         }),
     };
     // Spent whether or not the reply can still be stored.

@@ -64,7 +64,18 @@ async fn while_dynamodb_is_down_dialogues_answer_503_and_recover_when_it_is_back
     let (endpoint, table) = (dynamodb.endpoint(), unique_table());
     let store = ["--store", "dynamodb", "--dynamodb-endpoint", &endpoint, "--table-name", &table];
     let app = spawn_app_with(
-        &[&store[..], &["--dialogue-rate-limit", "100000", "--dialogue-concurrent-turns", "4", "--daily-token-limit", "0"]].concat(),
+        &[
+            &store[..],
+            &[
+                "--dialogue-rate-limit",
+                "100000",
+                "--dialogue-concurrent-turns",
+                "4",
+                "--daily-token-limit",
+                "0",
+            ],
+        ]
+        .concat(),
     )
     .await;
     let token = app.user("ada@example.com").await;

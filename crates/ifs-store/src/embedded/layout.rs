@@ -22,6 +22,8 @@ const MESSAGE_V1: u8 = 1;
 /// V1 and, at the end of a head's summary, where the dialogue was forked from (optional: the
 /// dialogue id, then the message id).
 const MESSAGE_V2: u8 = 2;
+/// V2 and, at the end of a reply's meta, its version (optional).
+const MESSAGE_V3: u8 = 3;
 
 /// A session's 57 bytes: version, session id, user id, created, expires.
 pub(super) const SESSION_LEN: usize = 1 + 16 + 16 + 12 + 12;
@@ -51,11 +53,11 @@ pub(super) fn decode_session(bytes: &[u8]) -> anyhow::Result<Session> {
 /// content; the reply's meta (optional: model, finish reason, usage's three optional counts,
 /// truncated count, each optional); the dialogue's summary on a head (optional: owner, title,
 /// created, updated, message count, tail id — its dialogue id is the message's — and, from V2,
-/// the fork's origin).
+/// the fork's origin); from V3 the meta ends with the reply's version.
 pub(super) fn encode_message(stored: &StoredMessage) -> Vec<u8> {
     let StoredMessage { message, summary } = stored;
     let mut out = Writer(Vec::with_capacity(128 + message.content.len()));
-    out.u8(MESSAGE_V2);
+    out.u8(MESSAGE_V3);
     out.id(message.id.as_bytes());
     out.id(message.dialogue_id.as_bytes());
     out.u64(message.seq);
@@ -76,6 +78,7 @@ pub(super) fn encode_message(stored: &StoredMessage) -> Vec<u8> {
             }
         });
         out.option(meta.truncated_messages, Writer::u32);
+        out.option(meta.version, Writer::u32);
     });
     out.option(summary.as_ref(), |out, summary| {
         out.id(summary.owner.as_bytes());
@@ -93,10 +96,11 @@ pub(super) fn encode_message(stored: &StoredMessage) -> Vec<u8> {
 }
 
 pub(super) fn decode_message(bytes: &[u8]) -> anyhow::Result<StoredMessage> {
-    if bytes.first() == Some(&MESSAGE_V1) {
-        return decode(bytes, MESSAGE_V1, "message", |input| message_from(input, MESSAGE_V1));
+    match bytes.first() {
+        Some(&MESSAGE_V1) => decode(bytes, MESSAGE_V1, "message", |input| message_from(input, MESSAGE_V1)),
+        Some(&MESSAGE_V2) => decode(bytes, MESSAGE_V2, "message", |input| message_from(input, MESSAGE_V2)),
+        _ => decode(bytes, MESSAGE_V3, "message", |input| message_from(input, MESSAGE_V3)),
     }
-    decode(bytes, MESSAGE_V2, "message", |input| message_from(input, MESSAGE_V2))
 }
 
 fn message_from(input: &mut Reader<'_>, version: u8) -> anyhow::Result<StoredMessage> {
@@ -124,6 +128,7 @@ fn message_from(input: &mut Reader<'_>, version: u8) -> anyhow::Result<StoredMes
                 })
             })?,
             truncated_messages: input.option(Reader::u32)?,
+            version: if version >= MESSAGE_V3 { input.option(Reader::u32)? } else { None },
         })
     })?;
     let summary = input.option(|input| {
@@ -308,6 +313,7 @@ mod tests {
                 proptest::option::of(".{0,12}"),
                 proptest::option::of(proptest::array::uniform3(proptest::option::of(any::<u32>()))),
                 proptest::option::of(any::<u32>()),
+                proptest::option::of(any::<u32>()),
             )),
             summary in proptest::option::of((id(), ".{0,20}", instant(), instant(), any::<u64>(), id())),
             fork in proptest::option::of((id(), id())),
@@ -323,13 +329,14 @@ mod tests {
                     created_at,
                     prev_id: prev.map(MessageId::from_bytes),
                     next_id: next.map(MessageId::from_bytes),
-                    meta: meta.map(|(model, finish_reason, usage, truncated_messages)| ReplyMeta {
+                    meta: meta.map(|(model, finish_reason, usage, truncated_messages, version)| ReplyMeta {
                         model,
                         finish_reason,
                         usage: usage.map(|[prompt_tokens, completion_tokens, total_tokens]| Usage {
                             prompt_tokens, completion_tokens, total_tokens,
                         }),
                         truncated_messages,
+                        version,
                     }),
                 },
                 summary: summary.map(|(owner, title, created_at, updated_at, message_count, tail)| {
