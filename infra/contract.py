@@ -8,7 +8,8 @@ Starts the agent double (`bench_peers agent`, answers every chat completion at o
 double), signs a user up and logs in, then runs schemathesis with that user's token over every
 operation the server serves: examples, coverage, fuzzing and stateful phases (the links:
 sign-up → login, dialogue → messages), positive and negative data, fixed seed and example count.
-Logout runs last, on a token of its own, so that it cannot revoke the token the rest use. The
+Logout and the account's deletion run last, each on a user of its own, so that neither can revoke
+the token the rest use. The
 agent's operations (which `serve` leaves out with AGENT_URL set) run against the standalone agent
 on the real model, its replies capped at a few tokens so that valid requests finish at once.
 
@@ -53,10 +54,10 @@ def main():
         processes.append(subprocess.Popen([agent], env=agent_env, stdout=log, stderr=log))
         wait_port(model_port, processes[-1], timeout=120)
 
-        # Both tokens first: schemathesis infers a link from /me's `email` to login and guesses
+        # Every token first: schemathesis infers a link from /me's `email` to login and guesses
         # passwords for it, so that email is throttled (429) by the time logout's turn comes.
         tokens = []
-        for email in ("contract@example.com", "logout@example.com"):
+        for email in ("contract@example.com", "logout@example.com", "erase@example.com"):
             # A fresh connection each time: the server closes idle ones.
             Client(api_port).call("POST", "/api/v1/signup", {"email": email, "password": PASSWORD})
             tokens.append(Client(api_port).call("POST", "/api/v1/login", {"email": email, "password": PASSWORD})[
@@ -77,14 +78,16 @@ def main():
         api, agent_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{model_port}"
         every_phase = "examples,coverage,fuzzing,stateful"
         runs = [
-            ("every operation of serve but logout", api, every_phase,
-             ["--exclude-tag", "agent", "--exclude-operation-id", "logout"]),
+            ("every operation of serve but logout and the account's deletion", api, every_phase,
+             ["--exclude-tag", "agent", "--exclude-operation-id", "logout", "--exclude-operation-id",
+              "delete_account"]),
             ("logout", api, "examples,coverage,fuzzing", ["--include-operation-id", "logout"]),
+            ("the account's deletion", api, "examples,coverage,fuzzing", ["--include-operation-id", "delete_account"]),
             ("the agent's operations, on the standalone agent", agent_url, "examples,coverage,fuzzing",
              ["--include-tag", "agent"]),
         ]
         failed = []
-        for (what, url, phases, selection), token in zip(runs, [tokens[0], tokens[1], tokens[0]]):
+        for (what, url, phases, selection), token in zip(runs, [tokens[0], tokens[1], tokens[2], tokens[0]]):
             print(f"--- schemathesis: {what}", flush=True)
             result = subprocess.run(common + ["--url", url, "--phases", phases] + selection
                                     + ["-H", f"Authorization: Bearer {token}"])

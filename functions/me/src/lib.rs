@@ -67,12 +67,12 @@ pub struct MeResponse {
     #[schema(value_type = String, format = DateTime)]
     #[serde(serialize_with = "ifs_api::views::rfc3339")]
     session_expires_at: Timestamp,
-    usage: Usage,
+    usage: DailyUsage,
 }
 
 /// The bearer's use of the agent today (UTC).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Usage {
+pub struct DailyUsage {
     /// Agent tokens (prompt + completion) their replies used since midnight UTC (not counted,
     /// so 0, when there is no limit).
     tokens_today: u32,
@@ -117,7 +117,7 @@ async fn me(
         email: user.email,
         created_at: user.created_at,
         session_expires_at: principal.session_expires_at,
-        usage: Usage {
+        usage: DailyUsage {
             tokens_today: today.map_or(0, |w| w.hits),
             daily_token_limit: state.daily_token_limit,
             resets_at: today.map_or_else(|| ifs_domain::next_utc_midnight(now), |w| w.resets_at),
