@@ -212,6 +212,14 @@ def end_to_end(base):
                     200, "continue the dialogue")
     assert second["message"]["seq"] == 3 and second["reply"]["seq"] == 4, second
 
+    # Regenerating the last reply: the same message, a second version, the first one kept.
+    again = expect(call(base, "POST", "/api/v1/dialogue",
+                        {"dialogue_id": dialogue, "regenerate": True, "max_tokens": 16}, token), 200, "regenerate")
+    assert again["reply"]["id"] == second["reply"]["id"] and again["reply"]["version"] == 2, again
+    versions = expect(call(base, "GET", f"/api/v1/messages/{again['reply']['id']}/versions?dialogue_id={dialogue}",
+                           token=token), 200, "versions")
+    assert [v["version"] for v in versions["versions"]] == [1, 2], versions
+
     # A streamed turn: events arrive through Lambda response streaming, stored like any other.
     events = stream_turn(base, {"message": "And then?", "dialogue_id": dialogue, "max_tokens": 16,
                                 "stream": True}, token)
@@ -274,7 +282,8 @@ def end_to_end(base):
     expect(call(base, "POST", "/api/v1/login", {"email": email, "password": password}), 401, "login, deleted")
     expect(call(base, "POST", "/api/v1/signup", {"email": email, "password": password}), 201, "sign up again")
     print("end to end through cargo lambda watch: signup, login, me, dialogue (agent invoked as a Lambda "
-          "function), continue, a streamed turn, rename, dialogues, messages, fork, export, delete one and all, logout, "
+          "function), continue, regenerate and versions, a streamed turn, rename, dialogues, messages, fork, "
+          "export, delete one and all, logout, "
           "account deletion — all as expected")
 
 

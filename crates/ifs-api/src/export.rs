@@ -11,7 +11,10 @@ use axum::http::{HeaderValue, Response, StatusCode, header};
 use bytes::Bytes;
 use futures::SinkExt as _;
 use futures::channel::mpsc;
-use ifs_domain::{DialogueId, DialogueSummary, Limit, Message, MessageCursor, Role, Timestamp, UserId};
+use ifs_domain::{
+    DialogueId, DialogueSummary, Limit, Message, MessageCursor, ReplyMeta, ReplyVersion, Role, Timestamp,
+    UserId,
+};
 use ifs_store::{DialogueStore, StoreError, UserRecord};
 use serde::Serialize;
 
@@ -59,6 +62,22 @@ struct ExportedMessage<'a> {
     finish_reason: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<ifs_domain::Usage>,
+    /// On a regenerated reply: its version, and the earlier versions, oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    earlier_versions: Option<Vec<ExportedVersion>>,
+}
+
+/// An earlier version of a reply.
+#[derive(Debug, Serialize)]
+struct ExportedVersion {
+    version: u32,
+    content: String,
+    #[serde(serialize_with = "rfc3339")]
+    created_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finish_reason: Option<String>,
 }
 
 impl<'a> From<&'a Message> for ExportedMessage<'a> {
@@ -73,6 +92,8 @@ impl<'a> From<&'a Message> for ExportedMessage<'a> {
             model: meta.and_then(|meta| meta.model.as_deref()),
             finish_reason: meta.and_then(|meta| meta.finish_reason.as_deref()),
             usage: meta.and_then(|meta| meta.usage),
+            version: meta.and_then(|meta| meta.version),
+            earlier_versions: None,
         }
     }
 }
@@ -197,14 +218,14 @@ fn download(body: Body, content_type: &'static str, filename: &str) -> Response<
     response
 }
 
-/// Writes every message of `dialogue`, page after page, through `each`; answers whether it
-/// could read them all (a dialogue deleted meanwhile ends early).
+/// Writes every message of `dialogue`, page after page, through `each`, with the earlier
+/// versions of a regenerated reply; a dialogue deleted meanwhile ends early.
 async fn each_message(
     store: &dyn DialogueStore,
     owner: UserId,
     dialogue: DialogueId,
     out: &mut Writer,
-    mut each: impl FnMut(&mut Writer, &Message, bool) -> Result<(), Stop>,
+    mut each: impl FnMut(&mut Writer, &Message, Vec<ReplyVersion>, bool) -> Result<(), Stop>,
 ) -> Result<(), Stop> {
     let mut cursor: Option<MessageCursor> = None;
     let mut first = true;
@@ -219,7 +240,18 @@ async fn each_message(
             Err(error) => return Err(error.into()),
         };
         for message in &page.items {
-            each(out, message, first)?;
+            let mut earlier = Vec::new();
+            if ReplyMeta::version(message.meta.as_ref()) > 1 {
+                match store.versions(owner, dialogue, message.id).await {
+                    Ok(mut versions) => {
+                        versions.pop();
+                        earlier = versions;
+                    }
+                    Err(StoreError::NotFound) => return Ok(()),
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            each(out, message, earlier, first)?;
             first = false;
         }
         out.flush_if_full().await?;
@@ -238,11 +270,25 @@ async fn dialogue_json(
 ) -> Result<(), Stop> {
     out.open_object(&ExportedDialogue::from(summary))?;
     out.text(",\"messages\":[");
-    each_message(store, summary.owner, summary.id, out, |out, message, first| {
+    each_message(store, summary.owner, summary.id, out, |out, message, earlier, first| {
         if !first {
             out.text(",");
         }
-        out.json(&ExportedMessage::from(message))
+        let mut exported = ExportedMessage::from(message);
+        if !earlier.is_empty() {
+            exported.earlier_versions = Some(
+                earlier
+                    .into_iter()
+                    .map(|v| ExportedVersion {
+                        version: v.version,
+                        content: v.content,
+                        created_at: v.created_at,
+                        finish_reason: v.meta.and_then(|meta| meta.finish_reason),
+                    })
+                    .collect(),
+            );
+        }
+        out.json(&exported)
     })
     .await?;
     out.text("]}");
@@ -270,7 +316,7 @@ pub fn dialogue(
             }
             Format::Markdown => {
                 markdown_head(&mut out, &summary, now);
-                each_message(store.as_ref(), summary.owner, summary.id, &mut out, |out, message, _| {
+                each_message(store.as_ref(), summary.owner, summary.id, &mut out, |out, message, _, _| {
                     markdown_message(out, message);
                     Ok(())
                 })

@@ -110,6 +110,15 @@ pub struct MessageView {
     /// context; absent when none were.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truncated_messages: Option<u32>,
+    /// On a regenerated reply: which version this is, the latest; absent on a first version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 2)]
+    pub version: Option<u32>,
+    /// On a regenerated reply: how many versions it has (`GET
+    /// /api/v1/messages/{message_id}/versions` lists them); absent when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 2)]
+    pub versions: Option<u32>,
 }
 
 impl MessageView {
@@ -131,6 +140,9 @@ impl From<Message> for MessageView {
             finish_reason: meta.finish_reason,
             usage: meta.usage,
             truncated_messages: meta.truncated_messages,
+            // The current version is always the latest: regenerating adds one at the end.
+            version: meta.version.filter(|v| *v > 1),
+            versions: meta.version.filter(|v| *v > 1),
         }
     }
 }

@@ -105,17 +105,28 @@ pub fn router(state: DialogueState) -> Router {
         .with_state(state)
 }
 
-/// One turn: a new dialogue's first message, or the next message of `dialogue_id`.
+/// One turn: a new dialogue's first message, the next message of `dialogue_id`, or with
+/// `regenerate` another reply to the last message of `dialogue_id`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({"message": "I keep putting off a call to my sister.", "stream": false}))]
 pub struct DialogueRequest {
-    /// At most 16,000 characters, at least one of them visible.
+    /// At most 16,000 characters, at least one of them visible; required unless `regenerate`.
+    #[serde(default)]
     #[schema(min_length = 1, max_length = 16000)]
-    message: String,
+    message: Option<String>,
     /// The dialogue to continue (the id of its first message); absent, a new one starts.
     #[serde(default)]
     #[schema(format = Uuid)]
     dialogue_id: Option<String>,
+    /// Ask the agent again for the dialogue's last user message, without a `message`: the new
+    /// reply becomes the last reply's current version, the earlier ones are kept (at most 10).
+    /// Counts as a turn for every limit.
+    #[serde(default)]
+    regenerate: Option<bool>,
+    /// With `regenerate`: the reply meant; if it is no longer the last, 409 `not_last_reply`.
+    #[serde(default)]
+    #[schema(format = Uuid)]
+    reply_id: Option<String>,
     /// Longest reply, in tokens; at most the agent's `AGENT_MAX_TOKENS_LIMIT` (1024 unless set).
     #[serde(default)]
     #[schema(minimum = 1, maximum = 1024)]
@@ -144,9 +155,17 @@ pub struct DialogueResponse {
 #[openapi(paths(dialogue))]
 pub struct Api;
 
+/// What a turn asks for.
+enum Ask {
+    /// A new message, which is stored.
+    Say(MessageText),
+    /// Another reply to the last message; the reply meant, if the client named it.
+    Regenerate(Option<MessageId>),
+}
+
 /// A validated turn.
 struct Turn {
-    text: MessageText,
+    ask: Ask,
     dialogue: Option<DialogueId>,
     max_tokens: Option<u32>,
     temperature: Option<f32>,
@@ -156,13 +175,33 @@ struct Turn {
 impl Turn {
     /// Checks `request` against what this deployment's agent takes.
     fn parse(request: DialogueRequest, settings: &DialogueSettings) -> Result<Self, ApiError> {
-        let text = MessageText::parse(request.message).map_err(|e| ApiError::invalid_field("message", e))?;
         let dialogue = request
             .dialogue_id
             .as_deref()
             .map(DialogueId::parse)
             .transpose()
             .map_err(|e| ApiError::invalid_field("dialogue_id", e))?;
+        let ask = if request.regenerate == Some(true) {
+            if request.message.is_some() {
+                return Err(ApiError::invalid_field("message", "must be absent when regenerating"));
+            }
+            if dialogue.is_none() {
+                return Err(ApiError::invalid_field("dialogue_id", "is required to regenerate a reply"));
+            }
+            let reply = request
+                .reply_id
+                .as_deref()
+                .map(MessageId::parse)
+                .transpose()
+                .map_err(|e| ApiError::invalid_field("reply_id", e))?;
+            Ask::Regenerate(reply)
+        } else {
+            if request.reply_id.is_some() {
+                return Err(ApiError::invalid_field("reply_id", "is only for regenerating"));
+            }
+            let message = request.message.ok_or_else(|| ApiError::invalid_field("message", "is required"))?;
+            Ask::Say(MessageText::parse(message).map_err(|e| ApiError::invalid_field("message", e))?)
+        };
         let limit = settings.max_tokens_limit;
         if let Some(n) = request.max_tokens
             && !(1..=limit).contains(&n)
@@ -175,7 +214,7 @@ impl Turn {
             return Err(ApiError::invalid_field("temperature", "must be from 0 to 2"));
         }
         Ok(Self {
-            text,
+            ask,
             dialogue,
             max_tokens: request.max_tokens,
             temperature: request.temperature,
@@ -276,6 +315,8 @@ struct Asked {
     message: Message,
     request: ChatRequest,
     status: StatusCode,
+    /// The reply being regenerated, which the new one replaces; none for a new message.
+    regenerates: Option<MessageId>,
 }
 
 /// Sends a message and answers with the agent's reply, both stored. Without `dialogue_id` a new
@@ -354,13 +395,26 @@ async fn store_and_ask(
     let id = MessageId::generate();
     let lease = TurnLease::take(state, owner, id).await?;
     state.agent.admits().map_err(|error| busy(&error))?;
-    let new = NewMessage { id, role: Role::User, content: turn.text, created_at: now, meta: None };
-    let (message, status) = match turn.dialogue {
-        None => (state.dialogues.start_dialogue(owner, new).await?, StatusCode::CREATED),
-        Some(id) => (state.dialogues.append_message(owner, id, new).await?, StatusCode::OK),
+    let (message, memory, status, regenerates) = match (turn.ask, turn.dialogue) {
+        (Ask::Say(text), dialogue) => {
+            let new = NewMessage { id, role: Role::User, content: text, created_at: now, meta: None };
+            let (message, status) = match dialogue {
+                None => (state.dialogues.start_dialogue(owner, new).await?, StatusCode::CREATED),
+                Some(id) => (state.dialogues.append_message(owner, id, new).await?, StatusCode::OK),
+            };
+            let window = memory_window(message.seq - 1, state.settings.memory_messages);
+            let memory =
+                state.dialogues.messages_before(owner, message.dialogue_id, message.seq, window).await?;
+            (message, memory, status, None)
+        }
+        (Ask::Regenerate(meant), Some(dialogue)) => {
+            let (message, memory, reply) = last_exchange(state, owner, dialogue, meant).await?;
+            (message, memory, StatusCode::OK, Some(reply))
+        }
+        (Ask::Regenerate(_), None) => {
+            return Err(ApiError::invalid_field("dialogue_id", "is required to regenerate a reply"));
+        }
     };
-    let window = memory_window(message.seq - 1, state.settings.memory_messages);
-    let memory = state.dialogues.messages_before(owner, message.dialogue_id, message.seq, window).await?;
     let request = ChatRequest {
         model: Some(state.settings.model.clone()),
         messages: prompt(&state.settings, &memory, &message),
@@ -369,7 +423,29 @@ async fn store_and_ask(
         user: Some(agent_user(owner)),
         ..ChatRequest::default()
     };
-    Ok((Asked { owner, message, request, status }, lease))
+    Ok((Asked { owner, message, request, status, regenerates }, lease))
+}
+
+/// What regenerating asks the agent about: the user's last message and the memory before it,
+/// and the reply after it that will be replaced. Refused (409) unless the dialogue ends with a
+/// reply to a message of the user's, and, if the client named a reply, that it is that one.
+async fn last_exchange(
+    state: &DialogueState,
+    owner: ifs_domain::UserId,
+    dialogue: DialogueId,
+    meant: Option<MessageId>,
+) -> Result<(Message, Vec<Message>, MessageId), ApiError> {
+    let summary = state.dialogues.dialogue(owner, dialogue).await?;
+    if meant.is_some_and(|reply| reply != summary.tail_id) {
+        return Err(ifs_store::StoreError::from(ifs_domain::RegenerateRefusal::NotLastReply).into());
+    }
+    let window = memory_window(summary.message_count.saturating_sub(2), state.settings.memory_messages);
+    let mut last =
+        state.dialogues.messages_before(owner, dialogue, summary.message_count + 1, window + 2).await?;
+    let no_reply = || ApiError::from(ifs_store::StoreError::from(ifs_domain::RegenerateRefusal::NoReply));
+    let reply = last.pop().filter(|m| m.role == Role::Assistant).ok_or_else(no_reply)?;
+    let message = last.pop().filter(|m| m.role == Role::User).ok_or_else(no_reply)?;
+    Ok((message, last, reply.id))
 }
 
 /// Refuses a turn once the user's agent tokens today reached the daily limit, until midnight UTC.
@@ -440,7 +516,11 @@ async fn store_reply(
     };
     // Spent whether or not the reply can still be stored.
     count_tokens(state, asked.owner, finished_usage).await;
-    Ok(state.dialogues.append_message(asked.owner, asked.message.dialogue_id, reply).await?)
+    let dialogue = asked.message.dialogue_id;
+    Ok(match asked.regenerates {
+        Some(old) => state.dialogues.replace_reply(asked.owner, dialogue, old, reply).await?,
+        None => state.dialogues.append_message(asked.owner, dialogue, reply).await?,
+    })
 }
 
 /// The whole reply in one JSON answer.
@@ -1254,6 +1334,29 @@ mod tests {
 
         world.clock.advance(chrono::Duration::seconds(30));
         assert_eq!(call(app, turn(&ada)).await.0, StatusCode::BAD_GATEWAY, "a new minute, a new allowance");
+    }
+
+    #[tokio::test]
+    async fn a_regeneration_is_a_turn_for_the_limits() {
+        let world = World::new();
+        let (_, ada) = world.signed_in("ada").await;
+        let app = app_limited(&world, Arc::new(ScriptedAgent::default()), 20, 2);
+        let (status, first) = call(
+            app.clone(),
+            json_request("POST", "/api/v1/dialogue", Some(&ada), &json!({"message": "hi"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{first}");
+        let again = json!({"dialogue_id": first["dialogue_id"], "regenerate": true});
+        let (status, regenerated) =
+            call(app.clone(), json_request("POST", "/api/v1/dialogue", Some(&ada), &again)).await;
+        assert_eq!(status, StatusCode::OK, "{regenerated}");
+        assert_eq!(regenerated["reply"]["id"], first["reply"]["id"]);
+        let (status, refused) = call(app, json_request("POST", "/api/v1/dialogue", Some(&ada), &again)).await;
+        assert_eq!(
+            (status, refused["error"]["code"].as_str()),
+            (StatusCode::TOO_MANY_REQUESTS, Some("too_many_requests"))
+        );
     }
 
     #[tokio::test]

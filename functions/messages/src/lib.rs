@@ -1,15 +1,16 @@
 //! `GET /api/v1/messages?dialogue_id=&limit=&cursor=`: one dialogue's messages in list order,
-//! oldest first, a page at a time.
+//! oldest first, a page at a time; `GET /api/v1/messages/{message_id}/versions?dialogue_id=`:
+//! every version of a regenerated reply.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use ifs_api::extract::Query;
 use ifs_api::views::{MessageView, SizedJson};
 use ifs_api::{ApiError, AuthUser, Route};
 use ifs_auth::Authenticator;
-use ifs_domain::{DialogueId, Limit, MessageCursor};
+use ifs_domain::{DialogueId, Limit, MessageCursor, MessageId, Timestamp};
 use ifs_store::DialogueStore;
 use serde::{Deserialize, Serialize};
 
@@ -24,14 +25,50 @@ pub struct MessagesState {
     pub dialogues: Arc<dyn DialogueStore>,
 }
 
-/// The one route of this function.
+/// A page of a dialogue's messages.
 pub const MESSAGES: Route = Route::get("/api/v1/messages");
+/// The versions of one message.
+pub const VERSIONS: Route = Route::get("/api/v1/messages/{message_id}/versions");
 /// Every route of this function, for what maps requests to it.
-pub const ROUTES: &[Route] = &[MESSAGES];
+pub const ROUTES: &[Route] = &[MESSAGES, VERSIONS];
 
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: MessagesState) -> Router {
-    Router::new().route(MESSAGES.path, MESSAGES.to(messages)).with_state(state)
+    Router::new()
+        .route(MESSAGES.path, MESSAGES.to(messages))
+        .route(VERSIONS.path, VERSIONS.to(versions))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct VersionsQuery {
+    dialogue_id: Option<String>,
+}
+
+/// Every version of a message, oldest first; the last is the one the dialogue shows.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VersionsResponse {
+    #[schema(value_type = String, format = Uuid)]
+    dialogue_id: DialogueId,
+    #[schema(value_type = String, format = Uuid)]
+    message_id: MessageId,
+    versions: Vec<VersionView>,
+}
+
+/// One version of a reply.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VersionView {
+    /// 1 for the first reply, one more for each regeneration.
+    #[schema(minimum = 1)]
+    version: u32,
+    content: String,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(serialize_with = "ifs_api::views::rfc3339")]
+    created_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finish_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<ifs_domain::Usage>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,7 +90,7 @@ pub struct MessagesResponse {
 
 /// The operations of this function, for the OpenAPI document.
 #[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(messages))]
+#[openapi(paths(messages, versions))]
 pub struct Api;
 
 /// A dialogue's messages in list order (`seq` 1, 2, …), a page at a time.
@@ -106,6 +143,58 @@ async fn messages(
         },
         capacity,
     })
+}
+
+/// Every version of one message of the caller's, oldest first, the current one last: a reply
+/// regenerated keeps its earlier versions (at most 10); any other message has one.
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages/{message_id}/versions",
+    tag = "dialogues",
+    operation_id = "message_versions",
+    security(("bearer" = [])),
+    params(
+        ("message_id" = String, Path, format = Uuid, description = "The message"),
+        ("dialogue_id" = String, Query, format = Uuid, description = "Its dialogue (every message view names it)"),
+    ),
+    responses(
+        (status = 200, description = "The message's versions", body = VersionsResponse),
+        (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+        (status = 404, response = ifs_api::openapi::NotFound),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
+async fn versions(
+    AuthUser(principal): AuthUser,
+    State(store): State<Arc<dyn DialogueStore>>,
+    Path(message_id): Path<String>,
+    Query(query): Query<VersionsQuery>,
+) -> Result<axum::Json<VersionsResponse>, ApiError> {
+    let message_id = MessageId::parse(&message_id).map_err(|e| ApiError::invalid_field("message_id", e))?;
+    let dialogue_id =
+        query.dialogue_id.as_deref().ok_or_else(|| ApiError::invalid_field("dialogue_id", "is required"))?;
+    let dialogue_id =
+        DialogueId::parse(dialogue_id).map_err(|e| ApiError::invalid_field("dialogue_id", e))?;
+    let versions = store.versions(principal.user_id, dialogue_id, message_id).await?;
+    Ok(axum::Json(VersionsResponse {
+        dialogue_id,
+        message_id,
+        versions: versions
+            .into_iter()
+            .map(|v| {
+                let meta = v.meta.unwrap_or_default();
+                VersionView {
+                    version: v.version,
+                    content: v.content,
+                    created_at: v.created_at,
+                    finish_reason: meta.finish_reason,
+                    usage: meta.usage,
+                }
+            })
+            .collect(),
+    }))
 }
 
 #[cfg(test)]

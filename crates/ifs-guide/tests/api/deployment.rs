@@ -196,7 +196,10 @@ async fn serve_answers_every_declared_route() {
         }
         for route in routes {
             // A path parameter gets a well-formed id; without a token the answer is 401 anyway.
-            let path = route.path.replace("{dialogue_id}", &ifs_domain::DialogueId::generate().to_string());
+            let path = route
+                .path
+                .replace("{dialogue_id}", &ifs_domain::DialogueId::generate().to_string())
+                .replace("{message_id}", &ifs_domain::MessageId::generate().to_string());
             let method = reqwest::Method::from_bytes(route.method_name().as_bytes()).unwrap();
             let request = match route.method_name() {
                 "GET" => app.client.get(app.url(&path)),

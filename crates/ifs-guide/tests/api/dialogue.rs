@@ -389,3 +389,87 @@ async fn a_user_past_the_daily_token_budget_is_refused_before_anything_is_stored
     assert_eq!(app.say(&bob, "mine", None).await.0, StatusCode::CREATED, "a budget is per user");
     app.stop().await.assert_check_clean(3, 6);
 }
+
+#[tokio::test]
+async fn the_last_reply_is_regenerated_buffered_or_streamed_and_its_versions_kept() {
+    let app = spawn_app().await;
+    let token = app.user("ada@example.com").await;
+    let (_, first) = app.say(&token, "A part of me is restless", None).await;
+    let dialogue = first["dialogue_id"].as_str().unwrap().to_owned();
+    let reply = first["reply"]["id"].as_str().unwrap().to_owned();
+    let regenerate = async |body: serde_json::Value| app.post("/api/v1/dialogue", Some(&token), &body).await;
+
+    let (status, again) = regenerate(json!({"dialogue_id": dialogue, "regenerate": true})).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["message"]["id"], first["message"]["id"], "the same question");
+    assert_eq!(again["reply"]["id"], reply.as_str(), "the same place in the list");
+    assert_eq!((again["reply"]["version"].as_u64(), again["reply"]["versions"].as_u64()), (Some(2), Some(2)));
+    let mut body = json!({"dialogue_id": dialogue, "regenerate": true, "reply_id": reply, "stream": true});
+    let mut response =
+        app.client.post(app.url("/api/v1/dialogue")).bearer_auth(&token).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut streamed = String::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        streamed.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(streamed.contains("event: message") && streamed.contains("event: reply"), "{streamed}");
+    assert!(streamed.contains("\"version\":3"), "{streamed}");
+
+    let messages = app.all_messages(&token, &dialogue).await;
+    assert_eq!(messages.len(), 2, "regenerating adds no message");
+    assert_valid_list(&messages);
+    assert_eq!(messages[1]["versions"], 3);
+    let (status, versions) =
+        app.get(&format!("/api/v1/messages/{reply}/versions?dialogue_id={dialogue}"), Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{versions}");
+    let numbers: Vec<_> =
+        versions["versions"].as_array().unwrap().iter().map(|v| v["version"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [1, 2, 3]);
+    assert_eq!(versions["versions"][0]["content"], first["reply"]["content"]);
+    assert_eq!(versions["versions"][2]["content"], messages[1]["content"]);
+    let export = app.client.get(app.url(&format!("/api/v1/dialogues/{dialogue}/export"))).bearer_auth(&token);
+    let exported: serde_json::Value = export.send().await.unwrap().json().await.unwrap();
+    let exported = &exported["dialogue"]["messages"][1];
+    assert_eq!(exported["version"], 3);
+    let earlier: Vec<_> = exported["earlier_versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(earlier, [1, 2], "the export keeps every version");
+
+    // Refusals: a reply that is not the last, a dialogue ending with the user's message, bad
+    // requests, someone else's dialogue.
+    let (_, second) = app.say(&token, "And now?", Some(&dialogue)).await;
+    body["stream"] = json!(false);
+    let (status, refused) = regenerate(body.clone()).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("not_last_reply")));
+    let (status, failed) = app.say(&token, "[down]", Some(&dialogue)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{failed}");
+    let (status, refused) = regenerate(json!({"dialogue_id": dialogue, "regenerate": true})).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("nothing_to_regenerate"))
+    );
+    for (bad, field) in [
+        (json!({"regenerate": true}), "dialogue_id"),
+        (json!({"regenerate": true, "dialogue_id": dialogue, "message": "x"}), "message"),
+        (json!({"dialogue_id": dialogue, "reply_id": reply}), "reply_id"),
+        (json!({"dialogue_id": dialogue}), "message"),
+    ] {
+        let (status, refused) = regenerate(bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+        assert!(refused["error"]["message"].as_str().unwrap().starts_with(field), "{refused}");
+    }
+    let bob = app.user("bob@example.com").await;
+    let (status, _) =
+        app.post("/api/v1/dialogue", Some(&bob), &json!({"dialogue_id": dialogue, "regenerate": true})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let path = format!(
+        "/api/v1/messages/{}/versions?dialogue_id={dialogue}",
+        second["reply"]["id"].as_str().unwrap()
+    );
+    assert_eq!(app.get(&path, Some(&bob)).await.0, StatusCode::NOT_FOUND);
+    app.stop().await.assert_check_clean(1, 5);
+}
