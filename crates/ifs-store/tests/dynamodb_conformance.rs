@@ -347,6 +347,30 @@ async fn deleting_a_dialogue_costs_one_batch_per_25_messages() {
     assert_eq!(counts, [cost(1, 0), cost(2, 1), cost(4, 12)]);
 }
 
+/// Regenerating the last reply reads the head and the reply and writes one transaction, however
+/// long the dialogue; listing a message's versions reads its ids up to it, then it and them.
+#[tokio::test]
+async fn regenerating_costs_the_same_at_2_and_at_300_messages() {
+    let store = table().await;
+    let owner = UserId::generate();
+    let mut counts = Vec::new();
+    for length in [2_u64, 300] {
+        let dialogue = store.start_dialogue(owner, said("first")).await.unwrap().dialogue_id;
+        let mut last = None;
+        for i in 2..=length {
+            let role = if i % 2 == 0 { ifs_domain::Role::Assistant } else { ifs_domain::Role::User };
+            let message = ifs_store::conformance::said(role, &format!("message {i}"), chrono::Utc::now());
+            last = Some(store.append_message(owner, dialogue, message).await.unwrap().id);
+        }
+        let reply = last.unwrap();
+        let again = ifs_store::conformance::said(ifs_domain::Role::Assistant, "again", chrono::Utc::now());
+        let before = store.calls();
+        store.replace_reply(owner, dialogue, reply, again).await.unwrap();
+        counts.push(store.calls() - before);
+    }
+    assert_eq!(counts, [3, 3]);
+}
+
 /// A fork of *n* messages reads the original's head and ids, then writes a transaction per 99
 /// copies, each after reading them: it grows with the fork, bounded by FORK_MAX_MESSAGES.
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use ifs_domain::{DialogueId, Limit, MessageText, NewMessage, Role, UserId};
 use ifs_store::local_servers::{DynamoDbLocal, unique_table};
-use ifs_store::{DialogueStore as _, DynamoStore, StoreError};
+use ifs_store::{DialogueStore as _, DynamoStore, StoreError, UserStore as _};
 use reqwest::StatusCode;
 
 use crate::helpers::{Served, ifs_guide_command, read, spawn_app};
@@ -45,6 +45,22 @@ async fn a_dialogue_then_all_of_them_are_erased_over_http() {
     let bobs = app.all_messages(&bob, theirs["dialogue_id"].as_str().unwrap()).await;
     assert_eq!(bobs.len(), 2, "another person's dialogue is untouched");
     app.stop().await.assert_check_clean(1, 2);
+}
+
+/// How many items `dialogue` has in `table`, by a consistent count.
+async fn items(store: &DynamoStore, table: &str, dialogue: DialogueId) -> i32 {
+    store
+        .client()
+        .query()
+        .table_name(table)
+        .key_condition_expression("pk = :pk")
+        .expression_attribute_values(":pk", AttributeValue::S(format!("DLG#{dialogue}")))
+        .consistent_read(true)
+        .select(aws_sdk_dynamodb::types::Select::Count)
+        .send()
+        .await
+        .unwrap()
+        .count()
 }
 
 /// `ifs-guide check` against `table` on DynamoDB Local, with more flags.
@@ -277,4 +293,105 @@ async fn wrong_passwords_for_a_deletion_are_throttled_with_logins() {
         "one count for both"
     );
     assert_eq!(app.get("/api/v1/me", Some(&carol)).await.0, StatusCode::OK, "nothing was deleted");
+}
+
+/// An account's erasure killed midway (SIGKILL while its dialogues are being deleted on
+/// DynamoDB Local) is finished by asking again: the account still logs in, the second
+/// `DELETE /api/v1/me` erases the rest, and nothing of it is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_erasure_killed_midway_is_finished_by_asking_again() {
+    let endpoint = DynamoDbLocal::shared().endpoint();
+    let table = unique_table();
+    let store = DynamoStore::connect(&table, Some(&endpoint)).await;
+    store.create_table().await.unwrap();
+    let env =
+        [("STORE", "dynamodb"), ("DYNAMODB_ENDPOINT", endpoint.as_str()), ("TABLE_NAME", table.as_str())];
+    let credentials = serde_json::json!({"email": "ada@example.com", "password": "a long password"});
+    let client = reqwest::Client::new();
+    let url = |served: &Served, path: &str| format!("{}{path}", served.address);
+    let login = async |served: &Served| {
+        let response = client.post(url(served, "/api/v1/login")).json(&credentials).send().await.unwrap();
+        let (status, body) = read(response).await;
+        (status, body["access_token"].as_str().map(str::to_owned))
+    };
+    let said = |text: String| NewMessage {
+        id: ifs_domain::MessageId::generate(),
+        role: Role::User,
+        content: MessageText::parse(text).unwrap(),
+        created_at: chrono::Utc::now(),
+        meta: None,
+    };
+
+    let mut served = Served::start(&env).await;
+    client.post(url(&served, "/api/v1/signup")).json(&credentials).send().await.unwrap();
+    let token = login(&served).await.1.unwrap();
+    let (_, me) =
+        read(client.get(url(&served, "/api/v1/me")).bearer_auth(&token).send().await.unwrap()).await;
+    let owner = UserId::parse(me["id"].as_str().unwrap()).unwrap();
+    let mut dialogues = Vec::new();
+    for size in [300, 300, 300] {
+        let dialogue = store.start_dialogue(owner, said("message 1".into())).await.unwrap().dialogue_id;
+        for i in 2..=size {
+            store.append_message(owner, dialogue, said(format!("message {i}"))).await.unwrap();
+        }
+        dialogues.push(dialogue);
+    }
+    let erase = client
+        .delete(url(&served, "/api/v1/me"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"password": "a long password"}))
+        .send();
+    let erasing = tokio::spawn(erase);
+    // Killed once every dialogue is hidden and their purge (900 items) has begun.
+    loop {
+        let mut left = 0;
+        for dialogue in &dialogues {
+            left += items(&store, &table, *dialogue).await;
+        }
+        let hidden = store.dialogues(owner, Limit::new_clamped(10, 10), None).await.unwrap().items.is_empty();
+        if hidden && left < 900 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+    assert!(erasing.await.unwrap().is_err(), "the answer never came");
+    assert!(
+        store.user_by_id(owner).await.unwrap().is_some(),
+        "killed before the end: the account is still there"
+    );
+    let mut left = 0;
+    for dialogue in &dialogues {
+        left += items(&store, &table, *dialogue).await;
+    }
+    eprintln!("killed with {left} of the 900 items left");
+    assert!(left > 0, "the erasure had finished its dialogues before the kill");
+
+    let data_dir = served.stop();
+    let served = Served::start_in(data_dir, &env).await;
+    let (status, token) = login(&served).await;
+    assert_eq!(status, StatusCode::OK, "the account can log in to ask again");
+    let token = token.unwrap();
+    let (_, listed_now) =
+        read(client.get(url(&served, "/api/v1/dialogues")).bearer_auth(&token).send().await.unwrap()).await;
+    assert_eq!(listed_now["dialogues"], serde_json::json!([]), "what was hidden stays hidden");
+    let again = client
+        .delete(url(&served, "/api/v1/me"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"password": "a long password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NO_CONTENT);
+    assert_eq!(login(&served).await.0, StatusCode::UNAUTHORIZED);
+    let (code, printed) = check(&endpoint, &table, &[]);
+    assert_eq!(
+        (code, printed.trim_end()),
+        (
+            0,
+            format!("checked 0 dialogues, 0 messages in dynamodb table {table} at {endpoint}: no findings")
+                .as_str()
+        )
+    );
 }
