@@ -76,7 +76,8 @@ macro_rules! conformance_suite {
             a_fork_of_a_long_dialogue_is_whole,
             a_fork_racing_ten_appends_copies_exactly_its_part,
             a_regenerated_reply_keeps_its_earlier_versions,
-            a_regeneration_racing_ten_appends_lands_first_or_is_refused
+            a_regeneration_racing_ten_appends_lands_first_or_is_refused,
+            an_erased_account_leaves_nothing_even_with_ten_appends_racing
         );
     };
     (@cases $make:path; $($case:ident),*) => {
@@ -991,4 +992,70 @@ pub async fn a_regeneration_racing_ten_appends_lands_first_or_is_refused(stores:
         Err(other) => panic!("a regeneration racing appends failed otherwise: {other:?}"),
     }
     assert_audit_clean(&stores, 1, 12).await;
+}
+
+pub async fn an_erased_account_leaves_nothing_even_with_ten_appends_racing(stores: Stores) {
+    let (ada, bob) = (user("ada"), user("bob"));
+    for person in [&ada, &bob] {
+        stores.users.create_user(person).await.unwrap();
+    }
+    let session = |user_id: UserId| Session {
+        id: SessionId::generate(),
+        user_id,
+        created_at: at(0),
+        expires_at: at(3600),
+    };
+    let (first, second, bobs) = (session(ada.id), session(ada.id), session(bob.id));
+    for s in [&first, &second, &bobs] {
+        stores.sessions.create_session(s).await.unwrap();
+    }
+    let minute = Duration::from_secs(60);
+    let theirs = [dialogue_of(&stores, ada.id, 3, 0).await, dialogue_of(&stores, ada.id, 2, 10).await];
+    let kept = dialogue_of(&stores, bob.id, 2, 20).await;
+    stores.counters.hit(Counter::LoginAttempts(&ada.email), at(1), minute).await.unwrap();
+    stores.counters.hit(Counter::DialogueTurns(ada.id), at(1), minute).await.unwrap();
+    stores.counters.add(Counter::TokensToday(ada.id), 500, at(1), at(86_400)).await.unwrap();
+    assert!(stores.counters.lease(Counter::TurnsInFlight(ada.id), "turn", at(1), minute, 1).await.unwrap());
+
+    let appends: Vec<_> = (0..10)
+        .map(|i| {
+            let dialogues = Arc::clone(&stores.dialogues);
+            let message = said(Role::User, &format!("racer {i}"), at(30 + i));
+            tokio::spawn(async move { dialogues.append_message(ada.id, theirs[0], message).await })
+        })
+        .collect();
+    crate::erase_account(
+        stores.users.as_ref(),
+        stores.sessions.as_ref(),
+        stores.dialogues.as_ref(),
+        stores.counters.as_ref(),
+        &ada,
+    )
+    .await
+    .unwrap();
+    for append in appends {
+        match append.await.unwrap() {
+            Ok(_) | Err(StoreError::NotFound) => {}
+            Err(other) => panic!("an append racing an erasure failed otherwise: {other:?}"),
+        }
+    }
+
+    assert_eq!(stores.users.user_by_id(ada.id).await.unwrap(), None);
+    assert_eq!(stores.users.user_by_email(&ada.email).await.unwrap(), None);
+    for s in [&first, &second] {
+        assert_eq!(stores.sessions.session(s.id, at(2)).await.unwrap(), None);
+    }
+    for dialogue in theirs {
+        assert_gone(&stores, ada.id, dialogue).await;
+    }
+    assert_eq!(stores.counters.peek(Counter::TokensToday(ada.id), at(2)).await.unwrap(), None);
+    assert_eq!(stores.counters.hit(Counter::LoginAttempts(&ada.email), at(2), minute).await.unwrap().hits, 1);
+    assert_eq!(stores.counters.hit(Counter::DialogueTurns(ada.id), at(2), minute).await.unwrap().hits, 1);
+    assert!(stores.counters.lease(Counter::TurnsInFlight(ada.id), "other", at(2), minute, 1).await.unwrap());
+
+    // Another person keeps everything; the email is free again.
+    assert_eq!(stores.sessions.session(bobs.id, at(2)).await.unwrap(), Some(bobs));
+    assert_eq!(whole(&stores, bob.id, kept).await.len(), 2);
+    stores.users.create_user(&user("ada")).await.unwrap();
+    assert_audit_clean(&stores, 1, 2).await;
 }

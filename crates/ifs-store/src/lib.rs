@@ -284,6 +284,33 @@ pub trait Counters: Send + Sync + std::fmt::Debug + 'static {
     async fn release(&self, counter: Counter<'_>, holder: &str) -> StoreResult<()>;
 }
 
+/// Erases everything the stores hold of `user`, in an order that leaves a failure resumable:
+/// every session first, so that no token of theirs writes anything more; every dialogue (a
+/// deletion resumable itself); every counter; the user and their email last, so that until then
+/// they can log in and ask again, which finishes the rest. Then the dialogues once more: a turn
+/// that passed its token check just before the sessions went may have started one since.
+pub async fn erase_account(
+    users: &dyn UserStore,
+    sessions: &dyn SessionStore,
+    dialogues: &dyn DialogueStore,
+    counters: &dyn Counters,
+    user: &UserRecord,
+) -> StoreResult<()> {
+    sessions.revoke_user_sessions(user.id).await?;
+    dialogues.delete_dialogues(user.id).await?;
+    for counter in [
+        Counter::LoginAttempts(&user.email),
+        Counter::DialogueTurns(user.id),
+        Counter::TurnsInFlight(user.id),
+        Counter::TokensToday(user.id),
+    ] {
+        counters.reset(counter).await?;
+    }
+    users.delete_user(user).await?;
+    dialogues.delete_dialogues(user.id).await?;
+    Ok(())
+}
+
 /// Stores that must delete expired sessions and counter windows themselves (Redis and DynamoDB
 /// expire items on their own and need no sweep).
 #[async_trait]

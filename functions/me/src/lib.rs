@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use ifs_api::{ApiError, AuthUser, Route};
 use ifs_auth::{Authenticator, PasswordHasher, Throttle};
 use ifs_domain::{Clock, Email, Password, Timestamp, UserId};
-use ifs_store::{Counter, Counters, DialogueStore, SessionStore, StoreError, UserRecord, UserStore};
+use ifs_store::{Counter, Counters, DialogueStore, SessionStore, UserStore};
 use serde::{Deserialize, Serialize};
 
 /// What `/me` needs: the authenticator, and every store that holds something of a user.
@@ -203,29 +203,16 @@ async fn delete_account(
             "the password is wrong; nothing was deleted",
         ));
     }
-    erase(&state, &user).await?;
+    ifs_store::erase_account(
+        state.users.as_ref(),
+        state.sessions.as_ref(),
+        state.dialogues.as_ref(),
+        state.counters.as_ref(),
+        &user,
+    )
+    .await?;
     tracing::info!(user_id = %user.id, "account deleted");
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Erases everything of `user` in an order that leaves a failure resumable: the sessions first,
-/// so that no token of theirs writes anything more; the dialogues (resumable themselves); the
-/// counters; the user and email last, so that until then they can log in and ask again.
-async fn erase(state: &MeState, user: &UserRecord) -> Result<(), StoreError> {
-    state.sessions.revoke_user_sessions(user.id).await?;
-    state.dialogues.delete_dialogues(user.id).await?;
-    for counter in [
-        Counter::LoginAttempts(&user.email),
-        Counter::DialogueTurns(user.id),
-        Counter::TurnsInFlight(user.id),
-    ] {
-        state.counters.reset(counter).await?;
-    }
-    state.users.delete_user(user).await?;
-    // A turn that had passed its authentication before the sessions went may have started a
-    // dialogue since.
-    state.dialogues.delete_dialogues(user.id).await?;
-    Ok(())
 }
 
 #[cfg(test)]

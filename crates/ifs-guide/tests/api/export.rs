@@ -6,7 +6,7 @@ use ifs_store::{DialogueStore as _, EmbeddedStore};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{Served, spawn_app};
+use crate::helpers::{Served, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn a_dialogue_and_the_whole_account_download_with_every_message() {
@@ -160,4 +160,35 @@ async fn the_account_export_streams_in_flat_memory() {
     // ~256 KiB of text) and a chunk in flight, whatever the document's size.
     assert!(document_kb > 15_000, "the document is {document_kb} KiB");
     assert!(grown_kb < 12 * 1024, "peak memory grew by {grown_kb} KiB for a {document_kb} KiB export");
+}
+
+/// An account exported while ten turns continue one of its dialogues: the document is whole
+/// and valid, and the dialogue in it is a valid list from its first message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_racing_ten_turns_is_a_whole_document_of_valid_lists() {
+    let app = spawn_app_with(&["--dialogue-concurrent-turns", "10"]).await;
+    let ada = app.user("ada@example.com").await;
+    let (_, first) = app.say(&ada, "The first", None).await;
+    let dialogue = first["dialogue_id"].as_str().unwrap().to_owned();
+    let turns: Vec<_> = (0..10)
+        .map(|i| {
+            let (client, url, token, dialogue) =
+                (app.client.clone(), app.url("/api/v1/dialogue"), ada.clone(), dialogue.clone());
+            tokio::spawn(async move {
+                let body = serde_json::json!({"message": format!("racer {i}"), "dialogue_id": dialogue});
+                client.post(url).bearer_auth(token).json(&body).send().await.unwrap().status()
+            })
+        })
+        .collect();
+    let response = app.client.get(app.url("/api/v1/me/export")).bearer_auth(&ada).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let account: Value = response.json().await.unwrap();
+    for turn in turns {
+        assert_eq!(turn.await.unwrap(), StatusCode::OK);
+    }
+    let messages = account["dialogues"][0]["messages"].as_array().unwrap();
+    let seqs: Vec<u64> = messages.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "a prefix of the list, in order");
+    assert!(seqs.len() >= 2 && seqs.len() <= 22, "{} messages", seqs.len());
+    app.stop().await.assert_check_clean(1, 22);
 }
