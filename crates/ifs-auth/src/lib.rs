@@ -94,4 +94,18 @@ impl Authenticator {
         }
         Ok(Principal { user_id, session_id, session_expires_at: session.expires_at })
     }
+
+    /// Checks again that `principal`'s session has not ended since it was authenticated: for
+    /// a write that must not outlive a logout or an account's erasure that happened meanwhile.
+    pub async fn confirm(&self, principal: &Principal) -> Result<(), AuthError> {
+        let session =
+            self.sessions.session(principal.session_id, self.clock.now()).await.map_err(|e| match e {
+                StoreError::Unavailable(cause) => AuthError::Unavailable(cause),
+                other => AuthError::Unexpected(anyhow::Error::new(other).context("looking up a session")),
+            })?;
+        match session {
+            Some(session) if session.user_id == principal.user_id => Ok(()),
+            _ => Err(AuthError::SessionGone),
+        }
+    }
 }

@@ -366,7 +366,7 @@ async fn dialogue(
 ) -> Result<Response, ApiError> {
     let turn = Turn::parse(request, &state.settings)?;
     let stream = turn.stream || accepts_event_stream(&headers);
-    let (asked, lease) = store_and_ask(&state, principal.user_id, turn).await?;
+    let (asked, lease) = store_and_ask(&state, &principal, turn).await?;
     if stream {
         let status = asked.status;
         return Ok((status, Sse::new(streamed(state, asked, lease))).into_response());
@@ -378,9 +378,10 @@ async fn dialogue(
 /// refusal comes before the message is stored.
 async fn store_and_ask(
     state: &DialogueState,
-    owner: ifs_domain::UserId,
+    principal: &ifs_auth::Principal,
     turn: Turn,
 ) -> Result<(Asked, TurnLease), ApiError> {
+    let owner = principal.user_id;
     let now = state.clock.now();
     let turns = state.counters.hit(Counter::DialogueTurns(owner), now, RATE_WINDOW).await?;
     if turns.hits > state.settings.turns_per_minute {
@@ -399,7 +400,11 @@ async fn store_and_ask(
         (Ask::Say(text), dialogue) => {
             let new = NewMessage { id, role: Role::User, content: text, created_at: now, meta: None };
             let (message, status) = match dialogue {
-                None => (state.dialogues.start_dialogue(owner, new).await?, StatusCode::CREATED),
+                None => {
+                    let started = state.dialogues.start_dialogue(owner, new).await?;
+                    outlives_no_session(state, principal, started.dialogue_id).await?;
+                    (started, StatusCode::CREATED)
+                }
                 Some(id) => (state.dialogues.append_message(owner, id, new).await?, StatusCode::OK),
             };
             let window = memory_window(message.seq - 1, state.settings.memory_messages);
@@ -424,6 +429,21 @@ async fn store_and_ask(
         ..ChatRequest::default()
     };
     Ok((Asked { owner, message, request, status, regenerates }, lease))
+}
+
+/// Takes back a dialogue just started if the caller's session ended meanwhile: an erasure of
+/// the account (or a logout) that came between the token's check and the start has already
+/// swept the caller's dialogues, and this one must not be left behind it.
+async fn outlives_no_session(
+    state: &DialogueState,
+    principal: &ifs_auth::Principal,
+    started: DialogueId,
+) -> Result<(), ApiError> {
+    let Err(gone) = state.auth.confirm(principal).await else { return Ok(()) };
+    match state.dialogues.delete_dialogue(principal.user_id, started).await {
+        Ok(()) | Err(ifs_store::StoreError::NotFound) => Err(gone.into()),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// What regenerating asks the agent about: the user's last message and the memory before it,
@@ -1334,6 +1354,51 @@ mod tests {
 
         world.clock.advance(chrono::Duration::seconds(30));
         assert_eq!(call(app, turn(&ada)).await.0, StatusCode::BAD_GATEWAY, "a new minute, a new allowance");
+    }
+
+    #[tokio::test]
+    async fn a_dialogue_started_after_its_session_ended_is_taken_back() {
+        let world = World::new();
+        let (ada, token) = world.signed_in("ada").await;
+        let state = DialogueState {
+            auth: world.authenticator(),
+            dialogues: world.backends.dialogues.clone(),
+            counters: world.backends.counters.clone(),
+            agent: Arc::new(ScriptedAgent::default()),
+            settings: Arc::new(DialogueSettings {
+                system_prompt: "Be kind.".into(),
+                memory_messages: 4,
+                model: "m".into(),
+                agent_timeout: Duration::from_secs(5),
+                turns_per_minute: 100,
+                max_tokens_limit: ifs_api::openai::MAX_TOKENS_LIMIT,
+                concurrent_turns: 2,
+                daily_token_limit: 0,
+            }),
+            clock: world.clock.clone(),
+        };
+        let principal = state.auth.authenticate(&token).await.unwrap();
+        let first = NewMessage {
+            id: MessageId::generate(),
+            role: Role::User,
+            content: MessageText::parse("hello".into()).unwrap(),
+            created_at: world.clock.now(),
+            meta: None,
+        };
+        let started = state.dialogues.start_dialogue(ada, first).await.unwrap().dialogue_id;
+        outlives_no_session(&state, &principal, started).await.unwrap();
+        assert_eq!(
+            state.dialogues.dialogue(ada, started).await.unwrap().message_count,
+            1,
+            "a live session keeps it"
+        );
+
+        // The account's erasure (or a logout) ends the session between the check and the start.
+        world.backends.sessions.revoke_user_sessions(ada).await.unwrap();
+        let refused = outlives_no_session(&state, &principal, started).await.unwrap_err();
+        assert_eq!(refused.into_response().status(), StatusCode::UNAUTHORIZED);
+        let gone = state.dialogues.dialogue(ada, started).await;
+        assert!(matches!(gone, Err(ifs_store::StoreError::NotFound)), "{gone:?}");
     }
 
     #[tokio::test]

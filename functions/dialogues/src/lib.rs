@@ -312,14 +312,22 @@ async fn delete_all(
 )]
 async fn fork(
     AuthUser(principal): AuthUser,
-    State(store): State<Arc<dyn DialogueStore>>,
+    State(state): State<DialoguesState>,
     Path(dialogue_id): Path<String>,
     Json(request): Json<ForkRequest>,
 ) -> Result<(StatusCode, axum::Json<DialogueView>), ApiError> {
     let dialogue = DialogueId::parse(&dialogue_id).map_err(|e| ApiError::invalid_field("dialogue_id", e))?;
     let through =
         MessageId::parse(&request.message_id).map_err(|e| ApiError::invalid_field("message_id", e))?;
-    let summary = store.fork_dialogue(principal.user_id, dialogue, through).await?;
+    let summary = state.dialogues.fork_dialogue(principal.user_id, dialogue, through).await?;
+    // A new dialogue must not outlive an erasure of the account that ended the session while it
+    // was being written: that erasure has already swept the caller's dialogues.
+    if let Err(gone) = state.auth.confirm(&principal).await {
+        return match state.dialogues.delete_dialogue(principal.user_id, summary.id).await {
+            Ok(()) | Err(ifs_store::StoreError::NotFound) => Err(gone.into()),
+            Err(error) => Err(error.into()),
+        };
+    }
     Ok((StatusCode::CREATED, axum::Json(DialogueView::from(summary))))
 }
 
