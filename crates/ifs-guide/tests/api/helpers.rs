@@ -184,10 +184,21 @@ impl Backing {
         if let Some((endpoint, table)) = &self.dynamodb {
             command.args(["--store", "dynamodb", "--dynamodb-endpoint", endpoint, "--table-name", table]);
         }
-        let output = command.output().expect("ifs-guide check runs");
-        let printed =
-            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        (output.status.code().unwrap_or(-1), printed)
+        // The stopped app's last store work (a write handed to the blocking pool just before the
+        // shutdown) may hold the embedded file for a moment after the server task ends.
+        for _ in 0..50 {
+            let output = command.output().expect("ifs-guide check runs");
+            let printed = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            if !printed.contains("Cannot acquire lock") {
+                return (output.status.code().unwrap_or(-1), printed);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the embedded store stayed locked for 5 s after the app stopped")
     }
 
     /// `ifs-guide check` finds `dialogues` dialogues of `messages` messages, all of them valid.
