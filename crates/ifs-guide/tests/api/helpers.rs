@@ -184,17 +184,20 @@ impl Backing {
         if let Some((endpoint, table)) = &self.dynamodb {
             command.args(["--store", "dynamodb", "--dynamodb-endpoint", endpoint, "--table-name", table]);
         }
-        // The stopped app's last store work (a write handed to the blocking pool just before the
-        // shutdown) may hold the embedded file for a moment after the server task ends.
+        let output = command.output().expect("ifs-guide check runs");
+        let printed =
+            format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.code().unwrap_or(-1), printed)
+    }
+
+    /// [`check`](Self::check) once the app that used this backing has let go of it: its last
+    /// store work (a write handed to the blocking pool just before the shutdown) may hold the
+    /// embedded file for a moment after the server task ends.
+    pub fn check_stopped(&self) -> (i32, String) {
         for _ in 0..50 {
-            let output = command.output().expect("ifs-guide check runs");
-            let printed = format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
+            let (code, printed) = self.check();
             if !printed.contains("Cannot acquire lock") {
-                return (output.status.code().unwrap_or(-1), printed);
+                return (code, printed);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -203,7 +206,7 @@ impl Backing {
 
     /// `ifs-guide check` finds `dialogues` dialogues of `messages` messages, all of them valid.
     pub fn assert_check_clean(&self, dialogues: u64, messages: u64) {
-        let (code, printed) = self.check();
+        let (code, printed) = self.check_stopped();
         assert_eq!(code, 0, "{printed}");
         let expected = format!(
             "checked {dialogues} dialogue{}, {messages} messages in ",
