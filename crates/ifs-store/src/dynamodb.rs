@@ -293,6 +293,20 @@ where
     if transient { StoreError::Unavailable(cause) } else { StoreError::Unexpected(cause) }
 }
 
+/// Maps the failure of a conditional write on an item the caller must own: its condition
+/// refusing means the item is not there for them ([`StoreError::NotFound`]); the rest as
+/// [`failure`] does.
+fn unless_refused<E, R>(what: &str, error: &SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match error.as_service_error().and_then(ProvideErrorMetadata::code) {
+        Some("ConditionalCheckFailedException") => StoreError::NotFound,
+        _ => failure(what, error),
+    }
+}
+
 /// Counts every call this store makes, for tests that hold it to a constant number.
 #[derive(Debug)]
 struct CountCalls(Arc<AtomicU64>);
@@ -866,12 +880,7 @@ impl DialogueStore for DynamoStore {
             .await;
         match updated {
             Ok(output) => Ok(summary_from(output.attributes().context("the renamed head")?)?),
-            Err(error)
-                if error.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::NotFound)
-            }
-            Err(error) => Err(failure("renaming a dialogue", &error)),
+            Err(error) => Err(unless_refused("renaming a dialogue", &error)),
         }
     }
 
@@ -1015,12 +1024,7 @@ impl DynamoStore {
             .await;
         match hidden {
             Ok(_) => Ok(()),
-            Err(error)
-                if error.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::NotFound)
-            }
-            Err(error) => Err(failure("hiding a dialogue to delete it", &error)),
+            Err(error) => Err(unless_refused("hiding a dialogue to delete it", &error)),
         }
     }
 
@@ -1234,12 +1238,7 @@ impl DynamoStore {
             .await;
         match shown {
             Ok(_) => Ok(summary),
-            Err(error)
-                if error.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::NotFound)
-            }
-            Err(error) => Err(failure("showing a fork", &error)),
+            Err(error) => Err(unless_refused("showing a fork", &error)),
         }
     }
 

@@ -321,6 +321,25 @@ fn read_message(
     Ok(decode_message(bytes.value())?)
 }
 
+/// The message of `dialogue` whose id is `id`, found by walking the dialogue from its head.
+fn find_message(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    dialogue: DialogueId,
+    id: MessageId,
+) -> StoreResult<Message> {
+    let range = table
+        .range(message_key(dialogue, 1).as_slice()..=message_key(dialogue, u64::MAX).as_slice())
+        .context("scanning messages")?;
+    for entry in range {
+        let (_, value) = entry.context("scanning messages")?;
+        let message = decode_message(value.value())?.message;
+        if message.id == id {
+            return Ok(message);
+        }
+    }
+    Err(StoreError::NotFound)
+}
+
 /// Collects up to `limit` messages of a key range, plus whether more followed.
 fn take_page(
     range: impl Iterator<
@@ -530,7 +549,7 @@ impl DialogueStore for EmbeddedStore {
                 return Err(RegenerateRefusal::NotLastReply.into());
             }
             let tail = if summary.message_count == 1 {
-                head
+                head.clone()
             } else {
                 read_message(&messages, dialogue, summary.message_count)?.message
             };
@@ -552,7 +571,6 @@ impl DialogueStore for EmbeddedStore {
                     encode_message(&stored).as_slice(),
                 )
                 .context("writing the new version")?;
-            let (head, _) = owned_head(&messages, owner, dialogue)?;
             let head_stored = StoredMessage { message: head, summary: Some(summary.clone()) };
             messages
                 .insert(message_key(dialogue, 1).as_slice(), encode_message(&head_stored).as_slice())
@@ -574,19 +592,7 @@ impl DialogueStore for EmbeddedStore {
         self.read(move |txn| {
             let messages = txn.open_table(MESSAGES).context("opening messages")?;
             owned_head(&messages, owner, dialogue)?;
-            let range = messages
-                .range(message_key(dialogue, 1).as_slice()..=message_key(dialogue, u64::MAX).as_slice())
-                .context("scanning messages")?;
-            let mut current = None;
-            for entry in range {
-                let (_, value) = entry.context("scanning messages")?;
-                let stored = decode_message(value.value())?.message;
-                if stored.id == message {
-                    current = Some(stored);
-                    break;
-                }
-            }
-            let current = current.ok_or(StoreError::NotFound)?;
+            let current = find_message(&messages, dialogue, message)?;
             let versions = txn.open_table(VERSIONS).context("opening reply_versions")?;
             let (first, last) =
                 (version_key(dialogue, current.seq, 0), version_key(dialogue, current.seq, u32::MAX));
@@ -635,45 +641,33 @@ impl DialogueStore for EmbeddedStore {
         dialogue: DialogueId,
         through: MessageId,
     ) -> StoreResult<DialogueSummary> {
-        // One write transaction: the fork appears whole or not at all. The original is read
-        // twice, a message at a time, so that memory stays bounded however long the fork.
+        // One write transaction: the fork appears whole or not at all. The original is read a
+        // message at a time, so that memory stays bounded however long the fork; the head, which
+        // carries the summary of every copy, is written last.
         self.write(move |txn| {
             let mut messages = txn.open_table(MESSAGES).context("opening messages")?;
-            let (_, original) = owned_head(&messages, owner, dialogue)?;
-            let (mut found, mut latest) = (None, original.created_at);
-            let range = messages
-                .range(message_key(dialogue, 1).as_slice()..=message_key(dialogue, u64::MAX).as_slice())
-                .context("scanning messages")?;
-            for entry in range {
-                let (_, value) = entry.context("scanning messages")?;
-                let message = decode_message(value.value())?.message;
-                latest = latest.max(message.created_at);
-                if message.id == through {
-                    found = Some(message.seq);
-                    break;
-                }
-            }
-            let count = found.ok_or(StoreError::NotFound)?;
+            let (original_head, original) = owned_head(&messages, owner, dialogue)?;
+            let count = find_message(&messages, dialogue, through)?.seq;
             if count > FORK_MAX_MESSAGES {
                 return Err(StoreError::ForkTooLong);
             }
             let fork = Fork::new(ForkOrigin { dialogue_id: dialogue, message_id: through }, count);
-            let head = fork.copy(&read_message(&messages, dialogue, 1)?.message);
-            let summary = fork.summary(owner, original.title, &head, latest);
-            for seq in 1..=count {
-                let copy = if seq == 1 {
-                    StoredMessage { message: head.clone(), summary: Some(summary.clone()) }
-                } else {
-                    StoredMessage {
-                        message: fork.copy(&read_message(&messages, dialogue, seq)?.message),
-                        summary: None,
-                    }
-                };
+            let head = fork.copy(&original_head);
+            let mut latest = head.created_at;
+            for seq in 2..=count {
+                let copy = fork.copy(&read_message(&messages, dialogue, seq)?.message);
+                latest = latest.max(copy.created_at);
                 let key = message_key(fork.dialogue_id(), seq);
+                let stored = StoredMessage { message: copy, summary: None };
                 messages
-                    .insert(key.as_slice(), encode_message(&copy).as_slice())
+                    .insert(key.as_slice(), encode_message(&stored).as_slice())
                     .context("writing a copy")?;
             }
+            let summary = fork.summary(owner, original.title, &head, latest);
+            let stored = StoredMessage { message: head, summary: Some(summary.clone()) };
+            messages
+                .insert(message_key(fork.dialogue_id(), 1).as_slice(), encode_message(&stored).as_slice())
+                .context("writing the fork's head")?;
             let mut index = txn.open_table(DIALOGUES_BY_OWNER).context("opening dialogues_by_owner")?;
             index.insert(summary_key(&summary).as_slice(), [].as_slice()).context("indexing the fork")?;
             Ok(summary)
