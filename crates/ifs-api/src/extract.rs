@@ -40,3 +40,20 @@ where
         Ok(Self(principal))
     }
 }
+
+/// Takes back a dialogue `principal` just started (a first message, a fork) if their session
+/// ended meanwhile: an erasure of the account (or a logout) that came between the token's check
+/// and the start has already swept their dialogues, and this one must not be left behind it.
+/// Answers 401 then, as the request would have been answered a moment later.
+pub async fn keep_if_signed_in(
+    auth: &Authenticator,
+    dialogues: &dyn ifs_store::DialogueStore,
+    principal: &Principal,
+    started: ifs_domain::DialogueId,
+) -> Result<(), ApiError> {
+    let Err(gone) = auth.confirm(principal).await else { return Ok(()) };
+    match dialogues.delete_dialogue(principal.user_id, started).await {
+        Ok(()) | Err(ifs_store::StoreError::NotFound) => Err(gone.into()),
+        Err(error) => Err(error.into()),
+    }
+}

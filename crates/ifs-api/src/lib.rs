@@ -21,5 +21,5 @@ pub mod testing;
 pub mod views;
 
 pub use error::ApiError;
-pub use extract::{AuthUser, Json};
+pub use extract::{AuthUser, Json, keep_if_signed_in};
 pub use route::Route;

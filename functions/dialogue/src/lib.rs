@@ -402,7 +402,13 @@ async fn store_and_ask(
             let (message, status) = match dialogue {
                 None => {
                     let started = state.dialogues.start_dialogue(owner, new).await?;
-                    outlives_no_session(state, principal, started.dialogue_id).await?;
+                    ifs_api::keep_if_signed_in(
+                        &state.auth,
+                        state.dialogues.as_ref(),
+                        principal,
+                        started.dialogue_id,
+                    )
+                    .await?;
                     (started, StatusCode::CREATED)
                 }
                 Some(id) => (state.dialogues.append_message(owner, id, new).await?, StatusCode::OK),
@@ -429,21 +435,6 @@ async fn store_and_ask(
         ..ChatRequest::default()
     };
     Ok((Asked { owner, message, request, status, regenerates }, lease))
-}
-
-/// Takes back a dialogue just started if the caller's session ended meanwhile: an erasure of
-/// the account (or a logout) that came between the token's check and the start has already
-/// swept the caller's dialogues, and this one must not be left behind it.
-async fn outlives_no_session(
-    state: &DialogueState,
-    principal: &ifs_auth::Principal,
-    started: DialogueId,
-) -> Result<(), ApiError> {
-    let Err(gone) = state.auth.confirm(principal).await else { return Ok(()) };
-    match state.dialogues.delete_dialogue(principal.user_id, started).await {
-        Ok(()) | Err(ifs_store::StoreError::NotFound) => Err(gone.into()),
-        Err(error) => Err(error.into()),
-    }
 }
 
 /// What regenerating asks the agent about: the user's last message and the memory before it,
@@ -1046,44 +1037,39 @@ mod tests {
         turns_per_minute: u32,
         concurrent_turns: u32,
     ) -> Router {
-        router(DialogueState {
-            auth: world.authenticator(),
-            dialogues: world.backends.dialogues.clone(),
-            counters: world.backends.counters.clone(),
-            agent,
-            settings: Arc::new(DialogueSettings {
-                system_prompt: "Be kind.".into(),
-                memory_messages: memory,
-                model: "m".into(),
-                agent_timeout: Duration::from_secs(5),
-                turns_per_minute,
-                max_tokens_limit: ifs_api::openai::MAX_TOKENS_LIMIT,
-                concurrent_turns,
-                daily_token_limit: 0,
-            }),
-            clock: world.clock.clone(),
-        })
+        let settings =
+            DialogueSettings { memory_messages: memory, turns_per_minute, concurrent_turns, ..settings() };
+        router(state_with(world, agent, settings))
     }
 
     /// The app with a daily budget of `tokens` agent tokens a user.
     fn app_with_quota(world: &World, agent: Arc<dyn Agent>, tokens: u32) -> Router {
-        router(DialogueState {
+        router(state_with(world, agent, DialogueSettings { daily_token_limit: tokens, ..settings() }))
+    }
+
+    /// What the tests' turns are answered with unless they say otherwise.
+    fn settings() -> DialogueSettings {
+        DialogueSettings {
+            system_prompt: "Be kind.".into(),
+            memory_messages: 4,
+            model: "m".into(),
+            agent_timeout: Duration::from_secs(5),
+            turns_per_minute: 100,
+            max_tokens_limit: ifs_api::openai::MAX_TOKENS_LIMIT,
+            concurrent_turns: 2,
+            daily_token_limit: 0,
+        }
+    }
+
+    fn state_with(world: &World, agent: Arc<dyn Agent>, settings: DialogueSettings) -> DialogueState {
+        DialogueState {
             auth: world.authenticator(),
             dialogues: world.backends.dialogues.clone(),
             counters: world.backends.counters.clone(),
             agent,
-            settings: Arc::new(DialogueSettings {
-                system_prompt: "Be kind.".into(),
-                memory_messages: 4,
-                model: "m".into(),
-                agent_timeout: Duration::from_secs(5),
-                turns_per_minute: 100,
-                max_tokens_limit: ifs_api::openai::MAX_TOKENS_LIMIT,
-                concurrent_turns: 2,
-                daily_token_limit: tokens,
-            }),
+            settings: Arc::new(settings),
             clock: world.clock.clone(),
-        })
+        }
     }
 
     #[tokio::test]
@@ -1091,23 +1077,16 @@ mod tests {
         let world = World::new();
         let (ada, _) = world.signed_in("ada").await;
         // Leases of 80 ms (twice the agent's timeout), renewed after a quarter of that.
-        let state = DialogueState {
-            auth: world.authenticator(),
-            dialogues: world.backends.dialogues.clone(),
-            counters: world.backends.counters.clone(),
-            agent: Arc::new(ScriptedAgent::default()),
-            settings: Arc::new(DialogueSettings {
-                system_prompt: "Be kind.".into(),
-                memory_messages: 4,
-                model: "m".into(),
+        let state = state_with(
+            &world,
+            Arc::new(ScriptedAgent::default()),
+            DialogueSettings {
                 agent_timeout: Duration::from_millis(40),
                 turns_per_minute: 120,
-                max_tokens_limit: ifs_api::openai::MAX_TOKENS_LIMIT,
                 concurrent_turns: 1,
-                daily_token_limit: 0,
-            }),
-            clock: world.clock.clone(),
-        };
+                ..settings()
+            },
+        );
         let mut long = TurnLease::take(&state, ada, MessageId::generate()).await.unwrap();
         world.clock.advance(chrono::Duration::milliseconds(60));
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -1360,23 +1339,7 @@ mod tests {
     async fn a_dialogue_started_after_its_session_ended_is_taken_back() {
         let world = World::new();
         let (ada, token) = world.signed_in("ada").await;
-        let state = DialogueState {
-            auth: world.authenticator(),
-            dialogues: world.backends.dialogues.clone(),
-            counters: world.backends.counters.clone(),
-            agent: Arc::new(ScriptedAgent::default()),
-            settings: Arc::new(DialogueSettings {
-                system_prompt: "Be kind.".into(),
-                memory_messages: 4,
-                model: "m".into(),
-                agent_timeout: Duration::from_secs(5),
-                turns_per_minute: 100,
-                max_tokens_limit: ifs_api::openai::MAX_TOKENS_LIMIT,
-                concurrent_turns: 2,
-                daily_token_limit: 0,
-            }),
-            clock: world.clock.clone(),
-        };
+        let state = state_with(&world, Arc::new(ScriptedAgent::default()), settings());
         let principal = state.auth.authenticate(&token).await.unwrap();
         let first = NewMessage {
             id: MessageId::generate(),
@@ -1386,7 +1349,7 @@ mod tests {
             meta: None,
         };
         let started = state.dialogues.start_dialogue(ada, first).await.unwrap().dialogue_id;
-        outlives_no_session(&state, &principal, started).await.unwrap();
+        ifs_api::keep_if_signed_in(&state.auth, state.dialogues.as_ref(), &principal, started).await.unwrap();
         assert_eq!(
             state.dialogues.dialogue(ada, started).await.unwrap().message_count,
             1,
@@ -1395,7 +1358,9 @@ mod tests {
 
         // The account's erasure (or a logout) ends the session between the check and the start.
         world.backends.sessions.revoke_user_sessions(ada).await.unwrap();
-        let refused = outlives_no_session(&state, &principal, started).await.unwrap_err();
+        let refused = ifs_api::keep_if_signed_in(&state.auth, state.dialogues.as_ref(), &principal, started)
+            .await
+            .unwrap_err();
         assert_eq!(refused.into_response().status(), StatusCode::UNAUTHORIZED);
         let gone = state.dialogues.dialogue(ada, started).await;
         assert!(matches!(gone, Err(ifs_store::StoreError::NotFound)), "{gone:?}");

@@ -320,14 +320,7 @@ async fn fork(
     let through =
         MessageId::parse(&request.message_id).map_err(|e| ApiError::invalid_field("message_id", e))?;
     let summary = state.dialogues.fork_dialogue(principal.user_id, dialogue, through).await?;
-    // A new dialogue must not outlive an erasure of the account that ended the session while it
-    // was being written: that erasure has already swept the caller's dialogues.
-    if let Err(gone) = state.auth.confirm(&principal).await {
-        return match state.dialogues.delete_dialogue(principal.user_id, summary.id).await {
-            Ok(()) | Err(ifs_store::StoreError::NotFound) => Err(gone.into()),
-            Err(error) => Err(error.into()),
-        };
-    }
+    ifs_api::keep_if_signed_in(&state.auth, state.dialogues.as_ref(), &principal, summary.id).await?;
     Ok((StatusCode::CREATED, axum::Json(DialogueView::from(summary))))
 }
 
