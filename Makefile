@@ -21,7 +21,7 @@ BINARIES := $(CARGO) build --workspace --bins --examples --locked
 TEST := $(CARGO) test --workspace --locked --tests
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 
-.PHONY: help run agent services test lint deps model dynamodb-local bench-agent check-deploy lambda-build sam-build sam-build-zips lambda-local test-lambda bench-cold-start agent-build bench-api soak test-contract openapi
+.PHONY: help run agent services test lint eval-safety deps model dynamodb-local bench-agent check-deploy lambda-build sam-build sam-build-zips lambda-local test-lambda bench-cold-start agent-build bench-api soak test-contract openapi
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,13 @@ test-contract: deps model ## schemathesis against `ifs-guide serve` and the agen
 	$(BINARIES)
 	$(VENV)/python infra/contract.py $(VENV)/schemathesis "$(TARGET_DIR)/debug/ifs-guide" \
 	  "$(TARGET_DIR)/debug/examples/bench_peers" "$(TARGET_DIR)/debug/agent" $(MODEL)
+
+eval-safety: ## Screen eval/safety (development set, then held out) with the built-in list: recall, precision, false positives per language
+	$(BINARIES)
+	"$(TARGET_DIR)/debug/examples/eval_safety" eval/safety; [ $$? -le 1 ]
+	@echo
+	@echo "== held out (never tuned on)"
+	"$(TARGET_DIR)/debug/examples/eval_safety" eval/safety/holdout; [ $$? -le 1 ]
 
 openapi: ## Regenerate openapi.json from the code (a test fails while it is out of date)
 	$(BINARIES)

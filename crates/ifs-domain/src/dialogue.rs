@@ -118,6 +118,9 @@ pub struct ReplyMeta {
     /// Which version of the reply this is, from 2 once it was regenerated; absent on a first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
+    /// On a reply that carries crisis resources: what the safety screening decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety: Option<crate::SafetyNote>,
 }
 
 impl ReplyMeta {

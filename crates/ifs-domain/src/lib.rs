@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod dialogue;
 pub mod id;
 pub mod page;
+pub mod safety;
 pub mod text;
 
 pub use audit::{AuditReport, Finding, StoredDialogue, StoredLink, audit};
@@ -19,6 +20,7 @@ pub use dialogue::{
 };
 pub use id::{DialogueId, IdError, MessageId, SessionId, UserId};
 pub use page::{CursorError, DialogueCursor, Limit, LimitError, MessageCursor, PAGE_BYTES, Page, PageFill};
+pub use safety::{SafetyLevel, SafetyNote};
 
 /// A point in time as the domain sees it: UTC, millisecond precision.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;

@@ -195,6 +195,7 @@ async fn records_earlier_versions_wrote_as_json_still_serve() {
             usage: Some(Usage::of(12, 3)),
             truncated_messages: Some(1),
             version: None,
+            safety: None,
         }),
         ..head.clone()
     };

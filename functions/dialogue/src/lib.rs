@@ -523,6 +523,7 @@ async fn store_reply(
             usage: finished.usage,
             truncated_messages: finished.truncated_messages.filter(|n| *n > 0),
             version: None,
+            safety: None,
         }),
     };
     // Spent whether or not the reply can still be stored.

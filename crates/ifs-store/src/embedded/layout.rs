@@ -10,8 +10,8 @@
 
 use anyhow::{Context as _, bail};
 use ifs_domain::{
-    DialogueId, DialogueSummary, ForkOrigin, Message, MessageId, ReplyMeta, Role, SessionId, Timestamp,
-    Usage, UserId,
+    DialogueId, DialogueSummary, ForkOrigin, Message, MessageId, ReplyMeta, Role, SafetyLevel, SafetyNote,
+    SessionId, Timestamp, Usage, UserId,
 };
 
 use super::StoredMessage;
@@ -24,6 +24,9 @@ const MESSAGE_V1: u8 = 1;
 const MESSAGE_V2: u8 = 2;
 /// V2 and, at the end of a reply's meta, its version (optional).
 const MESSAGE_V3: u8 = 3;
+/// V3 and, at the end of a reply's meta, its safety note (optional: level 0–2, then the country,
+/// optional).
+const MESSAGE_V4: u8 = 4;
 
 /// A session's 57 bytes: version, session id, user id, created, expires.
 pub(super) const SESSION_LEN: usize = 1 + 16 + 16 + 12 + 12;
@@ -53,11 +56,11 @@ pub(super) fn decode_session(bytes: &[u8]) -> anyhow::Result<Session> {
 /// content; the reply's meta (optional: model, finish reason, usage's three optional counts,
 /// truncated count, each optional); the dialogue's summary on a head (optional: owner, title,
 /// created, updated, message count, tail id — its dialogue id is the message's — and, from V2,
-/// the fork's origin); from V3 the meta ends with the reply's version.
+/// the fork's origin); from V3 the meta ends with the reply's version, from V4 then its safety note.
 pub(super) fn encode_message(stored: &StoredMessage) -> Vec<u8> {
     let StoredMessage { message, summary } = stored;
     let mut out = Writer(Vec::with_capacity(128 + message.content.len()));
-    out.u8(MESSAGE_V3);
+    out.u8(MESSAGE_V4);
     out.id(message.id.as_bytes());
     out.id(message.dialogue_id.as_bytes());
     out.u64(message.seq);
@@ -79,6 +82,14 @@ pub(super) fn encode_message(stored: &StoredMessage) -> Vec<u8> {
         });
         out.option(meta.truncated_messages, Writer::u32);
         out.option(meta.version, Writer::u32);
+        out.option(meta.safety.as_ref(), |out, note| {
+            out.u8(match note.level {
+                SafetyLevel::None => 0,
+                SafetyLevel::Elevated => 1,
+                SafetyLevel::Crisis => 2,
+            });
+            out.option(note.country.as_deref(), Writer::str);
+        });
     });
     out.option(summary.as_ref(), |out, summary| {
         out.id(summary.owner.as_bytes());
@@ -99,7 +110,8 @@ pub(super) fn decode_message(bytes: &[u8]) -> anyhow::Result<StoredMessage> {
     match bytes.first() {
         Some(&MESSAGE_V1) => decode(bytes, MESSAGE_V1, "message", |input| message_from(input, MESSAGE_V1)),
         Some(&MESSAGE_V2) => decode(bytes, MESSAGE_V2, "message", |input| message_from(input, MESSAGE_V2)),
-        _ => decode(bytes, MESSAGE_V3, "message", |input| message_from(input, MESSAGE_V3)),
+        Some(&MESSAGE_V3) => decode(bytes, MESSAGE_V3, "message", |input| message_from(input, MESSAGE_V3)),
+        _ => decode(bytes, MESSAGE_V4, "message", |input| message_from(input, MESSAGE_V4)),
     }
 }
 
@@ -129,6 +141,19 @@ fn message_from(input: &mut Reader<'_>, version: u8) -> anyhow::Result<StoredMes
             })?,
             truncated_messages: input.option(Reader::u32)?,
             version: if version >= MESSAGE_V3 { input.option(Reader::u32)? } else { None },
+            safety: if version >= MESSAGE_V4 {
+                input.option(|input| {
+                    let level = match input.u8()? {
+                        0 => SafetyLevel::None,
+                        1 => SafetyLevel::Elevated,
+                        2 => SafetyLevel::Crisis,
+                        other => bail!("a stored safety level {other}"),
+                    };
+                    Ok(SafetyNote { level, country: input.option(Reader::string)? })
+                })?
+            } else {
+                None
+            },
         })
     })?;
     let summary = input.option(|input| {
@@ -314,6 +339,7 @@ mod tests {
                 proptest::option::of(proptest::array::uniform3(proptest::option::of(any::<u32>()))),
                 proptest::option::of(any::<u32>()),
                 proptest::option::of(any::<u32>()),
+                proptest::option::of((0_usize..3, proptest::option::of("[A-Z]{2}"))),
             )),
             summary in proptest::option::of((id(), ".{0,20}", instant(), instant(), any::<u64>(), id())),
             fork in proptest::option::of((id(), id())),
@@ -329,7 +355,7 @@ mod tests {
                     created_at,
                     prev_id: prev.map(MessageId::from_bytes),
                     next_id: next.map(MessageId::from_bytes),
-                    meta: meta.map(|(model, finish_reason, usage, truncated_messages, version)| ReplyMeta {
+                    meta: meta.map(|(model, finish_reason, usage, truncated_messages, version, safety)| ReplyMeta {
                         model,
                         finish_reason,
                         usage: usage.map(|[prompt_tokens, completion_tokens, total_tokens]| Usage {
@@ -337,6 +363,7 @@ mod tests {
                         }),
                         truncated_messages,
                         version,
+                        safety: safety.map(|(level, country)| SafetyNote { level: SafetyLevel::ALL[level], country }),
                     }),
                 },
                 summary: summary.map(|(owner, title, created_at, updated_at, message_count, tail)| {
@@ -436,6 +463,34 @@ mod tests {
         assert_eq!(decode_message(&v1).unwrap(), stored);
         v1.push(0);
         assert!(decode_message(&v1).is_err(), "a version 1 record has no fork");
+    }
+
+    #[test]
+    fn replies_written_before_safety_notes_existed_still_read() {
+        let reply = StoredMessage {
+            message: Message {
+                id: MessageId::generate(),
+                dialogue_id: DialogueId::from_bytes([7; 16]),
+                seq: 2,
+                role: Role::Assistant,
+                content: "hello".into(),
+                created_at: chrono::DateTime::from_timestamp(1_795_000_000, 0).unwrap(),
+                prev_id: Some(MessageId::generate()),
+                next_id: None,
+                meta: Some(ReplyMeta { version: Some(2), ..ReplyMeta::default() }),
+            },
+            summary: None,
+        };
+        // Version 3 is version 4 without the safety note's presence byte, just before the
+        // summary's presence byte at the end.
+        let mut v3 = encode_message(&reply);
+        assert_eq!(v3.remove(v3.len() - 2), 0);
+        v3[0] = MESSAGE_V3;
+        assert_eq!(decode_message(&v3).unwrap(), reply);
+        let mut noted = reply.clone();
+        noted.message.meta.as_mut().unwrap().safety =
+            Some(SafetyNote { level: SafetyLevel::Crisis, country: Some("DE".into()) });
+        assert_eq!(decode_message(&encode_message(&noted)).unwrap(), noted);
     }
 
     #[test]
