@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use ifs_store::{
-    Counters, DialogueStore, DynamoStore, EmbeddedStore, RedisStore, SessionStore, Sweep, UserStore,
+    Counters, DialogueStore, DynamoStore, EmbeddedStore, RedisStore, SafetyCounts, SessionStore, Sweep,
+    UserStore,
 };
 
 use crate::config::{DynamoConfig, SessionsBackend, StoreBackend, StoreConfig};
@@ -20,6 +21,8 @@ pub struct Backends {
     pub dialogues: Arc<dyn DialogueStore>,
     pub sessions: Arc<dyn SessionStore>,
     pub counters: Arc<dyn Counters>,
+    /// The safety counters, beside the dialogues.
+    pub safety: Arc<dyn SafetyCounts>,
     /// What must be swept of expired sessions and counter windows now and then; `None` where the
     /// backends expire records themselves.
     pub sweeper: Option<Arc<dyn Sweep>>,
@@ -58,6 +61,7 @@ impl Backends {
             dialogues: store.clone(),
             sessions: store.clone(),
             counters: store.clone(),
+            safety: store.clone(),
             sweeper: Some(store),
             description,
         })
@@ -82,16 +86,17 @@ impl Backends {
             None
         };
         let mut described = Vec::new();
-        let (users, dialogues): (Arc<dyn UserStore>, Arc<dyn DialogueStore>) = match (store, &embedded) {
+        type Durable = (Arc<dyn UserStore>, Arc<dyn DialogueStore>, Arc<dyn SafetyCounts>);
+        let (users, dialogues, safety): Durable = match (store, &embedded) {
             (StoreBackend::Embedded, Some(local)) => {
                 described.push(format!("embedded store {} (users, dialogues)", local.path().display()));
-                (local.clone(), local.clone())
+                (local.clone(), local.clone(), local.clone())
             }
             _ => {
                 let dynamo = Arc::new(open_dynamo(&config.dynamodb, check).await?);
                 let place = config.dynamodb.endpoint().unwrap_or_else(|| "AWS".to_owned());
                 described.push(format!("dynamodb table {} at {place} (users, dialogues)", dynamo.table()));
-                (dynamo.clone(), dynamo)
+                (dynamo.clone(), dynamo.clone(), dynamo)
             }
         };
         let mut sweeper: Option<Arc<dyn Sweep>> = None;
@@ -115,7 +120,7 @@ impl Backends {
                 (redis.clone(), redis)
             }
         };
-        Ok(Self { users, dialogues, sessions, counters, sweeper, description: described.join("; ") })
+        Ok(Self { users, dialogues, sessions, counters, safety, sweeper, description: described.join("; ") })
     }
 }
 

@@ -127,6 +127,26 @@ pub struct DialogueConfig {
     pub dialogue_concurrent_turns: u32,
     #[command(flatten)]
     pub quota: QuotaConfig,
+    #[command(flatten)]
+    pub safety: SafetyConfig,
+}
+
+/// The optional safety classifier beside the built-in phrase list (docs/safety.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SafetyConfig {
+    /// Full URL of an OpenAI-compatible chat-completions endpoint serving a guard model (Llama
+    /// Guard 3 under llama-server, for example); unset, the built-in phrase list screens alone.
+    /// It can only raise a turn's level; when it is down the built-in list decides (fail open).
+    #[arg(long, env = "SAFETY_URL")]
+    pub safety_url: Option<Url>,
+    /// Model name sent to SAFETY_URL.
+    #[arg(long, env = "SAFETY_MODEL", default_value = "llama-guard")]
+    pub safety_model: String,
+    /// Milliseconds a screening waits for SAFETY_URL before the built-in list decides alone
+    /// (50 to 10000).
+    #[arg(long, env = "SAFETY_TIMEOUT_MS", default_value_t = 1500,
+          value_parser = clap::value_parser!(u64).range(50..=10_000))]
+    pub safety_timeout_ms: u64,
 }
 
 impl DialogueConfig {

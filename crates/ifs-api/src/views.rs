@@ -119,6 +119,19 @@ pub struct MessageView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 2)]
     pub versions: Option<u32>,
+    /// On a reply given with crisis resources: `finish_reason` "safety" is the fixed crisis reply
+    /// (the agent was not asked, or its reply was replaced); an elevated reply is the agent's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety: Option<SafetyView>,
+}
+
+/// What the safety screening of a turn decided, with the crisis lines given.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SafetyView {
+    pub level: ifs_domain::SafetyLevel,
+    /// The crisis lines of the person's country (from their `Accept-Language`), or the
+    /// international fallback.
+    pub resources: ifs_safety::Resources,
 }
 
 impl MessageView {
@@ -143,6 +156,10 @@ impl From<Message> for MessageView {
             // The current version is always the latest: regenerating adds one at the end.
             version: meta.version.filter(|v| *v > 1),
             versions: meta.version.filter(|v| *v > 1),
+            safety: meta.safety.map(|note| SafetyView {
+                level: note.level,
+                resources: ifs_safety::Directory::built_in().for_country(note.country.as_deref()).clone(),
+            }),
         }
     }
 }

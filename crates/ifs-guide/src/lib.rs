@@ -44,11 +44,14 @@ pub enum Command {
     /// summary that disagrees with its list, and deletions left unfinished (finished with
     /// --repair-deletions); exit 1 if there is a finding, 2 if the store cannot be read.
     Check(CheckArgs),
+    /// Print the safety counters: screened turns by day, level and screener, without anything
+    /// that names a person (docs/safety.md).
+    SafetyReport(SafetyReportArgs),
 }
 
-/// Which store `check` reads.
+/// Which store of users and dialogues a command reads.
 #[derive(Debug, Clone, clap::Args)]
-pub struct CheckArgs {
+pub struct StoreArgs {
     /// The store of users and dialogues: `embedded` (in DATA_DIR) or `dynamodb` (TABLE_NAME).
     #[arg(long, env = "STORE", value_enum, default_value = "embedded")]
     pub store: StoreBackend,
@@ -57,6 +60,23 @@ pub struct CheckArgs {
     pub data_dir: std::path::PathBuf,
     #[command(flatten)]
     pub dynamodb: DynamoConfig,
+}
+
+/// What `safety-report` reads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SafetyReportArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The first day (UTC, YYYY-MM-DD) to report; 30 days ago unless given.
+    #[arg(long)]
+    pub since: Option<chrono::NaiveDate>,
+}
+
+/// Which store `check` reads.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// First finish every deletion that was interrupted (a dialogue hidden, its messages not
     /// all deleted yet); without it they are only reported.
     #[arg(long)]
@@ -192,6 +212,8 @@ pub async fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) 
             dialogues: backends.dialogues.clone(),
             counters: backends.counters.clone(),
             agent,
+            screener: ifs_dialogue::screener(&args.dialogue.safety)?,
+            safety_counts: backends.safety.clone(),
             settings: Arc::new(ifs_dialogue::DialogueSettings::new(
                 &args.dialogue,
                 args.agent.agent_max_tokens_limit,
@@ -228,14 +250,40 @@ pub async fn create_table(config: &DynamoConfig) -> anyhow::Result<String> {
 /// Audits every dialogue of the store `args` names, after finishing interrupted deletions if
 /// asked to. The store must exist: `check` never creates one.
 pub async fn check(args: &CheckArgs) -> anyhow::Result<Checked> {
-    let (store, described): (Arc<dyn Audit>, String) = match args.store {
+    let opened = open_existing(&args.store).await?;
+    let finished = if args.repair_deletions { opened.audit.finish_deletions().await? } else { 0 };
+    Ok(Checked { store: opened.described, finished, report: opened.audit.audit().await? })
+}
+
+/// The safety counters from `args.since` (30 days ago by default) on, and where they were read.
+pub async fn safety_report(
+    args: &SafetyReportArgs,
+) -> anyhow::Result<(String, chrono::NaiveDate, Vec<ifs_store::SafetyCount>)> {
+    let since = args.since.unwrap_or_else(|| (chrono::Utc::now() - chrono::Duration::days(30)).date_naive());
+    let opened = open_existing(&args.store).await?;
+    Ok((opened.described, since, opened.safety.screenings(since).await?))
+}
+
+/// The store of users and dialogues, which must exist, as the maintenance commands read it.
+struct Opened {
+    audit: Arc<dyn Audit>,
+    safety: Arc<dyn ifs_store::SafetyCounts>,
+    described: String,
+}
+
+async fn open_existing(args: &StoreArgs) -> anyhow::Result<Opened> {
+    Ok(match args.store {
         StoreBackend::Embedded => {
             let path = args.data_dir.join(ifs_api::backends::EMBEDDED_FILE);
             anyhow::ensure!(path.is_file(), "no embedded store at {} (DATA_DIR)", path.display());
-            let store = ifs_store::EmbeddedStore::open(&path).with_context(|| {
+            let store = Arc::new(ifs_store::EmbeddedStore::open(&path).with_context(|| {
                 "redb lets one process open a store: stop `ifs-guide serve` on it first".to_owned()
-            })?;
-            (Arc::new(store), format!("embedded store {}", path.display()))
+            })?);
+            Opened {
+                audit: store.clone(),
+                safety: store,
+                described: format!("embedded store {}", path.display()),
+            }
         }
         StoreBackend::Dynamodb => {
             let store = ifs_api::backends::open_dynamo(&args.dynamodb, TableCheck::Trust).await?;
@@ -246,11 +294,10 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<Checked> {
             );
             let place = args.dynamodb.endpoint().unwrap_or_else(|| "AWS".to_owned());
             let described = format!("dynamodb table {} at {place}", store.table());
-            (Arc::new(store), described)
+            let store = Arc::new(store);
+            Opened { audit: store.clone(), safety: store, described }
         }
-    };
-    let finished = if args.repair_deletions { store.finish_deletions().await? } else { 0 };
-    Ok(Checked { store: described, finished, report: store.audit().await? })
+    })
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
                 }
             },
             Command::Check(args) => check(&args).await,
+            Command::SafetyReport(args) => safety_report(&args).await,
             Command::Openapi => {
                 println!("{}", ifs_guide::openapi::json(true));
                 ExitCode::SUCCESS
@@ -111,6 +112,30 @@ async fn check(args: &ifs_guide::CheckArgs) -> ExitCode {
         println!("{checked}: {findings} in {}", count(report.findings.len() as u64, "dialogue"));
         ExitCode::FAILURE
     }
+}
+
+/// Prints the safety counters as a table, one row per day, level and screener, then the totals
+/// by level; the same numbers are logged as `safety_screened` events when they are counted.
+/// Exit 0, or 2 if the store could not be read.
+async fn safety_report(args: &ifs_guide::SafetyReportArgs) -> ExitCode {
+    let (store, since, counts) = match ifs_guide::safety_report(args).await {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("ifs-guide: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("safety screenings since {since} in {store} (no user, dialogue or text is counted)");
+    println!("{:<10}  {:<8}  {:>8}  screener", "day", "level", "turns");
+    let mut totals = std::collections::BTreeMap::new();
+    for row in &counts {
+        println!("{:<10}  {:<8}  {:>8}  {}", row.day, row.level.as_str(), row.count, row.screener);
+        *totals.entry(row.level).or_insert(0) += row.count;
+    }
+    let totals: Vec<String> =
+        ifs_domain::SafetyLevel::ALL.iter().map(|l| format!("{l} {}", totals.get(l).unwrap_or(&0))).collect();
+    println!("total: {}", totals.join(", "));
+    ExitCode::SUCCESS
 }
 
 fn count(n: u64, thing: &str) -> String {

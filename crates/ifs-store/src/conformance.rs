@@ -29,6 +29,8 @@ pub struct Stores {
     pub counters: Arc<dyn Counters>,
     /// Audits the store that holds `dialogues`.
     pub audit: Arc<dyn Audit>,
+    /// The safety counters, kept by the store that holds `dialogues`.
+    pub safety: Arc<dyn crate::SafetyCounts>,
     pub guard: Box<dyn Any + Send + Sync>,
 }
 
@@ -77,7 +79,8 @@ macro_rules! conformance_suite {
             a_fork_racing_ten_appends_copies_exactly_its_part,
             a_regenerated_reply_keeps_its_earlier_versions,
             a_regeneration_racing_ten_appends_lands_first_or_is_refused,
-            an_erased_account_leaves_nothing_even_with_ten_appends_racing
+            an_erased_account_leaves_nothing_even_with_ten_appends_racing,
+            safety_counts_add_up_by_day_level_and_screener_even_in_parallel
         );
     };
     (@cases $make:path; $($case:ident),*) => {
@@ -1058,4 +1061,39 @@ pub async fn an_erased_account_leaves_nothing_even_with_ten_appends_racing(store
     assert_eq!(whole(&stores, bob.id, kept).await.len(), 2);
     stores.users.create_user(&user("ada")).await.unwrap();
     assert_audit_clean(&stores, 1, 2).await;
+}
+
+pub async fn safety_counts_add_up_by_day_level_and_screener_even_in_parallel(stores: Stores) {
+    use ifs_domain::SafetyLevel::{Crisis, Elevated, None as Calm};
+    let day = |d: u32| chrono::NaiveDate::from_ymd_opt(2026, 12, d).unwrap();
+    let safety = stores.safety.clone();
+    let parallel: Vec<_> = (0..10)
+        .map(|_| {
+            let safety = safety.clone();
+            tokio::spawn(async move { safety.count_screening(day(2), Crisis, "builtin-1").await.unwrap() })
+        })
+        .collect();
+    for task in parallel {
+        task.await.unwrap();
+    }
+    safety.count_screening(day(1), Calm, "builtin-1").await.unwrap();
+    safety.count_screening(day(2), Calm, "builtin-1+classifier").await.unwrap();
+    safety.count_screening(day(2), Elevated, "builtin-1").await.unwrap();
+    safety.count_screening(day(3), Calm, "builtin-1").await.unwrap();
+    let since_two = safety.screenings(day(2)).await.unwrap();
+    let seen: Vec<_> = since_two.iter().map(|c| (c.day, c.level, c.screener.as_str(), c.count)).collect();
+    assert_eq!(
+        seen,
+        [
+            (day(2), Calm, "builtin-1+classifier", 1),
+            (day(2), Elevated, "builtin-1", 1),
+            (day(2), Crisis, "builtin-1", 10),
+            (day(3), Calm, "builtin-1", 1),
+        ]
+    );
+    assert_eq!(safety.screenings(day(1)).await.unwrap().len(), 5);
+    assert!(safety.screenings(day(4)).await.unwrap().is_empty());
+    let report = stores.audit.audit().await.unwrap();
+    assert!(report.findings.is_empty(), "counts are not dialogues: {:?}", report.findings);
+    assert_eq!(report.dialogues, 0);
 }

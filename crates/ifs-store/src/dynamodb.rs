@@ -28,7 +28,9 @@ use ifs_domain::{
     ReplyVersion, Role, StoredDialogue, StoredLink, Timestamp, UserId,
 };
 
-use crate::{Audit, DialogueStore, StoreError, StoreResult, UserRecord, UserStore};
+use crate::{
+    Audit, DialogueStore, SafetyCount, SafetyCounts, StoreError, StoreResult, UserRecord, UserStore,
+};
 
 /// The index of heads by owner and last activity, newest first.
 const BY_ACTIVITY: &str = "by_owner_activity";
@@ -55,6 +57,9 @@ const BATCH_ATTEMPTS: u32 = 16;
 const DELETE_PARALLEL: usize = 8;
 
 type Item = HashMap<String, AttributeValue>;
+
+/// The partition of the safety counters (one item per day × level × screener: a few a day).
+const SAFETY_PK: &str = "SAFETY";
 
 fn user_pk(id: UserId) -> String {
     format!("USER#{id}")
@@ -602,6 +607,55 @@ fn backoff(id: MessageId, attempt: u32) -> Duration {
     let ceiling = (2_u64.saturating_pow(attempt.min(10))).min(cap).max(2);
     let noise = u64::from(id.as_bytes()[15]) * 131 + u64::from(attempt) * 7919;
     Duration::from_millis(noise % ceiling)
+}
+
+#[async_trait]
+impl SafetyCounts for DynamoStore {
+    async fn count_screening(
+        &self,
+        day: chrono::NaiveDate,
+        level: ifs_domain::SafetyLevel,
+        screener: &str,
+    ) -> StoreResult<()> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(SAFETY_PK.to_owned(), crate::safety_key(day, level, screener))))
+            .update_expression("ADD #count :one")
+            .expression_attribute_names("#count", "count")
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await
+            .map_err(|e| failure("counting a screening", &e))?;
+        Ok(())
+    }
+
+    async fn screenings(&self, since: chrono::NaiveDate) -> StoreResult<Vec<SafetyCount>> {
+        let mut all = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk >= :since")
+                .expression_attribute_values(":pk", s(SAFETY_PK))
+                .expression_attribute_values(":since", s(since.to_string()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| failure("reading the safety counts", &e))?;
+            for item in output.items() {
+                all.push(crate::safety_count(text(item, "sk")?, number(item, "count")?)?);
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(all)
+    }
 }
 
 #[async_trait]

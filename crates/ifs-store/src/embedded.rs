@@ -22,8 +22,8 @@ use redb::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
-    Audit, Counter, Counters, DialogueStore, Session, SessionStore, StoreError, StoreResult, Sweep, Swept,
-    UserRecord, UserStore, Window,
+    Audit, Counter, Counters, DialogueStore, SafetyCount, SafetyCounts, Session, SessionStore, StoreError,
+    StoreResult, Sweep, Swept, UserRecord, UserStore, Window,
 };
 
 mod layout;
@@ -54,6 +54,10 @@ const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages")
 const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reply_versions");
 /// owner ‖ (u64::MAX − updated ms) ‖ dialogue id → nothing: the owner's dialogues, newest first.
 const DIALOGUES_BY_OWNER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dialogues_by_owner");
+
+/// day | level rank | level | screener → how many turns were screened so (see
+/// [`SafetyCounts`]); a range scan from a day lists every count since.
+const SAFETY_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("safety_counts");
 
 /// A message as kept here: the head of a dialogue also carries the dialogue's summary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +205,7 @@ impl EmbeddedStore {
         txn.open_table(MESSAGES)?;
         txn.open_table(DIALOGUES_BY_OWNER)?;
         txn.open_table(VERSIONS)?;
+        txn.open_table(SAFETY_COUNTS)?;
         txn.commit().context("creating the tables")?;
         Ok(Self { db: Arc::new(db), path: path.to_owned(), users: Arc::default(), leases: Arc::default() })
     }
@@ -402,6 +407,39 @@ fn remove_dialogue(
         .retain_in::<&[u8], _>(first.as_slice()..=last.as_slice(), |_, _| false)
         .context("deleting versions")?;
     Ok(())
+}
+
+#[async_trait]
+impl SafetyCounts for EmbeddedStore {
+    async fn count_screening(
+        &self,
+        day: chrono::NaiveDate,
+        level: ifs_domain::SafetyLevel,
+        screener: &str,
+    ) -> StoreResult<()> {
+        let key = crate::safety_key(day, level, screener);
+        self.write(move |txn| {
+            let mut counts = txn.open_table(SAFETY_COUNTS).context("opening safety_counts")?;
+            let now = counts.get(key.as_str()).context("reading a safety count")?.map_or(0, |v| v.value());
+            counts.insert(key.as_str(), now.saturating_add(1)).context("writing a safety count")?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn screenings(&self, since: chrono::NaiveDate) -> StoreResult<Vec<SafetyCount>> {
+        let from = since.to_string();
+        self.read_everything(move |txn| {
+            let counts = txn.open_table(SAFETY_COUNTS).context("opening safety_counts")?;
+            let mut all = Vec::new();
+            for entry in counts.range::<&str>(from.as_str()..).context("reading safety_counts")? {
+                let (key, count) = entry.context("reading a safety count")?;
+                all.push(crate::safety_count(key.value(), count.value())?);
+            }
+            Ok(all)
+        })
+        .await
+    }
 }
 
 #[async_trait]

@@ -284,6 +284,50 @@ pub trait Counters: Send + Sync + std::fmt::Debug + 'static {
     async fn release(&self, counter: Counter<'_>, holder: &str) -> StoreResult<()>;
 }
 
+/// One count of screened turns: a day (UTC), a level, and the screener with its version —
+/// nothing about who or what (docs/safety.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SafetyCount {
+    pub day: chrono::NaiveDate,
+    pub level: ifs_domain::SafetyLevel,
+    pub screener: String,
+    pub count: u64,
+}
+
+/// The safety counters: how many turns were screened at each level, by day and screener. Kept
+/// with the dialogues (a durable store), never with anything that names a person.
+#[async_trait]
+pub trait SafetyCounts: Send + Sync + std::fmt::Debug + 'static {
+    /// Counts one screening. Atomic: n parallel counts add n.
+    async fn count_screening(
+        &self,
+        day: chrono::NaiveDate,
+        level: ifs_domain::SafetyLevel,
+        screener: &str,
+    ) -> StoreResult<()>;
+
+    /// Every count from `since` on, by day, then level, then screener.
+    async fn screenings(&self, since: chrono::NaiveDate) -> StoreResult<Vec<SafetyCount>>;
+}
+
+/// The key of a safety count, in the order counts are listed: day, level rank, level, screener.
+/// Screener names are what the screeners call themselves (no `|`), never anything a person wrote.
+fn safety_key(day: chrono::NaiveDate, level: ifs_domain::SafetyLevel, screener: &str) -> String {
+    let rank = ifs_domain::SafetyLevel::ALL.iter().position(|l| *l == level).unwrap_or(0);
+    format!("{day}|{rank}|{level}|{screener}")
+}
+
+/// The count a [`safety_key`] names.
+fn safety_count(key: &str, count: u64) -> anyhow::Result<SafetyCount> {
+    use anyhow::Context as _;
+    let mut parts = key.splitn(4, '|');
+    let day = parts.next().and_then(|d| d.parse().ok()).context("a safety count without a day")?;
+    let level =
+        parts.nth(1).and_then(ifs_domain::SafetyLevel::parse).context("a safety count without a level")?;
+    let screener = parts.next().context("a safety count without a screener")?.to_owned();
+    Ok(SafetyCount { day, level, screener, count })
+}
+
 /// Erases everything the stores hold of `user`, in an order that leaves a failure resumable:
 /// every session first, so that no token of theirs writes anything more; every dialogue (a
 /// deletion resumable itself); every counter; the user and their email last, so that until then

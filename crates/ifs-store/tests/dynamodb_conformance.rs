@@ -27,6 +27,7 @@ async fn aws_like() -> Stores {
     Stores {
         users: dynamo.clone(),
         dialogues: dynamo.clone(),
+        safety: dynamo.clone(),
         audit: dynamo,
         sessions: redis.clone(),
         counters: redis,

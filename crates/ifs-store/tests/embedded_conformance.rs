@@ -13,6 +13,7 @@ async fn embedded() -> Stores {
         dialogues: store.clone(),
         sessions: store.clone(),
         counters: store.clone(),
+        safety: store.clone(),
         audit: store,
         guard: Box::new(dir),
     }

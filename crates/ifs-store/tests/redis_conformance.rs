@@ -17,6 +17,7 @@ async fn redis() -> Stores {
     Stores {
         users: embedded.clone(),
         dialogues: embedded.clone(),
+        safety: embedded.clone(),
         audit: embedded,
         sessions: redis.clone(),
         counters: redis,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 mod admit;
 pub mod lambda_agent;
+pub mod safety;
 
 use std::convert::Infallible;
 
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::admit::TurnLease;
+use crate::safety::{Decision, Locale};
 
 /// Largest request body of this route. A message may hold [`MESSAGE_MAX`] characters however
 /// JSON escapes them, and the longest escape is 12 bytes (`\ud83e\udd80`, a surrogate pair):
@@ -89,8 +91,29 @@ pub struct DialogueState {
     pub dialogues: Arc<dyn DialogueStore>,
     pub counters: Arc<dyn Counters>,
     pub agent: Arc<dyn Agent>,
+    /// Screens every turn before the agent is asked, and every reply before it is given.
+    pub screener: Arc<dyn ifs_safety::Screener>,
+    /// Where every screening is counted, by day, level and screener, without identifiers.
+    pub safety_counts: Arc<dyn ifs_store::SafetyCounts>,
     pub settings: Arc<DialogueSettings>,
     pub clock: Arc<dyn Clock>,
+}
+
+/// The screener `config` asks for: the built-in phrase list, and the classifier at SAFETY_URL if
+/// one is set.
+///
+/// # Errors
+/// A SAFETY_URL that is not http(s).
+pub fn screener(config: &ifs_api::config::SafetyConfig) -> anyhow::Result<Arc<dyn ifs_safety::Screener>> {
+    let classifier = config
+        .safety_url
+        .as_ref()
+        .map(|url| {
+            let timeout = Duration::from_millis(config.safety_timeout_ms);
+            ifs_safety::Classifier::new(url.as_str(), &config.safety_model, timeout)
+        })
+        .transpose()?;
+    Ok(Arc::new(ifs_safety::Combined { built_in: ifs_safety::BuiltIn::default(), classifier }))
 }
 
 /// The one route of this function.
@@ -317,6 +340,8 @@ struct Asked {
     status: StatusCode,
     /// The reply being regenerated, which the new one replaces; none for a new message.
     regenerates: Option<MessageId>,
+    /// What screening the turn decided; at crisis the agent is not asked.
+    safety: Decision,
 }
 
 /// Sends a message and answers with the agent's reply, both stored. Without `dialogue_id` a new
@@ -366,7 +391,8 @@ async fn dialogue(
 ) -> Result<Response, ApiError> {
     let turn = Turn::parse(request, &state.settings)?;
     let stream = turn.stream || accepts_event_stream(&headers);
-    let (asked, lease) = store_and_ask(&state, &principal, turn).await?;
+    let locale = Locale::of(&headers);
+    let (asked, lease) = store_and_ask(&state, &principal, turn, &locale).await?;
     if stream {
         let status = asked.status;
         return Ok((status, Sse::new(streamed(state, asked, lease))).into_response());
@@ -374,12 +400,14 @@ async fn dialogue(
     buffered(&state, asked, lease).await.map(IntoResponse::into_response)
 }
 
-/// Checks the turn limits, stores the user's message and builds the agent's request. Every
-/// refusal comes before the message is stored.
+/// Checks the turn limits, stores the user's message, screens it and builds the agent's request.
+/// Every refusal comes before the message is stored. A message screened as a crisis is taken
+/// whatever the daily quota and however busy the agent: it will not be asked.
 async fn store_and_ask(
     state: &DialogueState,
     principal: &ifs_auth::Principal,
     turn: Turn,
+    locale: &Locale,
 ) -> Result<(Asked, TurnLease), ApiError> {
     let owner = principal.user_id;
     let now = state.clock.now();
@@ -392,10 +420,19 @@ async fn store_and_ask(
         )
         .retry_after(turns.seconds_left(now)));
     }
-    within_quota(state, owner, now).await?;
+    let said = match &turn.ask {
+        Ask::Say(text) => Some(safety::screen_text(state, text.as_str()).await),
+        Ask::Regenerate(_) => None,
+    };
+    let crisis = said.as_ref().is_some_and(|s| s.level == ifs_domain::SafetyLevel::Crisis);
+    if !crisis {
+        within_quota(state, owner, now).await?;
+    }
     let id = MessageId::generate();
     let lease = TurnLease::take(state, owner, id).await?;
-    state.agent.admits().map_err(|error| busy(&error))?;
+    if !crisis {
+        state.agent.admits().map_err(|error| busy(&error))?;
+    }
     let (message, memory, status, regenerates) = match (turn.ask, turn.dialogue) {
         (Ask::Say(text), dialogue) => {
             let new = NewMessage { id, role: Role::User, content: text, created_at: now, meta: None };
@@ -413,7 +450,7 @@ async fn store_and_ask(
                 }
                 Some(id) => (state.dialogues.append_message(owner, id, new).await?, StatusCode::OK),
             };
-            let window = memory_window(message.seq - 1, state.settings.memory_messages);
+            let window = recall(message.seq - 1, state.settings.memory_messages);
             let memory =
                 state.dialogues.messages_before(owner, message.dialogue_id, message.seq, window).await?;
             (message, memory, status, None)
@@ -426,15 +463,34 @@ async fn store_and_ask(
             return Err(ApiError::invalid_field("dialogue_id", "is required to regenerate a reply"));
         }
     };
+    let screening = match said {
+        Some(screening) => screening,
+        None => safety::screen_text(state, &message.content).await,
+    };
+    let safety = safety::decide(state, screening, &memory, locale).await;
+    let memory = &memory
+        [memory.len().saturating_sub(memory_window(message.seq - 1, state.settings.memory_messages))..];
+    let mut messages = prompt(&state.settings, memory, &message);
+    if safety.level == ifs_domain::SafetyLevel::Elevated {
+        let instruction = ifs_safety::Directory::built_in().elevated_instruction();
+        messages[0].content = format!("{}\n\n{instruction}", messages[0].content);
+    }
     let request = ChatRequest {
         model: Some(state.settings.model.clone()),
-        messages: prompt(&state.settings, &memory, &message),
+        messages,
         max_tokens: turn.max_tokens,
         temperature: turn.temperature,
         user: Some(agent_user(owner)),
         ..ChatRequest::default()
     };
-    Ok((Asked { owner, message, request, status, regenerates }, lease))
+    Ok((Asked { owner, message, request, status, regenerates, safety }, lease))
+}
+
+/// How many of the `before` messages before a turn's to read: its memory, and at least those a
+/// crisis is carried over (the prompt takes only the memory).
+fn recall(before: u64, memory_messages: usize) -> usize {
+    let carry = usize::try_from(before).unwrap_or(usize::MAX).min(safety::CARRY_MESSAGES);
+    memory_window(before, memory_messages).max(carry)
 }
 
 /// What regenerating asks the agent about: the user's last message and the memory before it,
@@ -450,7 +506,7 @@ async fn last_exchange(
     if meant.is_some_and(|reply| reply != summary.tail_id) {
         return Err(ifs_store::StoreError::from(ifs_domain::RegenerateRefusal::NotLastReply).into());
     }
-    let window = memory_window(summary.message_count.saturating_sub(2), state.settings.memory_messages);
+    let window = recall(summary.message_count.saturating_sub(2), state.settings.memory_messages);
     let mut last =
         state.dialogues.messages_before(owner, dialogue, summary.message_count + 1, window + 2).await?;
     let no_reply = || ApiError::from(ifs_store::StoreError::from(ifs_domain::RegenerateRefusal::NoReply));
@@ -502,12 +558,13 @@ async fn count_tokens(state: &DialogueState, owner: ifs_domain::UserId, usage: O
     }
 }
 
-/// Appends the agent's reply after the user's message.
+/// Appends the agent's reply after the user's message, with the safety note it carries.
 async fn store_reply(
     state: &DialogueState,
     asked: &Asked,
     content: &str,
     finished: Finished,
+    safety: Option<ifs_domain::SafetyNote>,
 ) -> Result<Message, ApiError> {
     let text = MessageText::parse(fit(content).to_owned())
         .map_err(|_| agent_failed(&AgentError::Unavailable("the reply was empty".into()), &asked.message))?;
@@ -523,7 +580,7 @@ async fn store_reply(
             usage: finished.usage,
             truncated_messages: finished.truncated_messages.filter(|n| *n > 0),
             version: None,
-            safety: None,
+            safety,
         }),
     };
     // Spent whether or not the reply can still be stored.
@@ -541,17 +598,29 @@ async fn buffered(
     asked: Asked,
     lease: TurnLease,
 ) -> Result<impl IntoResponse + use<>, ApiError> {
-    let timeout = state.settings.agent_timeout;
-    let answer = tokio::time::timeout(timeout, state.agent.complete(asked.request.clone()))
-        .await
-        .unwrap_or(Err(AgentError::Timeout(timeout)))
-        .map_err(|e| agent_failed(&e, &asked.message))?;
-    let choice = answer.choices.into_iter().next();
-    let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
-    let content = choice.and_then(|c| c.message.content).unwrap_or_default();
-    let truncated_messages = ifs_api::agent::truncated_messages(answer.ifs.as_ref());
-    let finished = Finished { finish_reason, model: answer.model, usage: answer.usage, truncated_messages };
-    let reply = store_reply(state, &asked, &content, finished).await?;
+    let (content, finished, note) = if asked.safety.level == ifs_domain::SafetyLevel::Crisis {
+        crisis_reply(&asked.safety)
+    } else {
+        let timeout = state.settings.agent_timeout;
+        let answer = tokio::time::timeout(timeout, state.agent.complete(asked.request.clone()))
+            .await
+            .unwrap_or(Err(AgentError::Timeout(timeout)))
+            .map_err(|e| agent_failed(&e, &asked.message))?;
+        let choice = answer.choices.into_iter().next();
+        let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
+        let content = choice.and_then(|c| c.message.content).unwrap_or_default();
+        let truncated_messages = ifs_api::agent::truncated_messages(answer.ifs.as_ref());
+        let finished =
+            Finished { finish_reason, model: answer.model, usage: answer.usage, truncated_messages };
+        if safety::reply_is_unsafe(state, &asked.safety, &asked.message.content, &content).await {
+            // The tokens were spent all the same.
+            count_tokens(state, asked.owner, finished.usage).await;
+            crisis_reply(&asked.safety)
+        } else {
+            (content, finished, asked.safety.note())
+        }
+    };
+    let reply = store_reply(state, &asked, &content, finished, note).await?;
     lease.release().await;
     let mut message = asked.message;
     // The stored copy of the user's message was read before the reply was linked after it.
@@ -563,9 +632,17 @@ async fn buffered(
     Ok((asked.status, axum::Json(body)))
 }
 
+/// The fixed crisis reply, as it is stored: `finish_reason` "safety", no model, no usage.
+fn crisis_reply(decision: &Decision) -> (String, Finished, Option<ifs_domain::SafetyNote>) {
+    let finished = Finished { finish_reason: Some("safety".into()), ..Finished::default() };
+    (decision.crisis_reply(), finished, Some(decision.crisis_note()))
+}
+
 /// How a streamed reply ended, for what is stored.
 enum Ending {
     Finished(Finished),
+    /// The reply crossed into what must not be given: it was cut, and is replaced.
+    Unsafe,
     /// The client went away: the generation was stopped.
     Cancelled,
     /// The agent failed before or during the reply.
@@ -601,18 +678,54 @@ fn streamed(
     let (events, receiver) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let _ = events.send(named("message", &StreamedMessage::from(asked.message.clone())));
-        let (text, ending) = converse(&state, &asked, &mut lease, &events).await;
+        let mut holdback = safety::Holdback::default();
+        let (text, ending) = if asked.safety.level == ifs_domain::SafetyLevel::Crisis {
+            // The agent is not asked: the fixed reply goes out as one piece.
+            let (text, finished, _) = crisis_reply(&asked.safety);
+            let _ = events.send(named("delta", &serde_json::json!({ "content": text })));
+            (text, Ending::Finished(finished))
+        } else {
+            converse(&state, &asked, &mut lease, &events, &mut holdback).await
+        };
+        let fixed = matches!(&ending, Ending::Finished(f) if f.finish_reason.as_deref() == Some("safety"));
+        let unsafe_reply = if matches!(ending, Ending::Unsafe) {
+            safety::replaced(&state, &asked.safety).await;
+            true
+        } else {
+            // The pieces were screened as they came; the whole reply is screened once more, by
+            // every screener, before what was held back is sent.
+            !fixed
+                && !text.trim().is_empty()
+                && safety::reply_is_unsafe(&state, &asked.safety, &asked.message.content, &text).await
+        };
         let marked = |reason: &str| Finished { finish_reason: Some(reason.into()), ..Finished::default() };
-        let (finished, failure) = match ending {
-            Ending::Finished(finished) => (finished, None),
-            Ending::Cancelled => (marked("cancelled"), None),
-            Ending::Failed(error) => (marked("error"), Some(error)),
+        let (text, finished, failure, note) = if unsafe_reply {
+            // What was held back is never sent; the `reply` event carries the replacement,
+            // which clients show in place of the pieces they got.
+            let (text, finished, note) = crisis_reply(&asked.safety);
+            (text, finished, None, note)
+        } else {
+            for piece in holdback.rest() {
+                let _ = events.send(named("delta", &serde_json::json!({ "content": piece })));
+            }
+            let note = if matches!(&ending, Ending::Finished(f) if f.finish_reason.as_deref() == Some("safety"))
+            {
+                Some(asked.safety.crisis_note())
+            } else {
+                asked.safety.note()
+            };
+            let (finished, failure) = match ending {
+                Ending::Finished(finished) => (finished, None),
+                Ending::Cancelled | Ending::Unsafe => (marked("cancelled"), None),
+                Ending::Failed(error) => (marked("error"), Some(error)),
+            };
+            (text, finished, failure, note)
         };
         let stored = if text.trim().is_empty() && failure.is_some() {
             // Nothing to keep; the user's message stays the tail, as when a whole reply fails.
             None
         } else {
-            Some(store_reply(&state, &asked, &text, finished).await)
+            Some(store_reply(&state, &asked, &text, finished, note).await)
         };
         lease.release().await;
         let event = match (stored, failure) {
@@ -634,6 +747,7 @@ async fn converse(
     asked: &Asked,
     lease: &mut TurnLease,
     events: &mpsc::UnboundedSender<Event>,
+    holdback: &mut safety::Holdback,
 ) -> (String, Ending) {
     let timeout = state.settings.agent_timeout;
     let mut text = String::new();
@@ -664,7 +778,14 @@ async fn converse(
                 let piece = fit_after(characters, &piece);
                 characters += piece.chars().count();
                 text.push_str(piece);
-                if events.send(named("delta", &serde_json::json!({ "content": piece }))).is_err() {
+                // Dropping the agent's stream on the way out stops the generation.
+                let Some(ready) = holdback.push(piece) else { return (text, Ending::Unsafe) };
+                for piece in ready {
+                    if events.send(named("delta", &serde_json::json!({ "content": piece }))).is_err() {
+                        return (text, Ending::Cancelled);
+                    }
+                }
+                if events.is_closed() {
                     return (text, Ending::Cancelled);
                 }
                 if characters >= MESSAGE_MAX {
@@ -678,7 +799,7 @@ async fn converse(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Mutex;
 
     use async_trait::async_trait;
@@ -691,14 +812,14 @@ mod tests {
 
     /// Answers with a fixed reply (or fails), and remembers every request it got.
     #[derive(Debug, Default)]
-    struct ScriptedAgent {
-        fail_with: Option<fn() -> AgentError>,
-        reply: Option<String>,
-        seen: Mutex<Vec<ChatRequest>>,
+    pub(crate) struct ScriptedAgent {
+        pub(crate) fail_with: Option<fn() -> AgentError>,
+        pub(crate) reply: Option<String>,
+        pub(crate) seen: Mutex<Vec<ChatRequest>>,
         /// Streams: after this many words, fail (Some(Ok)) or go silent forever (Some(Err)).
-        stream_breaks: Option<(usize, bool)>,
+        pub(crate) stream_breaks: Option<(usize, bool)>,
         /// Set when a stream handed out is dropped: the generation would stop there.
-        stream_dropped: Arc<std::sync::atomic::AtomicBool>,
+        pub(crate) stream_dropped: Arc<std::sync::atomic::AtomicBool>,
     }
 
     /// Sets its flag when dropped with the stream that owns it.
@@ -772,13 +893,16 @@ mod tests {
         }
     }
 
-    fn stream_request(token: &str, body: serde_json::Value) -> axum::http::Request<axum::body::Body> {
+    pub(crate) fn stream_request(
+        token: &str,
+        body: serde_json::Value,
+    ) -> axum::http::Request<axum::body::Body> {
         let mut request = json_request("POST", "/api/v1/dialogue", Some(token), &body);
         request.headers_mut().insert(header::ACCEPT, "text/event-stream".parse().unwrap());
         request
     }
 
-    fn data(event: &ifs_api::sse::Event) -> serde_json::Value {
+    pub(crate) fn data(event: &ifs_api::sse::Event) -> serde_json::Value {
         serde_json::from_str(&event.data).unwrap()
     }
 
@@ -977,9 +1101,12 @@ mod tests {
     async fn a_client_that_goes_away_mid_stream_stops_the_agent_and_leaves_a_cancelled_reply() {
         let world = World::new();
         let (user, token) = world.signed_in("ada").await;
+        let words: Vec<String> = (1..=30).map(|i| format!("word{i} ")).collect();
+        // The agent goes silent after twenty words: long enough for pieces to pass the holdback.
+        let produced = words[..20].concat();
         let agent = Arc::new(ScriptedAgent {
-            reply: Some("one two three four".into()),
-            stream_breaks: Some((3, false)),
+            reply: Some(words.concat()),
+            stream_breaks: Some((20, false)),
             ..ScriptedAgent::default()
         });
         let dropped = Arc::clone(&agent.stream_dropped);
@@ -1005,7 +1132,7 @@ mod tests {
         assert!(dropped.load(std::sync::atomic::Ordering::SeqCst), "the agent's stream was dropped");
         check_chain(&stored).unwrap();
         assert_eq!(stored.len(), 2, "the partial reply was stored");
-        assert_eq!(stored[1].content, "one two three ");
+        assert_eq!(stored[1].content, produced, "what was produced is kept, held back or not");
         assert_eq!(stored[1].meta.as_ref().unwrap().finish_reason.as_deref(), Some("cancelled"));
         // The next turn continues after it, with it in memory.
         let (status, _) = call(
@@ -1020,10 +1147,10 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::OK);
         let seen = agent.seen.lock().unwrap();
-        assert_eq!(seen.last().unwrap().messages[2].content, "one two three ");
+        assert_eq!(seen.last().unwrap().messages[2].content, produced);
     }
 
-    fn app(world: &World, agent: Arc<ScriptedAgent>, memory: usize) -> Router {
+    pub(crate) fn app(world: &World, agent: Arc<ScriptedAgent>, memory: usize) -> Router {
         app_limited(world, agent, memory, 120)
     }
 
@@ -1049,7 +1176,7 @@ mod tests {
     }
 
     /// What the tests' turns are answered with unless they say otherwise.
-    fn settings() -> DialogueSettings {
+    pub(crate) fn settings() -> DialogueSettings {
         DialogueSettings {
             system_prompt: "Be kind.".into(),
             memory_messages: 4,
@@ -1062,12 +1189,18 @@ mod tests {
         }
     }
 
-    fn state_with(world: &World, agent: Arc<dyn Agent>, settings: DialogueSettings) -> DialogueState {
+    pub(crate) fn state_with(
+        world: &World,
+        agent: Arc<dyn Agent>,
+        settings: DialogueSettings,
+    ) -> DialogueState {
         DialogueState {
             auth: world.authenticator(),
             dialogues: world.backends.dialogues.clone(),
             counters: world.backends.counters.clone(),
             agent,
+            screener: Arc::new(ifs_safety::BuiltIn::default()),
+            safety_counts: world.backends.safety.clone(),
             settings: Arc::new(settings),
             clock: world.clock.clone(),
         }
@@ -1109,7 +1242,7 @@ mod tests {
         long.release().await;
     }
 
-    async fn whole(world: &World, owner: ifs_domain::UserId, id: &str) -> Vec<Message> {
+    pub(crate) async fn whole(world: &World, owner: ifs_domain::UserId, id: &str) -> Vec<Message> {
         let id = DialogueId::parse(id).unwrap();
         world
             .backends

@@ -58,6 +58,8 @@ async fn main() -> Result<(), lambda_http::Error> {
         dialogues: backends.dialogues,
         counters: backends.counters,
         agent,
+        screener: ifs_dialogue::screener(&config.dialogue.safety)?,
+        safety_counts: backends.safety,
         settings: Arc::new(DialogueSettings::new(&config.dialogue, config.agent_max_tokens_limit)),
         clock: Arc::new(ifs_domain::SystemClock),
     };

@@ -78,6 +78,8 @@ async fn invoke(world: &World, token: &str, body: &serde_json::Value) -> (u16, S
         dialogues: world.backends.dialogues.clone(),
         counters: world.backends.counters.clone(),
         agent: Arc::new(Words),
+        screener: Arc::new(ifs_safety::BuiltIn::default()),
+        safety_counts: world.backends.safety.clone(),
         settings: Arc::new(DialogueSettings {
             system_prompt: "Be kind.".into(),
             memory_messages: 10,

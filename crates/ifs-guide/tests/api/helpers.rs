@@ -190,6 +190,29 @@ impl Backing {
         (output.status.code().unwrap_or(-1), printed)
     }
 
+    /// Runs `ifs-guide safety-report` on the store this backing holds (stop the app first);
+    /// answers the exit code and what it printed.
+    pub fn safety_report(&self) -> (i32, String) {
+        let mut command = ifs_guide_command();
+        command.arg("safety-report").arg("--data-dir").arg(self.data_dir.path());
+        if let Some((endpoint, table)) = &self.dynamodb {
+            command.args(["--store", "dynamodb", "--dynamodb-endpoint", endpoint, "--table-name", table]);
+        }
+        for _ in 0..50 {
+            let output = command.output().expect("ifs-guide safety-report runs");
+            let printed = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            if !printed.contains("Cannot acquire lock") {
+                return (output.status.code().unwrap_or(-1), printed);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the embedded store stayed locked for 5 s after the app stopped")
+    }
+
     /// [`check`](Self::check) once the app that used this backing has let go of it: its last
     /// store work (a write handed to the blocking pool just before the shutdown) may hold the
     /// embedded file for a moment after the server task ends.

@@ -18,3 +18,4 @@ mod input;
 mod model;
 mod outages;
 mod persistence;
+mod safety;
