@@ -50,12 +50,11 @@ test-contract: deps model ## schemathesis against `ifs-guide serve` and the agen
 	$(VENV)/python infra/contract.py $(VENV)/schemathesis "$(TARGET_DIR)/debug/ifs-guide" \
 	  "$(TARGET_DIR)/debug/examples/bench_peers" "$(TARGET_DIR)/debug/agent" $(MODEL)
 
-eval-safety: ## Screen eval/safety (development set, then held out) with the built-in list: recall, precision, false positives per language
+eval-safety: ## Screen eval/safety with the built-in list (development set, then the held-out sets): recall, precision, false positives per language
 	$(BINARIES)
 	"$(TARGET_DIR)/debug/examples/eval_safety" eval/safety; [ $$? -le 1 ]
-	@echo
-	@echo "== held out (never tuned on)"
-	"$(TARGET_DIR)/debug/examples/eval_safety" eval/safety/holdout; [ $$? -le 1 ]
+	@for set in eval/safety/heldout-*; do echo; echo "== $$set (held out)"; \
+	  "$(TARGET_DIR)/debug/examples/eval_safety" $$set; [ $$? -le 1 ] || exit 1; done
 
 openapi: ## Regenerate openapi.json from the code (a test fails while it is out of date)
 	$(BINARIES)

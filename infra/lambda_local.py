@@ -228,6 +228,22 @@ def end_to_end(base):
     deltas = "".join(data["content"] for name, data in events if name == "delta")
     assert events[-1][1]["content"] == deltas and events[-1][1]["seq"] == 6, events
 
+    # A crisis: the agent is not asked (no model, no usage, no tokens counted), the fixed reply is
+    # stored, buffered and streamed alike, and the counts move.
+    used = expect(call(base, "GET", "/api/v1/me", token=token), 200, "me")["usage"]["tokens_today"]
+    crisis = expect(call(base, "POST", "/api/v1/dialogue", {"message": "I want to kill myself"}, token), 201,
+                    "a crisis message")
+    reply = crisis["reply"]
+    assert reply["finish_reason"] == "safety" and reply["safety"]["level"] == "crisis", reply
+    assert "model" not in reply and "usage" not in reply, reply
+    events = stream_turn(base, {"message": "Quiero morir", "dialogue_id": crisis["dialogue_id"], "stream": True},
+                         token)
+    assert [name for name, _ in events] == ["message", "delta", "reply"], events
+    assert events[-1][1]["finish_reason"] == "safety" and "Gracias" in events[-1][1]["content"], events
+    after = expect(call(base, "GET", "/api/v1/me", token=token), 200, "me")["usage"]["tokens_today"]
+    assert after == used, f"the agent was asked: {used} tokens before the crisis turns, {after} after"
+    expect(call(base, "DELETE", f"/api/v1/dialogues/{crisis['dialogue_id']}", token=token), 204, "delete it")
+
     renamed = expect(call(base, "PATCH", f"/api/v1/dialogues/{dialogue}", {"title": "Through Lambda"}, token),
                      200, "rename the dialogue")
     assert renamed["title"] == "Through Lambda" and renamed["id"] == dialogue, renamed
@@ -282,7 +298,8 @@ def end_to_end(base):
     expect(call(base, "POST", "/api/v1/login", {"email": email, "password": password}), 401, "login, deleted")
     expect(call(base, "POST", "/api/v1/signup", {"email": email, "password": password}), 201, "sign up again")
     print("end to end through cargo lambda watch: signup, login, me, dialogue (agent invoked as a Lambda "
-          "function), continue, regenerate and versions, a streamed turn, rename, dialogues, messages, fork, "
+          "function), continue, regenerate and versions, a streamed turn, crisis turns that never reach the "
+          "agent, rename, dialogues, messages, fork, "
           "export, delete one and all, logout, "
           "account deletion — all as expected")
 

@@ -146,6 +146,8 @@ pub struct AgentInfo {
     max_tokens_limit: u32,
     /// Largest chat-completions body, in bytes.
     body_limit: usize,
+    /// What ifs-guide is not: to show wherever people talk to it.
+    disclaimer: &'static str,
 }
 
 /// Where the chat template comes from.
@@ -233,6 +235,7 @@ async fn info(State(service): State<Arc<AgentService>>) -> JsonResponse<AgentInf
         max_tokens: limits.default_max_tokens,
         max_tokens_limit: limits.max_tokens_limit,
         body_limit: limits.body_limit,
+        disclaimer: ifs_domain::DISCLAIMER,
     })
 }
 

@@ -66,6 +66,7 @@ impl World {
             email: Email::parse(&format!("{name}@example.com")).expect("email"),
             password_hash: "unused".into(),
             created_at: now,
+            country: None,
         };
         self.backends.users.create_user(&user).await.expect("user");
         let session = Session {

@@ -20,7 +20,7 @@ pub use dialogue::{
 };
 pub use id::{DialogueId, IdError, MessageId, SessionId, UserId};
 pub use page::{CursorError, DialogueCursor, Limit, LimitError, MessageCursor, PAGE_BYTES, Page, PageFill};
-pub use safety::{SafetyLevel, SafetyNote};
+pub use safety::{Country, CountryError, DISCLAIMER, SafetyLevel, SafetyNote};
 
 /// A point in time as the domain sees it: UTC, millisecond precision.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;

@@ -210,6 +210,7 @@ pub async fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) 
         .merge(ifs_dialogue::router(ifs_dialogue::DialogueState {
             auth: auth.clone(),
             dialogues: backends.dialogues.clone(),
+            users: backends.users.clone(),
             counters: backends.counters.clone(),
             agent,
             screener: ifs_dialogue::screener(&args.dialogue.safety)?,

@@ -23,6 +23,10 @@ enum Kind {
     Crisis,
     Elevated,
     Reply,
+    /// A word of self-harm that, said of oneself in a sentence, is a crisis.
+    Strong,
+    /// A word of dying that is a crisis said of oneself with a word of intent.
+    Weak,
 }
 
 #[derive(Debug)]
@@ -44,6 +48,10 @@ struct Language {
     own: Option<Regex>,
     idioms: Vec<Regex>,
     patterns: Vec<Pattern>,
+    /// "I" as the subject of a sentence, for the sentence rules.
+    selves: Option<Regex>,
+    /// Wanting, planning, longing: what makes a weak word a crisis.
+    intent: Option<Regex>,
 }
 
 /// What the list found in one text.
@@ -120,6 +128,8 @@ impl PhraseList {
                     own: None,
                     idioms: Vec::new(),
                     patterns: Vec::new(),
+                    selves: None,
+                    intent: None,
                 });
                 me = None;
                 continue;
@@ -162,6 +172,17 @@ impl PhraseList {
                     language.idioms.push(compile(value)?);
                     continue;
                 }
+                "self" => {
+                    language.selves = Some(compile(&format!("\\b(?:{value})\\b"))?);
+                    continue;
+                }
+                "intent" => {
+                    language.intent = Some(compile(&format!("\\b(?:{value})"))?);
+                    continue;
+                }
+                "strong" => (Kind::Strong, false),
+                "weak" => (Kind::Weak, false),
+                "weak!" => (Kind::Weak, true),
                 "crisis" => (Kind::Crisis, false),
                 "crisis!" => (Kind::Crisis, true),
                 "elevated" => (Kind::Elevated, false),
@@ -205,6 +226,8 @@ impl PhraseList {
                 let level = match pattern.kind {
                     Kind::Elevated => SafetyLevel::Elevated,
                     Kind::Crisis | Kind::Reply => SafetyLevel::Crisis,
+                    // Read by the sentence rules below.
+                    Kind::Strong | Kind::Weak => continue,
                 };
                 if level <= best.level {
                     continue;
@@ -218,12 +241,55 @@ impl PhraseList {
                     best = Finding { level, language: Some(language.code), line: Some(pattern.line) };
                 }
             }
+            if best.level < SafetyLevel::Crisis
+                && kinds.contains(&Kind::Crisis)
+                && let Some(line) = language.sentence_rules(&cleaned, own)
+            {
+                best =
+                    Finding { level: SafetyLevel::Crisis, language: Some(language.code), line: Some(line) };
+            }
         }
         best
     }
 }
 
 impl Language {
+    /// The sentence rules, beside the phrases: in one sentence whose subject is the writer, a
+    /// strong word (suicidal, overdose), or a weak one (die, not alive) with a word of intent
+    /// (want, plan, begging, no reason), each not negated and not at a distance. Answers the
+    /// line of the word's pattern.
+    fn sentence_rules(&self, text: &str, own: bool) -> Option<usize> {
+        let (selves, intent) = (self.selves.as_ref()?, self.intent.as_ref());
+        let mut start = 0;
+        for end in text.match_indices(['.', '!', '?', ';', '\n']).map(|(at, _)| at).chain([text.len()]) {
+            let sentence = &text[start..end];
+            let offset = start;
+            start = (end + 1).min(text.len());
+            if !selves.is_match(sentence) {
+                continue;
+            }
+            let intended = intent.is_some_and(|intent| intent.is_match(sentence));
+            for pattern in &self.patterns {
+                let wanted = match pattern.kind {
+                    Kind::Strong => true,
+                    Kind::Weak => intended,
+                    _ => false,
+                };
+                if !wanted {
+                    continue;
+                }
+                let found = pattern.regex.find_iter(sentence).any(|found| {
+                    let (from, to) = (offset + found.start(), offset + found.end());
+                    (pattern.strict || !self.negated(text, from, to)) && (own || !self.distanced(text, from))
+                });
+                if found {
+                    return Some(pattern.line);
+                }
+            }
+        }
+        None
+    }
+
     /// A negation among the last three words of the clause before the match, or inside it.
     fn negated(&self, text: &str, start: usize, end: usize) -> bool {
         let before = &text[..start];
@@ -300,7 +366,7 @@ mod tests {
         let codes: Vec<_> = list.languages.iter().map(|l| l.code).collect();
         assert_eq!(codes, LANGUAGES);
         for language in &list.languages {
-            for kind in [Kind::Crisis, Kind::Elevated, Kind::Reply] {
+            for kind in [Kind::Crisis, Kind::Elevated, Kind::Reply, Kind::Strong, Kind::Weak] {
                 assert!(
                     language.patterns.iter().any(|p| p.kind == kind),
                     "{} has no {kind:?}",

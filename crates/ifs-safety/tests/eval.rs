@@ -1,7 +1,7 @@
-//! The evaluation set as a regression guard: the development set (`eval/safety/*.jsonl`, which
+//! The evaluation sets as a regression guard: the development set (`eval/safety/*.jsonl`, which
 //! the list was written against) must keep meeting the goals of docs/safety.md in every
-//! language, and the held-out set (`eval/safety/holdout/`, never tuned on) must not fall below
-//! what docs/safety.md records for it.
+//! language, and the held-out sets (`eval/safety/heldout-*`) must not fall below the floors
+//! docs/safety.md records for them.
 
 use std::path::Path;
 
@@ -33,12 +33,19 @@ fn the_development_set_meets_the_goals_in_every_language() {
 }
 
 #[test]
-fn the_held_out_set_stays_at_least_where_docs_safety_md_records_it() {
-    let scores = set("eval/safety/holdout").unwrap();
-    // The floor recorded in docs/safety.md for list 2026-12-02.1: raising it is the point of the
-    // next list; lowering it needs a reason written there.
-    for (language, s) in &scores {
-        assert!(s.crisis_recall() >= 0.30, "{language}:\n{}", report(PhraseList::built_in(), &scores));
-        assert!(s.hard_negative_false_positives() <= 0.10, "{language}");
+fn the_held_out_sets_stay_at_least_where_docs_safety_md_records_them() {
+    // Floors recorded in docs/safety.md for list 2026-12-02.2: raising them is the point of the
+    // next list; lowering one needs a reason written there. heldout-2 was measured once, never
+    // tuned on; heldout-1 shaped the sentence rules, so it no longer measures generalisation.
+    for (name, recall, false_positives) in
+        [("eval/safety/heldout-1", 0.60, 0.10), ("eval/safety/heldout-2", 0.25, 0.20)]
+    {
+        let scores = set(name).unwrap();
+        assert_eq!(scores.len(), 5, "{name}: every language");
+        for (language, s) in &scores {
+            let report = report(PhraseList::built_in(), &scores);
+            assert!(s.crisis_recall() >= recall, "{name} {language}:\n{report}");
+            assert!(s.hard_negative_false_positives() <= false_positives, "{name} {language}:\n{report}");
+        }
     }
 }

@@ -80,7 +80,8 @@ macro_rules! conformance_suite {
             a_regenerated_reply_keeps_its_earlier_versions,
             a_regeneration_racing_ten_appends_lands_first_or_is_refused,
             an_erased_account_leaves_nothing_even_with_ten_appends_racing,
-            safety_counts_add_up_by_day_level_and_screener_even_in_parallel
+            safety_counts_add_up_by_day_level_and_screener_even_in_parallel,
+            a_users_country_is_set_cleared_and_read_back_by_id_and_email
         );
     };
     (@cases $make:path; $($case:ident),*) => {
@@ -108,6 +109,7 @@ fn user(name: &str) -> UserRecord {
         email: email(name),
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
         created_at: at(0),
+        country: None,
     }
 }
 
@@ -1096,4 +1098,19 @@ pub async fn safety_counts_add_up_by_day_level_and_screener_even_in_parallel(sto
     let report = stores.audit.audit().await.unwrap();
     assert!(report.findings.is_empty(), "counts are not dialogues: {:?}", report.findings);
     assert_eq!(report.dialogues, 0);
+}
+
+pub async fn a_users_country_is_set_cleared_and_read_back_by_id_and_email(stores: Stores) {
+    let ada = user("ada");
+    stores.users.create_user(&ada).await.unwrap();
+    let germany = ifs_domain::Country::parse("de").unwrap();
+    let set = stores.users.set_country(ada.id, Some(germany.clone())).await.unwrap();
+    assert_eq!(set.country.as_ref(), Some(&germany));
+    assert_eq!(stores.users.user_by_id(ada.id).await.unwrap().unwrap().country, Some(germany.clone()));
+    assert_eq!(stores.users.user_by_email(&ada.email).await.unwrap().unwrap().country, Some(germany));
+    assert_eq!(stores.users.set_country(ada.id, None).await.unwrap().country, None);
+    assert_eq!(stores.users.user_by_id(ada.id).await.unwrap().unwrap().country, None);
+    stores.users.delete_user(&ada).await.unwrap();
+    assert!(matches!(stores.users.set_country(ada.id, None).await, Err(StoreError::NotFound)));
+    assert!(stores.users.user_by_email(&ada.email).await.unwrap().is_none(), "nothing came back");
 }

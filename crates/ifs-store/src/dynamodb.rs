@@ -149,6 +149,9 @@ fn user_item(pk: String, sk: &str, user: &UserRecord) -> Item {
     item.insert("email".into(), s(user.email.as_str()));
     item.insert("password_hash".into(), s(&user.password_hash));
     item.insert("created_at".into(), n(user.created_at.timestamp_millis()));
+    if let Some(country) = &user.country {
+        item.insert("country".into(), s(country.as_str()));
+    }
     item
 }
 
@@ -158,6 +161,10 @@ fn user_from(item: &Item) -> anyhow::Result<UserRecord> {
         email: Email::parse(text(item, "email")?).context("a stored email")?,
         password_hash: text(item, "password_hash")?.to_owned(),
         created_at: instant(item, "created_at")?,
+        country: optional_text(item, "country")?
+            .map(ifs_domain::Country::parse)
+            .transpose()
+            .context("a stored country")?,
     })
 }
 
@@ -738,6 +745,38 @@ impl UserStore for DynamoStore {
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>> {
         let item = self.get(key(user_pk(id), "USER"), "reading a user").await?;
         Ok(item.as_ref().map(user_from).transpose()?)
+    }
+
+    async fn set_country(&self, id: UserId, country: Option<ifs_domain::Country>) -> StoreResult<UserRecord> {
+        let mut user = self.user_by_id(id).await?.ok_or(StoreError::NotFound)?;
+        user.country = country;
+        // Both of the user's items carry the record (the email's is what a login reads); each
+        // is replaced only if it is still this user's.
+        let put = |item: Item| {
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("id = :id")
+                .expression_attribute_values(":id", s(id.to_string()))
+                .build()
+                .map(|put| TransactWriteItem::builder().put(put).build())
+                .context("a put")
+        };
+        let written = self
+            .client
+            .transact_write_items()
+            .transact_items(put(user_item(email_pk(&user.email), "EMAIL", &user))?)
+            .transact_items(put(user_item(user_pk(user.id), "USER", &user))?)
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(user),
+            // Deleted meanwhile (or the email since taken by someone else).
+            Err(error) if cancellation_codes(&error).contains(&"ConditionalCheckFailed") => {
+                Err(StoreError::NotFound)
+            }
+            Err(error) => Err(failure("setting a user's country", &error)),
+        }
     }
 }
 

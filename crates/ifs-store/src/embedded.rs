@@ -505,6 +505,21 @@ impl UserStore for EmbeddedStore {
         }
         Ok(user)
     }
+
+    async fn set_country(&self, id: UserId, country: Option<ifs_domain::Country>) -> StoreResult<UserRecord> {
+        self.users.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        self.write(move |txn| {
+            let mut users = txn.open_table(USERS).context("opening users")?;
+            let mut user: UserRecord = {
+                let stored = users.get(id.as_bytes().as_slice()).context("reading user")?;
+                decode(stored.ok_or(StoreError::NotFound)?.value())?
+            };
+            user.country = country;
+            users.insert(id.as_bytes().as_slice(), encode(&user)?.as_slice()).context("writing user")?;
+            Ok(user)
+        })
+        .await
+    }
 }
 
 #[async_trait]

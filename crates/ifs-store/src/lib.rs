@@ -55,6 +55,9 @@ pub struct UserRecord {
     pub email: Email,
     pub password_hash: String,
     pub created_at: Timestamp,
+    /// Where the person is, if they said: whose crisis lines they are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<ifs_domain::Country>,
 }
 
 /// A login session: the server-side half of an access token, so that logout can revoke it.
@@ -122,6 +125,9 @@ pub trait UserStore: Send + Sync + std::fmt::Debug + 'static {
     async fn create_user(&self, user: &UserRecord) -> StoreResult<()>;
     async fn user_by_email(&self, email: &Email) -> StoreResult<Option<UserRecord>>;
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<UserRecord>>;
+    /// Sets (or, with `None`, clears) the user's country; answers the user as now stored, or
+    /// [`StoreError::NotFound`] for a user who is gone.
+    async fn set_country(&self, id: UserId, country: Option<ifs_domain::Country>) -> StoreResult<UserRecord>;
     /// Removes the user and their email, which can then sign up again. Removing a user who is
     /// gone is not an error; an email that now belongs to someone else is left to them.
     async fn delete_user(&self, user: &UserRecord) -> StoreResult<()>;

@@ -89,6 +89,8 @@ impl DialogueSettings {
 pub struct DialogueState {
     pub auth: Authenticator,
     pub dialogues: Arc<dyn DialogueStore>,
+    /// Read for the person's country when a turn needs crisis resources.
+    pub users: Arc<dyn ifs_store::UserStore>,
     pub counters: Arc<dyn Counters>,
     pub agent: Arc<dyn Agent>,
     /// Screens every turn before the agent is asked, and every reply before it is given.
@@ -467,7 +469,7 @@ async fn store_and_ask(
         Some(screening) => screening,
         None => safety::screen_text(state, &message.content).await,
     };
-    let safety = safety::decide(state, screening, &memory, locale).await;
+    let safety = safety::decide(state, owner, screening, &memory, locale).await;
     let memory = &memory
         [memory.len().saturating_sub(memory_window(message.seq - 1, state.settings.memory_messages))..];
     let mut messages = prompt(&state.settings, memory, &message);
@@ -1197,6 +1199,7 @@ pub(crate) mod tests {
         DialogueState {
             auth: world.authenticator(),
             dialogues: world.backends.dialogues.clone(),
+            users: world.backends.users.clone(),
             counters: world.backends.counters.clone(),
             agent,
             screener: Arc::new(ifs_safety::BuiltIn::default()),

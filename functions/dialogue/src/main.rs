@@ -56,6 +56,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let state = DialogueState {
         auth,
         dialogues: backends.dialogues,
+        users: backends.users,
         counters: backends.counters,
         agent,
         screener: ifs_dialogue::screener(&config.dialogue.safety)?,

@@ -82,6 +82,7 @@ pub async fn screen_text(state: &DialogueState, message: &str) -> ifs_safety::Sc
 /// earlier in the dialogue is carried), and counts it.
 pub async fn decide(
     state: &DialogueState,
+    owner: ifs_domain::UserId,
     screening: ifs_safety::Screening,
     memory: &[Message],
     locale: &Locale,
@@ -90,15 +91,30 @@ pub async fn decide(
     let level = if carried { screening.level.max(SafetyLevel::Elevated) } else { screening.level };
     let directory = Directory::built_in();
     let accept_language = locale.accept_language.as_deref();
+    // The profile is read only when resources are given: most turns need no country.
+    let profile = if level == SafetyLevel::None { None } else { country(state, owner).await };
     let decision = Decision {
         level,
         screener: screening.screener,
         language: directory.language(screening.language, accept_language),
-        country: accept_language.and_then(|header| directory.country_from_accept_language(header)),
+        country: profile
+            .or_else(|| accept_language.and_then(|header| directory.country_from_accept_language(header))),
         carried,
     };
     record(state, &decision, "message").await;
     decision
+}
+
+/// The country on the person's profile. A profile that cannot be read now is logged and the
+/// request's `Accept-Language` decides: crisis resources never wait on it.
+async fn country(state: &DialogueState, owner: ifs_domain::UserId) -> Option<String> {
+    match state.users.user_by_id(owner).await {
+        Ok(user) => user.and_then(|u| u.country).map(String::from),
+        Err(error) => {
+            tracing::warn!(error = %error, "the profile's country could not be read; Accept-Language decides");
+            None
+        }
+    }
 }
 
 /// Whether a crisis reply is among the last [`CARRY_MESSAGES`] messages of `memory`.

@@ -76,6 +76,7 @@ async fn invoke(world: &World, token: &str, body: &serde_json::Value) -> (u16, S
     let state = DialogueState {
         auth: world.authenticator(),
         dialogues: world.backends.dialogues.clone(),
+        users: world.backends.users.clone(),
         counters: world.backends.counters.clone(),
         agent: Arc::new(Words),
         screener: Arc::new(ifs_safety::BuiltIn::default()),

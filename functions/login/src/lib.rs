@@ -186,6 +186,7 @@ mod tests {
                 .await
                 .unwrap(),
             created_at: world.clock.now(),
+            country: None,
         };
         world.backends.users.create_user(&user).await.unwrap();
         router(LoginState {

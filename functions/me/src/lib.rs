@@ -37,12 +37,14 @@ pub const EXPORT: Route = Route::get("/api/v1/me/export");
 /// The account erased.
 pub const DELETE: Route = Route::delete("/api/v1/me");
 /// Every route of this function, for what maps requests to it.
-pub const ROUTES: &[Route] = &[ME, EXPORT, DELETE];
+pub const UPDATE: Route = Route::patch("/api/v1/me");
+/// Every route of this function, for what maps requests to it.
+pub const ROUTES: &[Route] = &[ME, UPDATE, EXPORT, DELETE];
 
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: MeState) -> Router {
     Router::new()
-        .route(ME.path, ME.to(me).merge(DELETE.to(delete_account)))
+        .route(ME.path, ME.to(me).merge(UPDATE.to(update_me)).merge(DELETE.to(delete_account)))
         .route(EXPORT.path, EXPORT.to(export))
         .with_state(state)
 }
@@ -52,6 +54,22 @@ pub fn router(state: MeState) -> Router {
 #[schema(example = json!({"password": "correct horse battery staple"}))]
 pub struct DeleteAccountRequest {
     password: String,
+}
+
+/// What `PATCH /api/v1/me` changes: today, the country.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"country": "GB"}))]
+pub struct UpdateMeRequest {
+    /// A two-letter ISO 3166-1 code (whose crisis lines the person is given), or null to forget
+    /// it (then their `Accept-Language` decides, else the international lines). Required.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, pattern = "^[A-Za-z]{2}$", min_length = 2, max_length = 2)]
+    country: Option<Option<String>>,
+}
+
+/// A field that is there, null or not: `Some(None)` is null, `None` is absent.
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
 }
 
 /// The bearer and their session.
@@ -67,6 +85,9 @@ pub struct MeResponse {
     #[schema(value_type = String, format = DateTime)]
     #[serde(serialize_with = "ifs_api::views::rfc3339")]
     session_expires_at: Timestamp,
+    /// Where they said they are (two letters, upper case); null if they did not.
+    #[schema(value_type = Option<String>)]
+    country: Option<ifs_domain::Country>,
     usage: DailyUsage,
 }
 
@@ -87,7 +108,7 @@ pub struct DailyUsage {
 
 /// The operations of this function, for the OpenAPI document.
 #[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(me, export, delete_account))]
+#[openapi(paths(me, update_me, export, delete_account))]
 pub struct Api;
 
 /// Who the bearer of the token is, and until when their session lasts.
@@ -110,6 +131,51 @@ async fn me(
 ) -> Result<Json<MeResponse>, ApiError> {
     // A valid session for a user who no longer exists is as good as no session.
     let user = state.users.user_by_id(principal.user_id).await?.ok_or_else(ApiError::unauthorized)?;
+    described(&state, &principal, user).await
+}
+
+/// Changes the bearer's profile (their country) and answers it as `GET /api/v1/me` does.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/me",
+    tag = "auth",
+    operation_id = "update_me",
+    security(("bearer" = [])),
+    request_body = UpdateMeRequest,
+    responses(
+        (status = 200, description = "The bearer, changed", body = MeResponse),
+        (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+        (status = 415, response = ifs_api::openapi::UnsupportedMediaType),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
+async fn update_me(
+    AuthUser(principal): AuthUser,
+    State(state): State<MeState>,
+    ifs_api::Json(request): ifs_api::Json<UpdateMeRequest>,
+) -> Result<Json<MeResponse>, ApiError> {
+    let country =
+        request.country.ok_or_else(|| ApiError::invalid_field("country", "is required (null forgets it)"))?;
+    let country = country
+        .as_deref()
+        .map(ifs_domain::Country::parse)
+        .transpose()
+        .map_err(|e| ApiError::invalid_field("country", e))?;
+    let user = match state.users.set_country(principal.user_id, country).await {
+        Err(ifs_store::StoreError::NotFound) => return Err(ApiError::unauthorized()),
+        other => other?,
+    };
+    described(&state, &principal, user).await
+}
+
+/// The bearer as `/me` describes them.
+async fn described(
+    state: &MeState,
+    principal: &ifs_auth::Principal,
+    user: ifs_store::UserRecord,
+) -> Result<Json<MeResponse>, ApiError> {
     let now = state.clock.now();
     let today = state.counters.peek(Counter::TokensToday(user.id), now).await?;
     Ok(Json(MeResponse {
@@ -117,6 +183,7 @@ async fn me(
         email: user.email,
         created_at: user.created_at,
         session_expires_at: principal.session_expires_at,
+        country: user.country,
         usage: DailyUsage {
             tokens_today: today.map_or(0, |w| w.hits),
             daily_token_limit: state.daily_token_limit,

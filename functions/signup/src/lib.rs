@@ -40,6 +40,11 @@ pub struct SignupRequest {
     /// 8 to 128 characters, any of them.
     #[schema(min_length = 8, max_length = 128)]
     password: String,
+    /// Where the person is, as a two-letter ISO 3166-1 code (GB, DE, …): whose crisis lines
+    /// they are given if they write about being in danger. Optional; `PATCH /api/v1/me` changes it.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z]{2}$", min_length = 2, max_length = 2)]
+    country: Option<String>,
 }
 
 /// The account created.
@@ -53,6 +58,9 @@ pub struct SignupResponse {
     #[schema(value_type = String, format = DateTime)]
     #[serde(serialize_with = "ifs_api::views::rfc3339")]
     created_at: Timestamp,
+    /// As given, upper case; null when not given.
+    #[schema(value_type = Option<String>)]
+    country: Option<ifs_domain::Country>,
 }
 
 /// The operations of this function, for the OpenAPI document.
@@ -87,15 +95,23 @@ async fn signup(
 ) -> Result<impl IntoResponse, ApiError> {
     let email = Email::parse(&request.email).map_err(|e| ApiError::invalid_field("email", e))?;
     let password = Password::parse(request.password).map_err(|e| ApiError::invalid_field("password", e))?;
+    let country = request
+        .country
+        .as_deref()
+        .map(ifs_domain::Country::parse)
+        .transpose()
+        .map_err(|e| ApiError::invalid_field("country", e))?;
     let user = UserRecord {
         id: UserId::generate(),
         email,
         password_hash: state.hasher.hash(&password).await?,
         created_at: state.clock.now(),
+        country,
     };
     state.users.create_user(&user).await?;
     tracing::info!(user_id = %user.id, "signed up");
-    let body = SignupResponse { id: user.id, email: user.email, created_at: user.created_at };
+    let body =
+        SignupResponse { id: user.id, email: user.email, created_at: user.created_at, country: user.country };
     Ok((StatusCode::CREATED, axum::Json(body)))
 }
 

@@ -42,6 +42,7 @@ async fn a_dialogue_with_the_bundled_model_remembers_the_first_turn() {
     let (status, info) = app.get("/api/v1/agent", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(info["file"], "SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(info["disclaimer"].as_str().unwrap().contains("not a crisis service"), "{info}");
     let (status, completion) = app
         .post(
             "/v1/chat/completions",

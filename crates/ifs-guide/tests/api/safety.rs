@@ -60,3 +60,58 @@ async fn safety_replies_are_valid_lists_for_the_audit() {
     let backing = app.stop().await;
     backing.assert_check_clean(1, 2);
 }
+
+#[tokio::test]
+async fn crisis_lines_follow_the_profiles_country_then_accept_language_then_the_fallback() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .post(
+            "/api/v1/signup",
+            None,
+            &json!({"email": "ada@example.com", "password": "a long password", "country": "de"}),
+        )
+        .await;
+    assert_eq!((status, body["country"].as_str()), (StatusCode::CREATED, Some("DE")), "{body}");
+    let (status, body) = app
+        .post(
+            "/api/v1/signup",
+            None,
+            &json!({"email": "bob@example.com", "password": "a long password", "country": "DEU"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("country:"), "{body}");
+    let (_, login) = app.login("ada@example.com", "a long password").await;
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(app.get("/api/v1/me", Some(&token)).await.1["country"], "DE");
+
+    let crisis = |language: &'static str| {
+        let (client, url, token) = (app.client.clone(), app.url("/api/v1/dialogue"), token.clone());
+        async move {
+            let response = client
+                .post(url)
+                .bearer_auth(token)
+                .header("accept-language", language)
+                .json(&json!({"message": "I want to end my life"}))
+                .send()
+                .await
+                .unwrap();
+            let body: serde_json::Value = response.json().await.unwrap();
+            body["reply"]["safety"]["resources"]["country"].as_str().map(str::to_owned)
+        }
+    };
+    assert_eq!(crisis("en-US,en;q=0.9").await.as_deref(), Some("DE"), "the profile wins");
+
+    let (status, body) = app.patch("/api/v1/me", Some(&token), &json!({"country": null})).await;
+    assert_eq!((status, &body["country"]), (StatusCode::OK, &serde_json::Value::Null), "{body}");
+    assert_eq!(crisis("en-US,en;q=0.9").await.as_deref(), Some("US"), "then Accept-Language");
+    assert_eq!(crisis("en").await, None, "then the international lines");
+
+    for refused in [json!({}), json!({"country": "123"}), json!({"country": 7})] {
+        let (status, body) = app.patch("/api/v1/me", Some(&token), &refused).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}: {body}");
+    }
+    let (status, body) = app.patch("/api/v1/me", Some(&token), &json!({"country": "au"})).await;
+    assert_eq!((status, body["country"].as_str()), (StatusCode::OK, Some("AU")));
+    assert_eq!(crisis("en-US").await.as_deref(), Some("AU"));
+}
