@@ -348,7 +348,12 @@ pub fn account(store: Arc<dyn DialogueStore>, user: UserRecord, now: Timestamp) 
         out.text(&format!("{{\"format\":\"{FORMAT}\",\"exported_at\":"));
         out.json(&Stamp(now))?;
         out.text(",\"profile\":");
-        out.json(&Profile { id: user.id, email: user.email.as_str(), created_at: user.created_at })?;
+        out.json(&Profile {
+            id: user.id,
+            email: user.email.as_str(),
+            created_at: user.created_at,
+            country: user.country.as_ref().map(ifs_domain::Country::as_str),
+        })?;
         out.text(",\"dialogues\":[");
         let mut first = true;
         for id in ids {
@@ -382,6 +387,9 @@ struct Profile<'a> {
     email: &'a str,
     #[serde(serialize_with = "rfc3339")]
     created_at: Timestamp,
+    /// Whose crisis lines they are given, if they said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    country: Option<&'a str>,
 }
 
 /// A Markdown export's title and what it is.

@@ -1,7 +1,8 @@
 //! The built-in screener: the reviewed phrase list in `data/phrases.txt`, matched with care for
 //! negation ("I don't want to die"), distance (fiction, lyrics, history, a clinician's notes) and
-//! figures of speech ("this deadline is killing me"). It needs no model and no network, answers
-//! in microseconds, and is the floor every deployment has.
+//! figures of speech ("this deadline is killing me"), plus sentence rules for wording no phrase
+//! foresaw. It needs no model and no network, cannot be down, and is the floor every deployment
+//! has.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;

@@ -107,6 +107,8 @@ pub struct DialogueState {
 /// # Errors
 /// A SAFETY_URL that is not http(s).
 pub fn screener(config: &ifs_api::config::SafetyConfig) -> anyhow::Result<Arc<dyn ifs_safety::Screener>> {
+    // Compiled now, at start-up (a Lambda's init), not in the first person's turn.
+    let _ = (ifs_safety::PhraseList::built_in(), ifs_safety::Directory::built_in());
     let classifier = config
         .safety_url
         .as_ref()

@@ -114,4 +114,10 @@ async fn crisis_lines_follow_the_profiles_country_then_accept_language_then_the_
     let (status, body) = app.patch("/api/v1/me", Some(&token), &json!({"country": "au"})).await;
     assert_eq!((status, body["country"].as_str()), (StatusCode::OK, Some("AU")));
     assert_eq!(crisis("en-US").await.as_deref(), Some("AU"));
+    let (status, export) = app.get("/api/v1/me/export", Some(&token)).await;
+    assert_eq!(
+        (status, export["profile"]["country"].as_str()),
+        (StatusCode::OK, Some("AU")),
+        "the export has it"
+    );
 }
