@@ -149,12 +149,15 @@ async fn a_turn_the_busy_in_process_model_cannot_take_is_refused_before_it_is_st
     let app =
         spawn_app_with_model_and(Arc::default(), &["--agent-parallel", "1", "--agent-queue", "0"]).await;
     let (ada, bob) = (app.user("ada@example.com").await, app.user("bob@example.com").await);
-    // Ada's long streamed turn holds the one generation slot while its deltas come.
+    // Ada's long streamed turn holds the one generation slot while its deltas come. Greedy, this
+    // prompt runs the model to its 1,024 tokens; deltas come only once 48 characters follow them
+    // (the safety holdback), so a reply must be well under way, and not over, when Bob asks.
     let mut holding = app
         .client
         .post(app.url("/api/v1/dialogue"))
         .bearer_auth(&ada)
-        .json(&json!({"message": "Count from 1 to 500, one number a line.", "stream": true, "max_tokens": 1024}))
+        .json(&json!({"message": "Tell me a long story about a dragon.", "stream": true, "max_tokens": 1024,
+                      "temperature": 0}))
         .send()
         .await
         .unwrap();
@@ -162,7 +165,9 @@ async fn a_turn_the_busy_in_process_model_cannot_take_is_refused_before_it_is_st
     let mut deltas = 0;
     while deltas < 2 {
         let bytes = holding.chunk().await.unwrap().expect("the stream goes on");
-        deltas += decoder.push(&bytes).unwrap().iter().filter(|e| e.name.as_deref() == Some("delta")).count();
+        let events = decoder.push(&bytes).unwrap();
+        assert!(!events.iter().any(|e| e.name.as_deref() == Some("reply")), "Ada's reply ended too soon");
+        deltas += events.iter().filter(|e| e.name.as_deref() == Some("delta")).count();
     }
     let (status, refused) = app.say(&bob, "Hello?", None).await;
     assert_eq!(
