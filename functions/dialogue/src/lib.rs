@@ -683,7 +683,8 @@ fn streamed(
     tokio::spawn(async move {
         let _ = events.send(named("message", &StreamedMessage::from(asked.message.clone())));
         let mut holdback = safety::Holdback::default();
-        let (text, ending) = if asked.safety.level == ifs_domain::SafetyLevel::Crisis {
+        let crisis = asked.safety.level == ifs_domain::SafetyLevel::Crisis;
+        let (text, ending) = if crisis {
             // The agent is not asked: the fixed reply goes out as one piece.
             let (text, finished, _) = crisis_reply(&asked.safety);
             let _ = events.send(named("delta", &serde_json::json!({ "content": text })));
@@ -691,14 +692,13 @@ fn streamed(
         } else {
             converse(&state, &asked, &mut lease, &events, &mut holdback).await
         };
-        let fixed = matches!(&ending, Ending::Finished(f) if f.finish_reason.as_deref() == Some("safety"));
         let unsafe_reply = if matches!(ending, Ending::Unsafe) {
             safety::replaced(&state, &asked.safety).await;
             true
         } else {
             // The pieces were screened as they came; the whole reply is screened once more, by
             // every screener, before what was held back is sent.
-            !fixed
+            !crisis
                 && !text.trim().is_empty()
                 && safety::reply_is_unsafe(&state, &asked.safety, &asked.message.content, &text).await
         };
@@ -712,12 +712,8 @@ fn streamed(
             for piece in holdback.rest() {
                 let _ = events.send(named("delta", &serde_json::json!({ "content": piece })));
             }
-            let note = if matches!(&ending, Ending::Finished(f) if f.finish_reason.as_deref() == Some("safety"))
-            {
-                Some(asked.safety.crisis_note())
-            } else {
-                asked.safety.note()
-            };
+            // At crisis level this is the crisis note: the fixed reply's.
+            let note = asked.safety.note();
             let (finished, failure) = match ending {
                 Ending::Finished(finished) => (finished, None),
                 Ending::Cancelled | Ending::Unsafe => (marked("cancelled"), None),
