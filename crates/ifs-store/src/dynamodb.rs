@@ -5,6 +5,7 @@
 //! layouts are private to this module.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -638,29 +639,20 @@ impl SafetyCounts for DynamoStore {
     }
 
     async fn screenings(&self, since: chrono::NaiveDate) -> StoreResult<Vec<SafetyCount>> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk >= :since")
+            .expression_attribute_values(":pk", s(SAFETY_PK))
+            .expression_attribute_values(":since", s(since.to_string()))
+            .consistent_read(true);
         let mut all = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk >= :since")
-                .expression_attribute_values(":pk", s(SAFETY_PK))
-                .expression_attribute_values(":since", s(since.to_string()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| failure("reading the safety counts", &e))?;
-            for item in output.items() {
-                all.push(crate::safety_count(text(item, "sk")?, number(item, "count")?)?);
-            }
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
-        }
+        Self::each_item(query, "reading the safety counts", |item| {
+            all.push(crate::safety_count(text(item, "sk")?, number(item, "count")?)?);
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
         Ok(all)
     }
 }
@@ -910,32 +902,21 @@ impl DialogueStore for DynamoStore {
             .await?
             .ok_or(StoreError::NotFound)?;
         let current = message_from(&item)?;
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :seq)")
+            .expression_attribute_values(":pk", s(versions_pk(dialogue)))
+            .expression_attribute_values(":seq", s(format!("{seq:020}#")))
+            .consistent_read(true);
         let mut all = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :seq)")
-                .expression_attribute_values(":pk", s(versions_pk(dialogue)))
-                .expression_attribute_values(":seq", s(format!("{seq:020}#")))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| failure("reading a reply's versions", &e))?;
-            for item in output.items() {
-                all.push(
-                    serde_json::from_str::<ReplyVersion>(text(item, "version")?)
-                        .context("a stored version")?,
-                );
-            }
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
-        }
+        Self::each_item(query, "reading a reply's versions", |item| {
+            let version = serde_json::from_str::<ReplyVersion>(text(item, "version")?);
+            all.push(version.context("a stored version")?);
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
         all.push(ReplyVersion::of(&current));
         Ok(all)
     }
@@ -1211,33 +1192,27 @@ impl DynamoStore {
     /// Where `message` is in `dialogue` (its seq), reading ids only, page after page.
     async fn position(&self, dialogue: DialogueId, message: MessageId) -> StoreResult<Option<u64>> {
         let wanted = message.to_string();
-        let mut start = None;
-        loop {
-            let output = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#pk = :pk")
-                .expression_attribute_names("#pk", "pk")
-                .expression_attribute_names("#id", "id")
-                .expression_attribute_names("#seq", "seq")
-                .expression_attribute_values(":pk", s(dialogue_pk(dialogue)))
-                .projection_expression("#id, #seq")
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| failure("finding a message", &e))?;
-            for item in output.items() {
-                if text(item, "id")? == wanted {
-                    return Ok(Some(number(item, "seq")?));
-                }
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", "pk")
+            .expression_attribute_names("#id", "id")
+            .expression_attribute_names("#seq", "seq")
+            .expression_attribute_values(":pk", s(dialogue_pk(dialogue)))
+            .projection_expression("#id, #seq")
+            .consistent_read(true);
+        let mut found = None;
+        Self::each_item(query, "finding a message", |item| {
+            if text(item, "id")? != wanted {
+                return Ok(ControlFlow::Continue(()));
             }
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                return Ok(None);
-            }
-        }
+            found = Some(number(item, "seq")?);
+            Ok(ControlFlow::Break(()))
+        })
+        .await?;
+        Ok(found)
     }
 
     /// Writes `fork` of the dialogue whose head is `head`: its head first, hidden and marked
@@ -1437,6 +1412,29 @@ impl DynamoStore {
         )))
     }
 
+    /// Runs `query` to its last page, following `LastEvaluatedKey` (a response stops at 1 MB),
+    /// and hands each item to `each` until it answers `Break`.
+    async fn each_item(
+        query: QueryFluentBuilder,
+        what: &str,
+        mut each: impl FnMut(&Item) -> StoreResult<ControlFlow<()>> + Send,
+    ) -> StoreResult<()> {
+        let mut start = None;
+        loop {
+            let output =
+                query.clone().set_exclusive_start_key(start).send().await.map_err(|e| failure(what, &e))?;
+            for item in output.items() {
+                if each(item)?.is_break() {
+                    return Ok(());
+                }
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
     /// Runs `query` from `start` until `fill` is full or the items run out, following
     /// `LastEvaluatedKey`: DynamoDB stops each response at 1 MB read, and a page that stopped
     /// there lost the rest of the dialogue (20 turns of 16,000 emoji answered 33 of 40 messages
@@ -1580,30 +1578,22 @@ fn listing_of(item: &Item, dialogue: DialogueId) -> anyhow::Result<Vec<(UserId, 
 impl DynamoStore {
     /// Every item of one dialogue, read again by a consistent query.
     async fn reread(&self, dialogue: DialogueId) -> StoreResult<StoredDialogue> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_values(":pk", s(dialogue_pk(dialogue)))
+            .projection_expression(AUDITED)
+            .set_expression_attribute_names(Some(attribute_names(AUDITED)))
+            .consistent_read(true);
         let mut stored = StoredDialogue::new(dialogue);
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#pk = :pk")
-                .expression_attribute_values(":pk", s(dialogue_pk(dialogue)))
-                .projection_expression(AUDITED)
-                .set_expression_attribute_names(Some(attribute_names(AUDITED)))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| failure("reading a dialogue to check", &e))?;
-            for item in page.items() {
-                gather(&mut stored, item);
-            }
-            start = page.last_evaluated_key;
-            if start.is_none() {
-                return Ok(stored);
-            }
-        }
+        Self::each_item(query, "reading a dialogue to check", |item| {
+            gather(&mut stored, item);
+            Ok(ControlFlow::Continue(()))
+        })
+        .await?;
+        Ok(stored)
     }
 }
 
