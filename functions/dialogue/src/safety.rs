@@ -310,6 +310,12 @@ mod turns {
         request
     }
 
+    /// The safety counts of the world's day.
+    async fn counted_today(world: &World) -> Vec<ifs_store::SafetyCount> {
+        let today = ifs_domain::Clock::now(world.clock.as_ref()).date_naive();
+        world.backends.safety.screenings(today).await.unwrap()
+    }
+
     fn calls(agent: &ScriptedAgent) -> usize {
         agent.seen.lock().unwrap().len()
     }
@@ -335,12 +341,7 @@ mod turns {
         let note = stored[1].meta.as_ref().unwrap().safety.clone().unwrap();
         assert_eq!(note, SafetyNote { level: SafetyLevel::Crisis, country: Some("GB".into()) });
 
-        let counts = world
-            .backends
-            .safety
-            .screenings(ifs_domain::Clock::now(world.clock.as_ref()).date_naive())
-            .await
-            .unwrap();
+        let counts = counted_today(&world).await;
         let screener = ifs_safety::BuiltIn::default().name();
         assert_eq!(counts.len(), 1);
         assert_eq!(
@@ -454,12 +455,7 @@ mod turns {
         let stored = whole(&world, user, reply["dialogue_id"].as_str().unwrap()).await;
         assert_eq!(stored[1].content, reply["content"].as_str().unwrap());
         assert!(!stored[1].content.contains("kill yourself"));
-        let counts = world
-            .backends
-            .safety
-            .screenings(ifs_domain::Clock::now(world.clock.as_ref()).date_naive())
-            .await
-            .unwrap();
+        let counts = counted_today(&world).await;
         let levels: Vec<_> =
             counts.iter().map(|c| (c.level, c.screener.starts_with("reply:"), c.count)).collect();
         assert_eq!(
