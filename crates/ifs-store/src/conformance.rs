@@ -539,6 +539,14 @@ pub async fn messages_before_gives_the_latest_ones_oldest_first(stores: Stores) 
         seqs(stores.dialogues.messages_before(owner, dialogue, 11, 0).await.unwrap()),
         Vec::<u64>::new()
     );
+    // Past the end: the last ones (how a reader opens a dialogue at its end).
+    assert_eq!(seqs(stores.dialogues.messages_before(owner, dialogue, 500, 3).await.unwrap()), [8, 9, 10]);
+    assert_eq!(seqs(stores.dialogues.messages_before(owner, dialogue, u64::MAX, 2).await.unwrap()), [9, 10]);
+    let stranger = UserId::generate();
+    assert!(matches!(
+        stores.dialogues.messages_before(stranger, dialogue, 500, 3).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 pub async fn dialogues_are_listed_newest_activity_first_in_pages(stores: Stores) {

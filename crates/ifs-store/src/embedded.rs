@@ -786,14 +786,16 @@ impl DialogueStore for EmbeddedStore {
     ) -> StoreResult<Vec<Message>> {
         self.read(move |txn| {
             let messages = txn.open_table(MESSAGES).context("opening messages")?;
-            let first = before_seq.saturating_sub(count as u64).max(1);
+            // Backwards from just before `before_seq`, as DynamoDB's query reads: the newest are
+            // the ones kept, and a position past the end gives the last messages.
             let range = messages
                 .range(
-                    message_key(dialogue, first).as_slice()
-                        ..message_key(dialogue, before_seq.max(1)).as_slice(),
+                    message_key(dialogue, 1).as_slice()..message_key(dialogue, before_seq.max(1)).as_slice(),
                 )
-                .context("scanning messages")?;
-            let (stored, _) = take_page(range, PageFill::counting(count))?;
+                .context("scanning messages")?
+                .rev();
+            let (mut stored, _) = take_page(range, PageFill::counting(count))?;
+            stored.reverse();
             owns_page(&messages, owner, dialogue, &stored)?;
             Ok(stored.into_iter().map(|s| s.message).collect())
         })

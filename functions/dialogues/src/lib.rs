@@ -1,5 +1,6 @@
 //! `GET /api/v1/dialogues?limit=&cursor=`: the caller's dialogues, newest activity first, a page
-//! at a time; `PATCH /api/v1/dialogues/{dialogue_id}`: a new title for one of them;
+//! at a time; `GET /api/v1/dialogues/{dialogue_id}`: one of them (what a client opening it by
+//! its id shows first); `PATCH /api/v1/dialogues/{dialogue_id}`: a new title for one of them;
 //! `DELETE /api/v1/dialogues/{dialogue_id}` and `DELETE /api/v1/dialogues`: one of them, or all,
 //! erased; `POST /api/v1/dialogues/{dialogue_id}/fork`: a copy up to a message, to go on from
 //! there differently (how an earlier message is edited);
@@ -32,6 +33,8 @@ pub struct DialoguesState {
 
 /// The listing.
 pub const DIALOGUES: Route = Route::get("/api/v1/dialogues");
+/// One dialogue's summary.
+pub const DIALOGUE: Route = Route::get("/api/v1/dialogues/{dialogue_id}");
 /// A new title for one dialogue.
 pub const RENAME: Route = Route::patch("/api/v1/dialogues/{dialogue_id}");
 /// Erases one dialogue.
@@ -43,13 +46,13 @@ pub const FORK: Route = Route::post("/api/v1/dialogues/{dialogue_id}/fork");
 /// One dialogue as a download.
 pub const EXPORT: Route = Route::get("/api/v1/dialogues/{dialogue_id}/export");
 /// Every route of this function, for what maps requests to it.
-pub const ROUTES: &[Route] = &[DIALOGUES, RENAME, DELETE, DELETE_ALL, FORK, EXPORT];
+pub const ROUTES: &[Route] = &[DIALOGUES, DIALOGUE, RENAME, DELETE, DELETE_ALL, FORK, EXPORT];
 
 /// The routes of this function, as `template.yaml` gives them.
 pub fn router(state: DialoguesState) -> Router {
     Router::new()
         .route(DIALOGUES.path, DIALOGUES.to(dialogues))
-        .route(RENAME.path, RENAME.to(rename).merge(DELETE.to(delete)))
+        .route(DIALOGUE.path, DIALOGUE.to(dialogue).merge(RENAME.to(rename)).merge(DELETE.to(delete)))
         .route(DIALOGUES.path, DELETE_ALL.to(delete_all))
         .route(FORK.path, FORK.to(fork))
         .route(EXPORT.path, EXPORT.to(export))
@@ -147,7 +150,7 @@ pub struct ListResponse {
 
 /// The operations of this function, for the OpenAPI document.
 #[derive(Debug, utoipa::OpenApi)]
-#[openapi(paths(dialogues, rename, delete, delete_all, fork, export))]
+#[openapi(paths(dialogues, dialogue, rename, delete, delete_all, fork, export))]
 pub struct Api;
 
 /// The caller's dialogues, newest activity first, a page at a time.
@@ -193,6 +196,34 @@ async fn dialogues(
         },
         capacity,
     })
+}
+
+/// One of the caller's dialogues: its title, when it started and last grew, how many messages it
+/// holds (a client opening it at its end asks `GET /api/v1/messages` for those `before`
+/// `message_count + 1`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/dialogues/{dialogue_id}",
+    tag = "dialogues",
+    operation_id = "dialogue",
+    security(("bearer" = [])),
+    params(("dialogue_id" = String, Path, format = Uuid, description = "The dialogue (the id of its first message)")),
+    responses(
+        (status = 200, description = "The dialogue", body = DialogueView),
+        (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+        (status = 404, response = ifs_api::openapi::NotFound),
+        (status = 500, response = ifs_api::openapi::Internal),
+        (status = 503, response = ifs_api::openapi::Unavailable),
+    )
+)]
+async fn dialogue(
+    AuthUser(principal): AuthUser,
+    State(store): State<Arc<dyn DialogueStore>>,
+    Path(dialogue_id): Path<String>,
+) -> Result<axum::Json<DialogueView>, ApiError> {
+    let dialogue = DialogueId::parse(&dialogue_id).map_err(|e| ApiError::invalid_field("dialogue_id", e))?;
+    Ok(axum::Json(DialogueView::from(store.dialogue(principal.user_id, dialogue).await?)))
 }
 
 /// Gives one of the caller's dialogues a new title. Renaming is not activity: the dialogue keeps
@@ -435,6 +466,14 @@ mod tests {
         assert_eq!(renamed["id"], head.dialogue_id.to_string());
         let (_, listed) = call(app.clone(), empty_request("GET", "/api/v1/dialogues", Some(&token))).await;
         assert_eq!(listed["dialogues"][0]["title"], "My inner critic");
+        // One dialogue read on its own says what the listing says, to its owner only.
+        let (status, one) = call(app.clone(), empty_request("GET", &path, Some(&token))).await;
+        assert_eq!((status, &one), (StatusCode::OK, &listed["dialogues"][0]));
+        let (status, _) = call(app.clone(), empty_request("GET", &path, Some(&stranger))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) =
+            call(app.clone(), empty_request("GET", "/api/v1/dialogues/nope", Some(&token))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
 
         let (status, _) = rename(&stranger, &path, serde_json::json!({"title": "mine"})).await;
         assert_eq!(status, StatusCode::NOT_FOUND);

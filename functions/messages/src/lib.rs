@@ -1,5 +1,6 @@
 //! `GET /api/v1/messages?dialogue_id=&limit=&cursor=`: one dialogue's messages in list order,
-//! oldest first, a page at a time; `GET /api/v1/messages/{message_id}/versions?dialogue_id=`:
+//! oldest first, a page at a time, forwards from the head or (`before=`) backwards from any
+//! position, as a reader opening a long dialogue at its end scrolls up; `GET /api/v1/messages/{message_id}/versions?dialogue_id=`:
 //! every version of a regenerated reply.
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use ifs_api::extract::Query;
 use ifs_api::views::{MessageView, SizedJson};
 use ifs_api::{ApiError, AuthUser, Route};
 use ifs_auth::Authenticator;
-use ifs_domain::{DialogueId, Limit, MessageCursor, MessageId, Timestamp};
+use ifs_domain::{DialogueId, Limit, MessageCursor, MessageId, PageFill, Timestamp};
 use ifs_store::DialogueStore;
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +77,7 @@ struct MessagesQuery {
     dialogue_id: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
+    before: Option<String>,
 }
 
 /// One page of a dialogue's messages, in list order.
@@ -93,7 +95,9 @@ pub struct MessagesResponse {
 #[openapi(paths(messages, versions))]
 pub struct Api;
 
-/// A dialogue's messages in list order (`seq` 1, 2, …), a page at a time.
+/// A dialogue's messages in list order (`seq` 1, 2, …), a page at a time: forwards from the
+/// first with `cursor`, or with `before` the page just before a position (still in list order),
+/// to read a dialogue from its end.
 #[utoipa::path(
     get,
     path = "/api/v1/messages",
@@ -104,6 +108,9 @@ pub struct Api;
         ("dialogue_id" = String, Query, format = Uuid, description = "The dialogue (the id of its first message)"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size, 50 unless given"),
         ("cursor" = Option<String>, Query, description = "The `next_cursor` of the page before"),
+        ("before" = Option<u64>, Query, minimum = 1, description = "Instead of `cursor`: the messages just before this `seq`, at most \
+            `limit` of them, in list order, `next_cursor` null. The dialogue's `message_count + 1` (or more) gives \
+            its last messages; the first `seq` of a page is the next page's `before`, until it is 1."),
     ),
     responses(
         (status = 200, description = "A page of messages", body = MessagesResponse),
@@ -131,7 +138,28 @@ async fn messages(
         .map(MessageCursor::decode)
         .transpose()
         .map_err(|e| ApiError::invalid_field("cursor", e))?;
-    let page = store.messages(principal.user_id, dialogue_id, limit, cursor).await?;
+    let page = match query.before.as_deref() {
+        None => store.messages(principal.user_id, dialogue_id, limit, cursor).await?,
+        Some(_) if cursor.is_some() => {
+            return Err(ApiError::invalid_field("before", "cannot be given with cursor"));
+        }
+        Some(before) => {
+            let before = before
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|b| *b >= 1)
+                .ok_or_else(|| ApiError::invalid_field("before", "must be a whole number from 1"))?;
+            let mut items =
+                store.messages_before(principal.user_id, dialogue_id, before, limit.get()).await?;
+            // The page keeps the newest that fit the byte budget of a forward page; the reader
+            // asks for the rest with the first `seq` it got.
+            let mut fill = PageFill::new(limit);
+            let kept = items.iter().rev().take_while(|m| fill.admit(m.content.len())).count();
+            items.drain(..items.len() - kept);
+            ifs_domain::Page { items, next: None }
+        }
+    };
     // Text may grow when escaped; the buffer grows then.
     let capacity =
         page.items.iter().map(|m| m.content.len() + MessageView::JSON_OVERHEAD).sum::<usize>() + 200;
@@ -240,10 +268,30 @@ mod tests {
         assert_eq!(page["messages"][0]["prev_id"], serde_json::Value::Null);
         assert_eq!(page["messages"][0]["next_id"], page["messages"][1]["id"]);
         let next = format!("{uri}&cursor={}", page["next_cursor"].as_str().unwrap());
-        let (_, rest) = call(app, empty_request("GET", &next, Some(&token))).await;
+        let (_, rest) = call(app.clone(), empty_request("GET", &next, Some(&token))).await;
         assert_eq!(rest["messages"][0]["content"], "three");
         assert_eq!(rest["messages"][0]["prev_id"], page["messages"][1]["id"]);
         assert_eq!(rest["next_cursor"], serde_json::Value::Null);
+
+        // Backwards from the end, as a reader opening the dialogue scrolls up.
+        let contents = |page: &serde_json::Value| -> Vec<String> {
+            page["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["content"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let (status, last) =
+            call(app.clone(), empty_request("GET", &format!("{uri}&before=4"), Some(&token))).await;
+        assert_eq!(status, StatusCode::OK, "{last}");
+        assert_eq!(contents(&last), ["two", "three"]);
+        assert_eq!(last["next_cursor"], serde_json::Value::Null);
+        let (_, earlier) =
+            call(app.clone(), empty_request("GET", &format!("{uri}&before=2"), Some(&token))).await;
+        assert_eq!(contents(&earlier), ["one"]);
+        let (_, past) = call(app, empty_request("GET", &format!("{uri}&before=999999"), Some(&token))).await;
+        assert_eq!(contents(&past), ["two", "three"]);
     }
 
     #[tokio::test]
@@ -263,6 +311,14 @@ mod tests {
             (format!("dialogue_id={id}&limit=201"), StatusCode::BAD_REQUEST, "limit"),
             (format!("dialogue_id={id}&cursor=%%%"), StatusCode::BAD_REQUEST, ""),
             (format!("dialogue_id={id}&cursor=abc"), StatusCode::BAD_REQUEST, "cursor"),
+            (format!("dialogue_id={id}&before=0"), StatusCode::BAD_REQUEST, "before"),
+            (format!("dialogue_id={id}&before=-3"), StatusCode::BAD_REQUEST, "before"),
+            (
+                format!("dialogue_id={id}&before=2&cursor={}", MessageCursor { after_seq: 1 }.encode()),
+                StatusCode::BAD_REQUEST,
+                "before",
+            ),
+            (format!("dialogue_id={id}&before=5"), StatusCode::NOT_FOUND, ""),
             (format!("dialogue_id={id}"), StatusCode::NOT_FOUND, ""),
         ] {
             let (got, json) =
