@@ -21,7 +21,7 @@ BINARIES := $(CARGO) build --workspace --bins --examples --locked
 TEST := $(CARGO) test --workspace --locked --tests
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 
-.PHONY: help run agent services test lint eval-safety deps model dynamodb-local bench-agent check-deploy lambda-build sam-build sam-build-zips lambda-local test-lambda bench-cold-start agent-build bench-api soak test-contract openapi
+.PHONY: help run agent services test test-web web-screenshot web-deploy lint eval-safety deps model dynamodb-local bench-agent check-deploy lambda-build sam-build sam-build-zips lambda-local test-lambda bench-cold-start agent-build bench-api soak test-contract openapi
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,7 +32,7 @@ run: deps model ## Build in release and serve everything, model included, on htt
 agent: deps model ## Build in release and serve only the agent on http://127.0.0.1:8081 (OpenAI base URL /v1)
 	$(CARGO) run --release --locked -p ifs-agent-container --bin agent
 
-test: deps model dynamodb-local check-deploy ## Every test: unit, property, router, store conformance, Lambda events, model, API (embedded and AWS-like), template lint, the OpenAPI contract (schemathesis), end to end through cargo lambda watch
+test: deps model dynamodb-local check-deploy ## Every test: unit, property, router, store conformance, Lambda events, model, API (embedded and AWS-like), template lint, the OpenAPI contract (schemathesis), end to end through cargo lambda watch, the page in a browser
 	@echo "== make test: build every test, binary and example once"
 	$(BUILD)
 	@echo "== make test: unit, router, conformance (embedded, DynamoDB Local, redis-server), Lambda events, the model, the API on the embedded store"
@@ -43,6 +43,26 @@ test: deps model dynamodb-local check-deploy ## Every test: unit, property, rout
 	$(MAKE) --no-print-directory test-contract
 	@echo "== make test: end to end through cargo lambda watch"
 	$(MAKE) --no-print-directory test-lambda
+	@echo "== make test: the chat page in a real browser"
+	$(MAKE) --no-print-directory test-web
+
+# The browser suite's command: `ifs-guide serve` (built by BINARIES), the model, axe-core.
+WEB_TESTS = IFS_GUIDE="$(TARGET_DIR)/debug/ifs-guide" MODEL=$(MODEL) AXE=.cache/axe-core/axe.min.js \
+  $(VENV)/python -m pytest web/tests -q -p no:cacheprovider
+
+test-web: deps model ## The chat page in Debian's headless Chromium (Playwright): every flow, XSS, crisis lines, keyboard only, axe-core in light and dark, a 360 px phone
+	@infra/install-browser.sh >/dev/null
+	$(BINARIES)
+	$(WEB_TESTS)
+
+web-deploy: deps ## Upload the chat page to the deployed stack's bucket and refresh CloudFront (AWS CLI; STACK_NAME, default ifs-guide)
+	$(BINARIES)
+	infra/web-deploy.sh "$(TARGET_DIR)/debug/ifs-guide" $${STACK_NAME:-ifs-guide}
+
+web-screenshot: deps model ## Retake docs/web.png (the README's screenshot) in the same browser, on the real model
+	@infra/install-browser.sh >/dev/null
+	$(BINARIES)
+	WEB_SCREENSHOT=docs/web.png $(WEB_TESTS) -k real_model
 
 test-contract: deps model ## schemathesis against `ifs-guide serve` and the agent, from openapi.json (fixed seed)
 	@infra/python-tools.sh >/dev/null

@@ -22,6 +22,7 @@ use ifs_store::{Audit, Sweep, Swept};
 use tokio::net::TcpListener;
 
 pub mod openapi;
+pub mod web;
 
 /// `ifs-guide`: run ifs-guide locally.
 #[derive(Debug, clap::Parser)]
@@ -47,6 +48,12 @@ pub enum Command {
     /// Print the safety counters: screened turns by day, level and screener, without anything
     /// that names a person (docs/safety.md).
     SafetyReport(SafetyReportArgs),
+    /// Write the chat page's files as a static host serves them (index.html, assets/<version>/…)
+    /// into DIR, for `make web-deploy`; prints each with its content type and cache policy.
+    WebExport {
+        /// Where to write them; created if missing.
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Which store of users and dialogues a command reads.
@@ -227,6 +234,7 @@ pub async fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) 
         }))
         .merge(ifs_messages::router(ifs_messages::MessagesState { auth, dialogues: backends.dialogues }))
         .merge(openapi::router(agent_routes.is_some()))
+        .merge(web::router())
         .merge(agent_routes.unwrap_or_default());
     Ok(App {
         router: ifs_api::http::edge(router),

@@ -39,6 +39,7 @@ fn main() -> ExitCode {
                 println!("{}", ifs_guide::openapi::json(true));
                 ExitCode::SUCCESS
             }
+            Command::WebExport { dir } => web_export(&dir),
         }
     });
     // Dropping a runtime waits for every blocking task; a generation in progress could hold the
@@ -68,6 +69,7 @@ async fn serve(args: ifs_guide::ServeArgs) -> ExitCode {
     for line in &app.backends {
         println!("  {line}");
     }
+    println!("  page:   open http://{address}/ in a browser");
     match ifs_guide::serve(listener, app, ifs_api::http::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -140,4 +142,20 @@ async fn safety_report(args: &ifs_guide::SafetyReportArgs) -> ExitCode {
 
 fn count(n: u64, thing: &str) -> String {
     if n == 1 { format!("1 {thing}") } else { format!("{n} {thing}s") }
+}
+
+fn web_export(dir: &std::path::Path) -> ExitCode {
+    for (path, content_type, cache, body) in ifs_guide::web::files() {
+        let target = dir.join(&path);
+        let written = target
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&target, body));
+        if let Err(error) = written {
+            eprintln!("ifs-guide: cannot write {}: {error}", target.display());
+            return ExitCode::from(2);
+        }
+        println!("{path}\t{content_type}\t{cache}");
+    }
+    ExitCode::SUCCESS
 }

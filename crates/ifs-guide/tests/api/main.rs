@@ -19,3 +19,4 @@ mod model;
 mod outages;
 mod persistence;
 mod safety;
+mod web;
