@@ -215,3 +215,133 @@ async fn serve_answers_every_declared_route() {
         }
     }
 }
+
+/// The template's resource `name`, parsed.
+fn resource(name: &str) -> Value {
+    let template: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("template.yaml")).unwrap()).unwrap();
+    template["Resources"][name].clone()
+}
+
+/// A string that may be an intrinsic (`!Sub "…"`): its text either way.
+fn plain(value: &Value) -> String {
+    match value {
+        Value::Tagged(tagged) => text(&tagged.value).to_owned(),
+        other => text(other).to_owned(),
+    }
+}
+
+/// The chat page's bucket is private: every public access is blocked, and the only reader its
+/// policy allows is CloudFront on behalf of this stack's distribution (origin access control).
+#[test]
+fn the_page_bucket_is_private_and_read_only_by_its_distribution() {
+    let bucket = resource("WebBucket");
+    assert_eq!(bucket["Type"], "AWS::S3::Bucket");
+    let block = &bucket["Properties"]["PublicAccessBlockConfiguration"];
+    for setting in ["BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"] {
+        assert_eq!(block[setting], Value::Bool(true), "{setting}");
+    }
+    for public in ["WebsiteConfiguration", "AccessControl"] {
+        assert!(bucket["Properties"].get(public).is_none(), "the bucket has {public}");
+    }
+
+    let policy = resource("WebBucketPolicy");
+    let statements = policy["Properties"]["PolicyDocument"]["Statement"].as_sequence().unwrap();
+    let allows: Vec<_> = statements.iter().filter(|s| s["Effect"] == "Allow").collect();
+    assert_eq!(allows.len(), 1, "one reader");
+    let allow = allows[0];
+    assert_eq!(allow["Principal"]["Service"], "cloudfront.amazonaws.com");
+    assert_eq!(allow["Action"], "s3:GetObject");
+    let source = plain(&allow["Condition"]["StringEquals"]["AWS:SourceArn"]);
+    assert!(source.ends_with(":distribution/${WebDistribution}"), "{source}");
+
+    let distribution = resource("WebDistribution");
+    let config = &distribution["Properties"]["DistributionConfig"];
+    let origins = config["Origins"].as_sequence().unwrap();
+    let page = origins.iter().find(|o| o["Id"] == "page").unwrap();
+    assert!(page.get("OriginAccessControlId").is_some(), "the page origin signs with OAC");
+    assert_eq!(page["S3OriginConfig"]["OriginAccessIdentity"], "", "no legacy OAI");
+    assert_eq!(config["DefaultCacheBehavior"]["TargetOriginId"], "page");
+    assert_eq!(config["DefaultCacheBehavior"]["ViewerProtocolPolicy"], "redirect-to-https");
+    assert_eq!(config["DefaultRootObject"], "index.html");
+}
+
+/// `/api/*` reaches the REST API's stage, uncached, with the token forwarded: the page and the
+/// API share an origin.
+#[test]
+fn the_api_shares_the_page_s_origin_uncached() {
+    let config = resource("WebDistribution")["Properties"]["DistributionConfig"].clone();
+    let api = config["Origins"].as_sequence().unwrap().iter().find(|o| o["Id"] == "api").unwrap().clone();
+    assert_eq!(plain(&api["DomainName"]), "${Api}.execute-api.${AWS::Region}.${AWS::URLSuffix}");
+    assert_eq!(plain(&api["OriginPath"]), "/${StageName}");
+    let behavior = config["CacheBehaviors"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|b| b["PathPattern"] == "/api/*")
+        .unwrap()
+        .clone();
+    assert_eq!(behavior["TargetOriginId"], "api");
+    let methods: Vec<_> = behavior["AllowedMethods"].as_sequence().unwrap().iter().map(text).collect();
+    for method in ["GET", "POST", "PATCH", "DELETE"] {
+        assert!(methods.contains(&method), "{method}");
+    }
+    let cache = resource("WebApiCachePolicy")["Properties"]["CachePolicyConfig"].clone();
+    assert_eq!(cache["DefaultTTL"], Value::from(0));
+    assert_eq!(
+        cache["ParametersInCacheKeyAndForwardedToOrigin"]["HeadersConfig"]["Headers"][0],
+        "Authorization"
+    );
+}
+
+/// CloudFront's response headers policy adds exactly the headers `ifs-guide serve` sends with
+/// the page, with the same values: the CSP the page was tested under is the one deployed.
+#[tokio::test]
+async fn cloudfront_sends_the_page_headers_ifs_guide_serve_sends() {
+    let policy = resource("WebHeaders")["Properties"]["ResponseHeadersPolicyConfig"].clone();
+    let security = &policy["SecurityHeadersConfig"];
+    let mut deployed = BTreeMap::from([
+        (
+            "content-security-policy".to_owned(),
+            text(&security["ContentSecurityPolicy"]["ContentSecurityPolicy"]).to_owned(),
+        ),
+        ("x-frame-options".to_owned(), text(&security["FrameOptions"]["FrameOption"]).to_owned()),
+        ("referrer-policy".to_owned(), text(&security["ReferrerPolicy"]["ReferrerPolicy"]).to_owned()),
+    ]);
+    if security.get("ContentTypeOptions").is_some() {
+        deployed.insert("x-content-type-options".to_owned(), "nosniff".to_owned());
+    }
+    let hsts = &security["StrictTransportSecurity"];
+    let mut hsts_value = format!("max-age={}", hsts["AccessControlMaxAgeSec"].as_u64().unwrap());
+    if hsts["IncludeSubdomains"] == Value::Bool(true) {
+        hsts_value.push_str("; includeSubDomains");
+    }
+    if hsts["Preload"] == Value::Bool(true) {
+        hsts_value.push_str("; preload");
+    }
+    deployed.insert("strict-transport-security".to_owned(), hsts_value);
+    for item in policy["CustomHeadersConfig"]["Items"].as_sequence().unwrap() {
+        deployed.insert(text(&item["Header"]).to_ascii_lowercase(), text(&item["Value"]).to_owned());
+    }
+    for overridden in [
+        "ContentSecurityPolicy",
+        "ContentTypeOptions",
+        "FrameOptions",
+        "ReferrerPolicy",
+        "StrictTransportSecurity",
+    ] {
+        assert_eq!(security[overridden]["Override"], Value::Bool(true), "{overridden} must replace S3's");
+    }
+
+    let app = spawn_app().await;
+    let response = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let served: BTreeMap<String, String> = ifs_guide::web::SECURITY_HEADERS
+        .iter()
+        .map(|(name, _)| {
+            let value = response.headers().get(*name).unwrap_or_else(|| panic!("serve sends no {name}"));
+            ((*name).to_owned(), value.to_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(deployed, served);
+}
