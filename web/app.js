@@ -172,7 +172,10 @@ async function loadMoreDialogues() {
       : "Loading more as you scroll…";
     markCurrent();
   } catch (error) {
-    fail(error);
+    // The list is secondary: its trouble is told in the list, not over the dialogue's status.
+    if (list === state.list && !(error instanceof api.ApiError && error.code === "unauthorized")) {
+      $("dialogues-more").textContent = api.describe(error);
+    }
   } finally {
     list.loading = false;
   }

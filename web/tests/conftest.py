@@ -53,7 +53,8 @@ def wait_port(port, process, timeout=120):
 
 class AgentDouble:
     """An OpenAI-compatible agent that streams REPLY a word at a time (or echoes a message that
-    starts with ECHO), and counts the requests it was sent."""
+    starts with ECHO, or refuses one that starts with BUSY as a full agent does: 503 agent_busy,
+    Retry-After 7), and counts the requests it was sent."""
 
     def __init__(self):
         self.calls = 0
@@ -72,6 +73,15 @@ class AgentDouble:
                     double.calls += 1
                 last = request["messages"][-1]["content"]
                 text = last[len("ECHO "):] if last.startswith("ECHO ") else REPLY
+                if last.startswith("BUSY"):
+                    body = json.dumps({"error": {"code": "agent_busy", "message": "every slot is taken"}}).encode()
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Retry-After", "7")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 if not request.get("stream"):
                     body = json.dumps({
                         "id": "chatcmpl-double", "object": "chat.completion", "created": 0, "model": "double",
@@ -126,12 +136,21 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = os.path.join(self.workdir, "server.log")
         self.log = open(self.log_path, "w")
-        full = dict(os.environ, BIND_ADDR=f"127.0.0.1:{port}", DATA_DIR=os.path.join(self.workdir, "data"),
-                    STORE="embedded", SESSIONS="embedded", RUST_LOG="warn", **env)
-        full.pop("CORS_ALLOW_ORIGIN", None)
-        self.process = subprocess.Popen([os.environ["IFS_GUIDE"], "serve"], env=full, stdout=self.log,
+        self.port = port
+        self.env = dict(os.environ, BIND_ADDR=f"127.0.0.1:{port}", DATA_DIR=os.path.join(self.workdir, "data"),
+                        STORE="embedded", SESSIONS="embedded", RUST_LOG="warn", **env)
+        self.env.pop("CORS_ALLOW_ORIGIN", None)
+        self.start()
+
+    def start(self):
+        self.process = subprocess.Popen([os.environ["IFS_GUIDE"], "serve"], env=self.env, stdout=self.log,
                                         stderr=self.log)
-        wait_port(port, self.process)
+        wait_port(self.port, self.process)
+
+    def crash(self):
+        """Killed at once, every connection cut: what a lost network looks like to a browser."""
+        self.process.kill()
+        self.process.wait()
 
     def close(self):
         self.process.terminate()
@@ -153,6 +172,23 @@ def double():
 @pytest.fixture(scope="session")
 def server(double):
     served = Server({"AGENT_URL": f"http://127.0.0.1:{double.port}/v1/chat/completions"})
+    yield served
+    served.close()
+
+
+@pytest.fixture
+def own_server(double):
+    """A server of the test's own, which it may crash and start again."""
+    served = Server({"AGENT_URL": f"http://127.0.0.1:{double.port}/v1/chat/completions"})
+    yield served
+    served.close()
+
+
+@pytest.fixture(scope="session")
+def tight_server(double):
+    """A server whose daily allowance is spent by one turn of the double (10 + ~60 tokens)."""
+    served = Server({"AGENT_URL": f"http://127.0.0.1:{double.port}/v1/chat/completions",
+                     "DAILY_TOKEN_LIMIT": "50"})
     yield served
     served.close()
 
@@ -190,7 +226,10 @@ def page(context):
     opened.on("console", lambda message: message.type == "error" and errors.append(message.text))
     yield opened
     # A script error or a CSP violation is a failure even when the flow went on.
-    assert not [e for e in errors if "status of 4" not in e], errors
+    # (Refused requests and those to a crashed server are expected; their words are tested.)
+    expected = ("status of 4", "ERR_CONNECTION_REFUSED", "ERR_CONNECTION_RESET", "ERR_INCOMPLETE_CHUNKED_ENCODING",
+                "ERR_EMPTY_RESPONSE")
+    assert not [e for e in errors if not any(x in e for x in expected)], errors
 
 
 @pytest.fixture(scope="session")

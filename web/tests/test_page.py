@@ -203,6 +203,44 @@ def test_a_session_ended_elsewhere_returns_to_the_log_in_form(server, page, cont
     assert page.evaluate("sessionStorage.getItem('ifs-guide.token')") is None
 
 
+def status_text(page):
+    text = page.get_by_role("status").inner_text()
+    assert "{" not in text and "error" not in text.lower().split(), f"not words: {text!r}"
+    return text
+
+
+def test_errors_are_told_in_words_and_a_lost_stream_offers_a_reload(own_server, tight_server, page):
+    sign_up(page, own_server.url)
+    # The agent is full: the person reads why and when to try again, never the JSON.
+    send(page, "BUSY are you there?")
+    expect(page.get_by_role("status")).to_contain_text("answering other people")
+    status_text(page)
+    # The message itself was kept, and the dialogue is open on it.
+    expect(page.get_by_role("log", name="Messages").locator("li.user .text")).to_have_text("BUSY are you there?")
+
+    # The connection drops while the reply streams: the page says so and offers to reload.
+    page.get_by_role("button", name="New dialogue").click()
+    send(page, "A message whose reply is cut off")
+    expect(replies(page)).to_have_count(1)
+    expect(replies(page).last.locator(".text")).to_contain_text("Thank you")
+    own_server.crash()
+    expect(page.get_by_role("status")).to_contain_text("The connection was lost")
+    expect(replies(page).last.locator(".note")).to_have_text("The connection was lost during this reply.")
+    own_server.start()
+    page.get_by_role("button", name="Reload the dialogue").click()
+    # What the server had stored before it went: the message, which stays.
+    expect(page.get_by_role("log", name="Messages").locator("li.user .text")).to_have_text(
+        "A message whose reply is cut off")
+
+    # Today's allowance spent: when it renews, in words.
+    sign_up(page, tight_server.url)
+    send(page, "One turn")
+    finished(page)
+    send(page, "And another")
+    expect(page.get_by_role("status")).to_contain_text("today's allowance")
+    assert re.search(r"renews in \d+ (hours?|minutes|seconds?)", status_text(page)), status_text(page)
+
+
 def test_the_first_message_flow_works_with_the_keyboard_alone(server, page):
     page.goto(server.url)
     # The page starts in the Email field.
