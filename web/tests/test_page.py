@@ -203,6 +203,45 @@ def test_a_session_ended_elsewhere_returns_to_the_log_in_form(server, page, cont
     assert page.evaluate("sessionStorage.getItem('ifs-guide.token')") is None
 
 
+# Turns through the API with the page's own token (the double answers buffered turns at once).
+SEED = """async ([dialogues, turns]) => {
+  const headers = {Authorization: 'Bearer ' + sessionStorage.getItem('ifs-guide.token'),
+                   'Content-Type': 'application/json'};
+  const say = async (body) => {
+    const response = await fetch('/api/v1/dialogue', {method: 'POST', headers, body: JSON.stringify(body)});
+    if (!response.ok) throw new Error(await response.text());
+    return response.json();
+  };
+  for (let i = 1; i <= dialogues; i++) await say({message: `ECHO dialogue ${i}`});
+  let id = null;
+  for (let i = 1; i <= turns; i++) id = (await say({message: `ECHO turn ${i}`, dialogue_id: id || undefined})).dialogue_id;
+}"""
+
+
+def test_the_list_and_a_long_dialogue_load_more_as_they_scroll(server, page):
+    sign_up(page, server.url)
+    page.evaluate(SEED, [24, 35])
+    page.reload()
+    dialogues = page.get_by_role("navigation", name="Dialogues").get_by_role("link")
+    expect(dialogues).to_have_count(20)
+    expect(dialogues.first).to_have_text("ECHO turn 1")
+    page.locator("#dialogues-more").scroll_into_view_if_needed()
+    expect(dialogues).to_have_count(25)
+    expect(dialogues.last).to_have_text("ECHO dialogue 1")
+
+    # Opened at its end; older messages come as the log scrolls up, in order.
+    dialogues.first.click()
+    messages = page.get_by_role("log", name="Messages").locator("li.msg")
+    expect(messages).to_have_count(30)
+    expect(messages.last.locator(".text")).to_have_text("turn 35")
+    for count in (60, 70):
+        page.locator("#log").evaluate("log => { log.scrollTop = 0; }")
+        expect(messages).to_have_count(count)
+    expect(messages.first.locator(".text")).to_have_text("ECHO turn 1")
+    seqs = messages.evaluate_all("items => items.map(i => Number(i.dataset.seq))")
+    assert seqs == list(range(1, 71))
+
+
 def status_text(page):
     text = page.get_by_role("status").inner_text()
     assert "{" not in text and "error" not in text.lower().split(), f"not words: {text!r}"
