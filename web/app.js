@@ -513,10 +513,17 @@ async function turn(body, replacing) {
         reply.querySelector(".note").textContent = text ? "Stopped" : "Stopped before the reply began";
       }
       // The server keeps what was written, marked as stopped; reading it back gives the reply
-      // its id (for Regenerate) once it is stored.
-      setTimeout(() => {
-        if (opened === state.opened && !state.streaming && state.dialogueId) reopen();
-      }, 600);
+      // its id (for Regenerate) once it is stored, which takes a moment after the request ends.
+      const settle = async (attempt, expected) => {
+        if (expected !== state.opened || state.streaming || !state.dialogueId) return;
+        const id = state.dialogueId;
+        state.dialogueId = null;
+        await openDialogue(id);
+        const now = state.opened;
+        const last = $("messages").lastElementChild;
+        if (attempt < 5 && last && last.classList.contains("user")) setTimeout(() => settle(attempt + 1, now), 800);
+      };
+      setTimeout(() => settle(0, opened), 400);
     } else if (error instanceof api.ApiError && error.code === "stream_lost") {
       lost(reply);
     } else {
