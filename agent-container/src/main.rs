@@ -24,6 +24,11 @@ struct Config {
     /// `InvokeWithResponseStream`; template.yaml sets it).
     #[arg(long, env = "LAMBDA_STREAMING", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
     lambda_streaming: bool,
+    /// Answer only requests with `Authorization: Bearer <key>` (as llama-server's --api-key);
+    /// GET /health stays open. At least 16 printable characters. Not used on Lambda, where IAM
+    /// decides who may call.
+    #[arg(long, env = "AGENT_API_KEY", hide_env_values = true)]
+    api_key: Option<ifs_api::agent_key::AgentKey>,
 }
 
 #[tokio::main]
@@ -39,6 +44,9 @@ async fn main() -> ExitCode {
     };
     let routes = ifs_agent::router(Arc::clone(&service));
     let served = if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        if config.api_key.is_some() {
+            eprintln!("agent: AGENT_API_KEY is not used on Lambda, where IAM decides who may call");
+        }
         let running = if config.lambda_streaming {
             ifs_api::lambda::run_streaming(routes).await
         } else {
@@ -77,6 +85,17 @@ async fn serve(
         info.threads
     );
     println!("  {}", config.server.describe());
+    println!(
+        "  {}",
+        if config.api_key.is_some() {
+            "key: required (AGENT_API_KEY); GET /health is open"
+        } else {
+            "key: none, anyone who reaches this port may use the model (set AGENT_API_KEY)"
+        }
+    );
+    // The health check stays outside the key, for load balancers and orchestrators.
+    let routes = ifs_api::agent_key::guarded(routes, config.api_key.clone())
+        .route("/health", axum::routing::get(|| async { axum::Json(ifs_api::agent_key::HEALTHY) }));
     ifs_api::server::serve(
         listener,
         ifs_api::http::edge(routes),

@@ -1,10 +1,20 @@
-"""Drives the standalone agent with the official OpenAI Python client; exits non-zero on any mismatch."""
+"""Drives the standalone agent with the official OpenAI Python client; exits non-zero on any mismatch.
+
+  openai_client.py BASE_URL API_KEY   (the agent was started with AGENT_API_KEY=API_KEY)
+"""
 import sys
 
 import openai
 from openai import OpenAI
 
-client = OpenAI(base_url=sys.argv[1], api_key="not-needed-locally")
+# The key is what the client sends as its api_key; a wrong one is the client's AuthenticationError.
+try:
+    OpenAI(base_url=sys.argv[1], api_key="wrong-key-wrong-key").models.list()
+    sys.exit("a wrong key was let in")
+except openai.AuthenticationError as error:
+    assert error.status_code == 401 and error.code == "invalid_api_key", error
+
+client = OpenAI(base_url=sys.argv[1], api_key=sys.argv[2])
 
 models = client.models.list()
 model = models.data[0].id

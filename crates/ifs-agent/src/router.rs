@@ -209,7 +209,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     path = "/api/v1/agent",
     tag = "agent",
     operation_id = "agent_info",
-    responses((status = 200, description = "The model and its limits", body = AgentInfo))
+    security((), ("agent_key" = [])),
+    responses(
+        (status = 200, description = "The model and its limits", body = AgentInfo),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+    )
 )]
 async fn info(State(service): State<Arc<AgentService>>) -> JsonResponse<AgentInfo> {
     let info = service.engine().info();
@@ -245,7 +249,11 @@ async fn info(State(service): State<Arc<AgentService>>) -> JsonResponse<AgentInf
     path = "/v1/models",
     tag = "agent",
     operation_id = "list_models",
-    responses((status = 200, description = "The one model served", body = ModelList))
+    security((), ("agent_key" = [])),
+    responses(
+        (status = 200, description = "The one model served", body = ModelList),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
+    )
 )]
 async fn models(State(service): State<Arc<AgentService>>) -> JsonResponse<ModelList> {
     JsonResponse(ModelList {
@@ -266,11 +274,13 @@ async fn models(State(service): State<Arc<AgentService>>) -> JsonResponse<ModelL
     path = "/api/v1/agent",
     tag = "agent",
     operation_id = "agent_complete",
+    security((), ("agent_key" = [])),
     request_body = ChatRequest,
     responses(
         (status = 200, description = "The reply, or its stream",
          content((ChatResponse = "application/json"), (ifs_api::openapi::ChatCompletionEvent = "text/event-stream"))),
         (status = 400, response = ifs_api::openapi::BadRequest),
+        (status = 401, response = ifs_api::openapi::Unauthorized),
         (status = 413, response = ifs_api::openapi::PayloadTooLarge),
         (status = 415, response = ifs_api::openapi::UnsupportedMediaType),
         (status = 500, response = ifs_api::openapi::Internal),

@@ -87,6 +87,8 @@ pub struct HttpAgent {
     client: reqwest::Client,
     url: Url,
     timeout: Duration,
+    /// Sent as `Authorization: Bearer …` with every request (`AGENT_API_KEY`).
+    key: Option<crate::agent_key::AgentKey>,
 }
 
 impl HttpAgent {
@@ -96,7 +98,21 @@ impl HttpAgent {
             .connect_timeout(Duration::from_secs(10).min(timeout))
             .build()
             .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
-        Ok(Self { client, url, timeout })
+        Ok(Self { client, url, timeout, key: None })
+    }
+
+    /// Sends `key` with every request, as an agent started with `AGENT_API_KEY` requires.
+    #[must_use]
+    pub fn with_key(self, key: Option<crate::agent_key::AgentKey>) -> Self {
+        Self { key, ..self }
+    }
+
+    fn post(&self) -> reqwest::RequestBuilder {
+        let request = self.client.post(self.url.clone());
+        match &self.key {
+            Some(key) => request.header(header::AUTHORIZATION, key.bearer()),
+            None => request,
+        }
     }
 
     /// What a failed request means: a timeout is the agent not answering in time.
@@ -382,14 +398,7 @@ impl Agent for HttpAgent {
     async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, AgentError> {
         let failed = |e| self.failed(e);
         let request = ChatRequest { stream: None, stream_options: None, ..request };
-        let response = self
-            .client
-            .post(self.url.clone())
-            .timeout(self.timeout)
-            .json(&request)
-            .send()
-            .await
-            .map_err(failed)?;
+        let response = self.post().timeout(self.timeout).json(&request).send().await.map_err(failed)?;
         let status = response.status();
         let retry_after = retry_after(&response);
         let body = read_capped(response, failed).await?;
@@ -405,11 +414,10 @@ impl Agent for HttpAgent {
         };
         // The timeout covers the wait for the answer's head; after it, each piece of the
         // stream must come within the same time.
-        let response =
-            tokio::time::timeout(self.timeout, self.client.post(self.url.clone()).json(&request).send())
-                .await
-                .map_err(|_| AgentError::Timeout(self.timeout))?
-                .map_err(failed)?;
+        let response = tokio::time::timeout(self.timeout, self.post().json(&request).send())
+            .await
+            .map_err(|_| AgentError::Timeout(self.timeout))?
+            .map_err(failed)?;
         let status = response.status();
         let is_stream = response
             .headers()

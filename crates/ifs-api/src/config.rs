@@ -102,6 +102,10 @@ pub struct DialogueConfig {
     /// http://127.0.0.1:8080/v1/chat/completions.
     #[arg(long, env = "AGENT_URL")]
     pub agent_url: Option<Url>,
+    /// The key AGENT_URL's agent was started with (its AGENT_API_KEY, or llama-server's
+    /// --api-key), sent as `Authorization: Bearer …`; at least 16 printable characters.
+    #[arg(long, env = "AGENT_API_KEY", hide_env_values = true)]
+    pub agent_api_key: Option<crate::agent_key::AgentKey>,
     /// Model name sent in each request to AGENT_URL.
     #[arg(long, env = "AGENT_MODEL", default_value = "ifs-guide")]
     pub agent_model: String,

@@ -3,6 +3,7 @@
 //! client, backend wiring, the Lambda runner and the hardened HTTP server for local processes. Endpoint logic lives in `functions/*`.
 
 pub mod agent;
+pub mod agent_key;
 pub mod backends;
 pub mod config;
 pub mod error;

@@ -9,6 +9,8 @@ use utoipa::{ToResponse, ToSchema};
 
 /// The name of the bearer scheme that protected operations list under `security`.
 pub const BEARER: &str = "bearer";
+/// The name of the standalone agent's key scheme (`AGENT_API_KEY`).
+pub const AGENT_KEY: &str = "agent_key";
 
 /// Every error: `{"error": {"code", "message"}}`, sometimes with fields of its own beside them
 /// (a failed dialogue turn names `dialogue_id` and `message_id`).
@@ -148,6 +150,22 @@ pub fn bearer_scheme() -> SecurityScheme {
             .bearer_format("JWT")
             .description(Some(
                 "The access_token of POST /api/v1/login: an EdDSA-signed JWT bound to a session",
+            ))
+            .build(),
+    )
+}
+
+/// The standalone agent's key: `Authorization: Bearer <AGENT_API_KEY>`, required only when the
+/// agent was started with one.
+#[must_use]
+pub fn agent_key_scheme() -> SecurityScheme {
+    SecurityScheme::Http(
+        HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "The key the agent was started with (AGENT_API_KEY, as llama-server's --api-key); \
+                 without one the agent's operations are open. A missing or wrong key is 401 \
+                 invalid_api_key in OpenAI's error shape.",
             ))
             .build(),
     )

@@ -150,14 +150,26 @@ pub async fn build(args: &ServeArgs) -> anyhow::Result<App> {
 /// [`build`], with `observer` receiving every prompt the in-process model is given.
 pub async fn build_observed(args: &ServeArgs, observer: Option<PromptObserver>) -> anyhow::Result<App> {
     let (agent, agent_routes): (Arc<dyn Agent>, Option<Router>) = match &args.dialogue.agent_url {
-        Some(url) => (Arc::new(HttpAgent::new(url.clone(), args.dialogue.agent_timeout())?), None),
+        Some(url) => (
+            Arc::new(
+                HttpAgent::new(url.clone(), args.dialogue.agent_timeout())?
+                    .with_key(args.dialogue.agent_api_key.clone()),
+            ),
+            None,
+        ),
         None => {
             let mut service = args.agent.service()?;
             if let Some(observer) = observer {
                 service = service.observing_prompts(observer);
             }
             let service = Arc::new(service);
-            (Arc::new(LocalAgent(Arc::clone(&service))), Some(ifs_agent::router(service)))
+            // The agent's own routes, which serve mounts too, take the same key as a standalone
+            // agent would; the Dialogue Manager calls the model in-process, without one.
+            let routes = ifs_api::agent_key::guarded(
+                ifs_agent::router(service.clone()),
+                args.dialogue.agent_api_key.clone(),
+            );
+            (Arc::new(LocalAgent(service)), Some(routes))
         }
     };
     let backends = Backends::open(&args.store, TableCheck::CreateLocally).await?;

@@ -6,7 +6,7 @@
 use axum::Router;
 use ifs_api::Route;
 use ifs_api::openapi::{
-    BEARER, BadGateway, BadRequest, ErrorBody, ErrorDetail, GatewayTimeout, Internal, NotFound,
+    AGENT_KEY, BEARER, BadGateway, BadRequest, ErrorBody, ErrorDetail, GatewayTimeout, Internal, NotFound,
     PayloadTooLarge, TooManyRequests, Unauthorized, Unavailable, UnsupportedMediaType,
 };
 use utoipa::OpenApi as _;
@@ -35,8 +35,9 @@ pub const OPENAPI: Route = Route::get("/api/v1/openapi.json");
     tags(
         (name = "auth", description = "Accounts and sessions"),
         (name = "dialogues", description = "Dialogues with the agent: each a doubly linked list of messages"),
-        (name = "agent", description = "The agent: OpenAI-compatible chat completions on a local model. Open \
-            on a local server; on AWS they require AWS IAM (SigV4) and only the Dialogue Manager calls them."),
+        (name = "agent", description = "The agent: OpenAI-compatible chat completions on a local model. On a \
+            server started with AGENT_API_KEY they take `Authorization: Bearer <key>` (the `agent_key` scheme), \
+            otherwise they are open; on AWS they require AWS IAM (SigV4) and only the Dialogue Manager calls them."),
         (name = "meta", description = "This document"),
     ),
 )]
@@ -75,6 +76,9 @@ pub fn document(with_agent: bool) -> OpenApi {
     }
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(BEARER, ifs_api::openapi::bearer_scheme());
+    if with_agent {
+        components.add_security_scheme(AGENT_KEY, ifs_api::openapi::agent_key_scheme());
+    }
     doc
 }
 
@@ -181,13 +185,17 @@ mod tests {
     #[test]
     fn every_operation_documents_its_security_and_errors() {
         let value = serde_json::to_value(document(true)).unwrap();
-        let public =
-            ["signup", "login", "openapi", "agent_info", "agent_complete", "chat_completions", "list_models"];
+        let public = ["signup", "login", "openapi"];
+        // Open unless the agent was given a key: either no security or the agent's key.
+        let agent = ["agent_info", "agent_complete", "chat_completions", "list_models"];
         for (path, item) in value["paths"].as_object().unwrap() {
             for (method, operation) in item.as_object().unwrap() {
                 let id = operation["operationId"].as_str().unwrap();
                 let responses = operation["responses"].as_object().unwrap();
                 let protected = !public.contains(&id);
+                if agent.contains(&id) {
+                    assert_eq!(operation["security"], serde_json::json!([{}, {"agent_key": []}]), "{id}");
+                }
                 assert_eq!(operation.get("security").is_some(), protected, "{method} {path}: security");
                 assert_eq!(responses.contains_key("401"), protected || id == "login", "{method} {path}: 401");
                 if method == "post" && operation.get("requestBody").is_some() {

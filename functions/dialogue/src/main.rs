@@ -47,7 +47,9 @@ async fn main() -> Result<(), lambda_http::Error> {
             let endpoint = config.agent_lambda_endpoint.as_deref();
             Arc::new(LambdaAgent::connect(function, endpoint, timeout, config.agent_function_streaming).await)
         }
-        (None, Some(url)) => Arc::new(HttpAgent::new(url.clone(), timeout)?),
+        (None, Some(url)) => {
+            Arc::new(HttpAgent::new(url.clone(), timeout)?.with_key(config.dialogue.agent_api_key.clone()))
+        }
         (None, None) => {
             return Err("AGENT_FUNCTION (the agent's Lambda function) or AGENT_URL (its chat-completions URL) must be set".into());
         }

@@ -323,8 +323,13 @@ pub async fn spawn_app_with_model_and(prompts: Arc<Mutex<Vec<String>>>, flags: &
 /// `ifs-guide serve` on an embedded store with `AGENT_URL` pointed at `agent_url`, waiting up to
 /// two minutes for it (a real model, unlike the double).
 pub async fn spawn_app_with_agent_url(agent_url: &str) -> TestApp {
+    spawn_app_with_agent_url_and(agent_url, &[]).await
+}
+
+/// [`spawn_app_with_agent_url`] with more flags.
+pub async fn spawn_app_with_agent_url_and(agent_url: &str, flags: &[&str]) -> TestApp {
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
-    let Command::Serve(args) = Cli::parse_from([
+    let mut arguments = vec![
         "ifs-guide",
         "serve",
         "--data-dir",
@@ -333,9 +338,9 @@ pub async fn spawn_app_with_agent_url(agent_url: &str) -> TestApp {
         agent_url,
         "--agent-timeout",
         "120",
-    ])
-    .command
-    else {
+    ];
+    arguments.extend_from_slice(flags);
+    let Command::Serve(args) = Cli::parse_from(arguments).command else {
         unreachable!("serve was asked for")
     };
     let app = ifs_guide::build_observed(&args, None).await.expect("app builds");
@@ -346,6 +351,12 @@ pub async fn spawn_app_with_agent_url(agent_url: &str) -> TestApp {
 /// The agent service with the bundled model on its own loopback port, served as the standalone
 /// `agent` binary serves it; returns its chat-completions URL.
 pub async fn standalone_agent() -> String {
+    standalone_agent_with_key(None).await
+}
+
+/// [`standalone_agent`] answering only requests that carry `key` (`AGENT_API_KEY`), wired as the
+/// `agent` binary wires it.
+pub async fn standalone_agent_with_key(key: Option<&str>) -> String {
     let model =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let config = ifs_agent::AgentConfig {
@@ -363,7 +374,8 @@ pub async fn standalone_agent() -> String {
     let service = Arc::new(config.service().expect("the agent loads its model"));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1/chat/completions", listener.local_addr().unwrap());
-    let routes = ifs_api::http::edge(ifs_agent::router(service));
+    let key = key.map(|k| k.parse().expect("a valid key"));
+    let routes = ifs_api::http::edge(ifs_api::agent_key::guarded(ifs_agent::router(service), key));
     tokio::spawn(async move {
         let config = ifs_api::server::ServerConfig::default();
         let _ = ifs_api::server::serve(listener, routes, &config, std::future::pending()).await;

@@ -6,8 +6,8 @@ use axum::http::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{
-    assert_valid_list, spawn_app_with_agent_url, spawn_app_with_model, spawn_app_with_model_and,
-    standalone_agent,
+    assert_valid_list, spawn_app_with_agent_url, spawn_app_with_agent_url_and, spawn_app_with_model,
+    spawn_app_with_model_and, standalone_agent, standalone_agent_with_key,
 };
 
 #[tokio::test]
@@ -142,6 +142,47 @@ async fn five_long_turns_reach_a_standalone_agent_and_the_trimming_is_reported()
     assert_eq!(stored.len(), 10);
     assert_eq!(stored[9]["truncated_messages"].as_u64(), trimmed[4]);
     assert_valid_list(&stored);
+}
+
+/// A standalone agent started with a key answers the Dialogue Manager that sends it
+/// (`AGENT_API_KEY` beside `AGENT_URL`) and refuses one that does not: the turn fails as the
+/// agent failing (502), with the message kept.
+#[tokio::test]
+async fn the_dialogue_manager_sends_the_agent_s_key() {
+    let key = "dialogue-to-agent-key-42";
+    let agent = standalone_agent_with_key(Some(key)).await;
+    let app = spawn_app_with_agent_url_and(&agent, &["--agent-api-key", key]).await;
+    let token = app.user("ada@example.com").await;
+    let (status, answer) = app.say(&token, "Hello there", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert!(!answer["reply"]["content"].as_str().unwrap().is_empty());
+
+    let keyless = spawn_app_with_agent_url(&agent).await;
+    let token = keyless.user("bob@example.com").await;
+    let (status, answer) = keyless.say(&token, "Hello there", None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
+    assert_eq!(answer["error"]["code"], "agent_unavailable");
+    let kept = keyless.all_messages(&token, answer["error"]["dialogue_id"].as_str().unwrap()).await;
+    assert_eq!(kept.len(), 1);
+}
+
+/// With a key and no `AGENT_URL`, the agent routes `serve` mounts take the key as a standalone
+/// agent would, while dialogues reach the model in-process without it.
+#[tokio::test]
+async fn serve_s_own_agent_routes_take_the_key_and_dialogues_need_none() {
+    let key = "serve-agent-key-0123456";
+    let app = spawn_app_with_model_and(Arc::default(), &["--agent-api-key", key]).await;
+    let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2});
+    let refused = app.client.post(app.url("/v1/chat/completions")).json(&body).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let refused: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"]["code"], "invalid_api_key");
+    let answered =
+        app.client.post(app.url("/v1/chat/completions")).bearer_auth(key).json(&body).send().await.unwrap();
+    assert_eq!(answered.status(), StatusCode::OK);
+    let token = app.user("ada@example.com").await;
+    let (status, answer) = app.say(&token, "Hello", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
 }
 
 #[tokio::test]
