@@ -3,7 +3,8 @@
 # threads, same prompt length (pp) and generation length (tg, at the depth of that prompt),
 # alternating the two tools so both see the same machine state. Then time to first token through
 # the streaming endpoint over a 10-turn dialogue, with and without the prompt cache, beside
-# llama-server's (infra/bench_ttft.py). Prints Markdown tables.
+# llama-server's (infra/bench_ttft.py), and concurrent dialogues beside llama-server's continuous
+# batching (infra/bench_concurrency.py). Prints Markdown tables.
 #
 #   infra/bench-agent.sh                 # our build as configured in .cargo/config.toml (native)
 #   BENCH_VARIANTS="x86-64 x86-64-v3 native" infra/bench-agent.sh
@@ -99,3 +100,7 @@ rm -f "$results"
 echo
 cargo build --release --locked -q -p ifs-agent-container --bin agent
 python3 infra/bench_ttft.py target/release/agent "$CACHE/build/bin/llama-server" "$MODEL" "$THREADS" "${TTFT_ROUNDS:-3}"
+echo
+echo "## Concurrent dialogues: ifs-agent (AGENT_PARALLEL) beside llama-server -np (continuous batching)"
+echo
+python3 infra/bench_concurrency.py target/release/agent "$CACHE/build/bin/llama-server" "$MODEL" "$THREADS" "${PARALLEL:-4}"

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""The agent under concurrent dialogues, beside llama-server with continuous batching.
+
+Starts, one after the other on free loopback ports with the same GGUF, threads and context per
+sequence: our `agent` with AGENT_PARALLEL=P, then llama.cpp's `llama-server -np P` (continuous
+batching is on by default). Against each, greedy, streamed:
+
+- P concurrent streams, each after a distinct ~300-token prompt, max_tokens 256 with the end of
+  text ignored where the server allows it: aggregate generation tokens/s, median and worst time
+  to first token;
+- 4P concurrent requests: how many were served, how many refused before their stream began (503),
+  how many lost (anything else), and the total time;
+- one turn arriving while P-1 streams generate, its time to first token beside the same turn
+  alone.
+
+Prints a Markdown table with ours / llama-server's ratios.
+
+  bench_concurrency.py AGENT_BINARY LLAMA_SERVER MODEL THREADS [PARALLEL]
+"""
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+GEN = 256
+CTX = 2048  # per sequence
+
+
+def prompt(i):
+    """A distinct prompt of about 300 tokens: every server sees the same ones."""
+    topics = ["the garden", "my sister", "a new city", "the piano", "an old friend", "sleep", "work", "my dog"]
+    topic = topics[i % len(topics)]
+    story = (f"Lately I keep thinking about {topic}. Part of me is worried, part of me is curious, and part "
+             f"of me just wants to rest. In the mornings the worried part is loudest; by the evening the "
+             f"curious part has taken over and I end up reading about {topic} until late. ") * 5
+    return [{"role": "system", "content": f"You are a warm, careful guide. (Session {i}.)"},
+            {"role": "user", "content": story + f"Can you help me listen to each part about {topic}?"}]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url, process, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"{url}: the server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"{url}: not ready after {timeout} s")
+
+
+def stream(base, messages, max_tokens=GEN):
+    """One streamed completion: (outcome, ms to first content, completion tokens, end time)."""
+    body = json.dumps({"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                       "stream_options": {"include_usage": True}, "ignore_eos": True}).encode()
+    request = urllib.request.Request(f"{base}/v1/chat/completions", data=body,
+                                     headers={"content-type": "application/json"})
+    started = time.perf_counter()
+    first, tokens, pieces = None, None, 0
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            for line in response:
+                line = line.strip()
+                if not line.startswith(b"data:") or line == b"data: [DONE]":
+                    continue
+                chunk = json.loads(line[5:])
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+                delta = (chunk.get("choices") or [{}])[0].get("delta", {})
+                if delta.get("content"):
+                    pieces += 1
+                    if first is None:
+                        first = (time.perf_counter() - started) * 1000
+    except urllib.error.HTTPError as error:
+        return ("refused" if error.code == 503 else f"http {error.code}", None, 0, time.perf_counter())
+    except OSError as error:
+        return (f"lost: {error}", None, 0, time.perf_counter())
+    return ("served", first, tokens if tokens is not None else pieces, time.perf_counter())
+
+
+def concurrently(base, prompts):
+    results = [None] * len(prompts)
+
+    def one(i):
+        results[i] = stream(base, prompts[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, started
+
+
+def measure(base, parallel):
+    stream(base, [{"role": "user", "content": "Hello."}], 4)  # warm-up: weights paged in
+    results, started = concurrently(base, [prompt(i) for i in range(parallel)])
+    served = [r for r in results if r[0] == "served"]
+    wall = max(r[3] for r in served) - started
+    ttfts = sorted(r[1] for r in served)
+    many, started = concurrently(base, [prompt(100 + i) for i in range(4 * parallel)])
+    outcomes = [r[0] for r in many]
+    alone = stream(base, prompt(200))[1]
+
+    def background(i):
+        stream(base, prompt(300 + i))
+
+    others = [threading.Thread(target=background, args=(i,)) for i in range(parallel - 1)]
+    for t in others:
+        t.start()
+    time.sleep(1.0)  # the others are generating
+    # The turn alone's words under another session number (same topic, same length): no server
+    # has its prompt cached.
+    busy = stream(base, prompt(208))[1]
+    for t in others:
+        t.join()
+    return {
+        "aggregate": sum(r[2] for r in served) / wall,
+        "ttft_median": statistics.median(ttfts),
+        "ttft_worst": ttfts[-1],
+        "served": outcomes.count("served"),
+        "refused": outcomes.count("refused"),
+        "lost": len(outcomes) - outcomes.count("served") - outcomes.count("refused"),
+        "many_total": max(r[3] for r in many) - started,
+        "alone": alone,
+        "busy": busy,
+    }
+
+
+def run(name, command, env, port, health, parallel):
+    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}{health}", process)
+        return measure(f"http://127.0.0.1:{port}", parallel)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        print(f"{name}: done", file=sys.stderr)
+
+
+def main():
+    agent, llama_server, model, threads = sys.argv[1:5]
+    parallel = int(sys.argv[5]) if len(sys.argv) > 5 else 4
+    port = free_port()
+    ours = run("ifs-agent", [agent], {
+        "AGENT_MODEL_PATH": model, "AGENT_THREADS": threads, "AGENT_CTX": str(CTX), "AGENT_PARALLEL": str(parallel),
+        "AGENT_QUEUE": str(2 * parallel), "AGENT_MAX_TOKENS_LIMIT": "1024", "RUST_LOG": "warn",
+        "BIND_ADDR": f"127.0.0.1:{port}"}, port, "/api/v1/agent", parallel)
+    port = free_port()
+    theirs = run("llama-server", [llama_server, "-m", model, "-t", threads, "-c", str(CTX * parallel), "-np",
+                                  str(parallel), "--host", "127.0.0.1", "--port", str(port)],
+                 {}, port, "/health", parallel)
+    print(f"{parallel} sequences, {threads} threads, {CTX} tokens of context each, greedy, {GEN} tokens a reply\n")
+    print("| row | ifs-agent | llama-server | ratio |")
+    print("|---|---:|---:|---:|")
+    rows = [
+        (f"{parallel} streams: aggregate generation tokens/s", "aggregate", "{:.0f}"),
+        (f"{parallel} streams: median time to first token, ms", "ttft_median", "{:.0f}"),
+        (f"{parallel} streams: worst time to first token, ms", "ttft_worst", "{:.0f}"),
+        (f"{4 * parallel} requests at once: total s", "many_total", "{:.1f}"),
+        ("a turn alone: time to first token, ms", "alone", "{:.0f}"),
+        (f"the same turn beside {parallel - 1} streams: time to first token, ms", "busy", "{:.0f}"),
+    ]
+    for label, key, fmt in rows:
+        ratio = ours[key] / theirs[key]
+        print(f"| {label} | {fmt.format(ours[key])} | {fmt.format(theirs[key])} | {ratio:.2f}× |")
+    for name, result in [("ifs-agent", ours), ("llama-server", theirs)]:
+        print(f"\n{name}: {4 * parallel} requests at once: {result['served']} served, {result['refused']} refused "
+              f"before their stream (503), {result['lost']} lost; a turn beside {parallel - 1} streams waits "
+              f"{result['busy'] / result['alone']:.1f}× its time alone")
+
+
+if __name__ == "__main__":
+    main()
