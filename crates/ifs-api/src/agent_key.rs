@@ -15,9 +15,13 @@ use subtle::ConstantTimeEq as _;
 
 use crate::ApiError;
 
-/// The key. Its `Debug` never shows it, so configuration can be logged.
+/// The key, and its digest (what each request is compared against). Its `Debug` never shows
+/// either, so configuration can be logged.
 #[derive(Clone)]
-pub struct AgentKey(Arc<str>);
+pub struct AgentKey {
+    key: Arc<str>,
+    digest: [u8; 32],
+}
 
 impl std::fmt::Debug for AgentKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,7 +52,7 @@ impl FromStr for AgentKey {
         if !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("must be printable ASCII without spaces".into());
         }
-        Ok(Self(key.into()))
+        Ok(Self { key: key.into(), digest: sha2::Sha256::digest(key.as_bytes()).into() })
     }
 }
 
@@ -56,28 +60,21 @@ impl AgentKey {
     /// The `Authorization` value that carries it.
     #[must_use]
     pub fn bearer(&self) -> String {
-        format!("Bearer {}", self.0)
+        format!("Bearer {}", self.key)
     }
 
     /// Whether `offered` is the key, in time that depends on neither: both are hashed first, so
     /// that neither a shared prefix nor the length shows in how long the answer takes.
     #[must_use]
     pub fn matches(&self, offered: &[u8]) -> bool {
-        let expected = sha2::Sha256::digest(self.0.as_bytes());
         let offered = sha2::Sha256::digest(offered);
-        expected.as_slice().ct_eq(offered.as_slice()).into()
+        self.digest.as_slice().ct_eq(offered.as_slice()).into()
     }
 }
 
-/// Middleware: with a key, a request without `Authorization: Bearer <key>` is refused with 401
-/// in OpenAI's error shape (which is ours with `type` and `param` beside `code` and `message`);
-/// without one, everything passes.
-pub async fn require_agent_key(
-    State(key): State<Option<AgentKey>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(key) = key else { return next.run(request).await };
+/// Middleware: a request without `Authorization: Bearer <key>` is refused with 401 in OpenAI's
+/// error shape (which is ours with `type` and `param` beside `code` and `message`).
+pub async fn require_agent_key(State(key): State<AgentKey>, request: Request, next: Next) -> Response {
     let offered = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -100,10 +97,10 @@ pub async fn require_agent_key(
 
 /// `router` behind the key, if there is one.
 pub fn guarded(router: axum::Router, key: Option<AgentKey>) -> axum::Router {
-    if key.is_none() {
-        return router;
+    match key {
+        Some(key) => router.layer(axum::middleware::from_fn_with_state(key, require_agent_key)),
+        None => router,
     }
-    router.layer(axum::middleware::from_fn_with_state(key, require_agent_key))
 }
 
 #[cfg(test)]
