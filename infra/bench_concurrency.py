@@ -20,7 +20,6 @@ Prints a Markdown table with ours / llama-server's ratios.
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_ttft import free_port, wait_ready  # noqa: E402
 
 GEN = 256
 CTX = 2048  # per sequence
@@ -42,26 +44,6 @@ def prompt(i):
              f"curious part has taken over and I end up reading about {topic} until late. ") * 5
     return [{"role": "system", "content": f"You are a warm, careful guide. (Session {i}.)"},
             {"role": "user", "content": story + f"Can you help me listen to each part about {topic}?"}]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url, process, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"{url}: the server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    sys.exit(f"{url}: not ready after {timeout} s")
 
 
 def stream(base, messages, max_tokens=GEN):

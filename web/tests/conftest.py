@@ -10,8 +10,8 @@ screenshot goes; unset, none is taken).
 import json
 import os
 import shutil
-import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -19,6 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from playwright.sync_api import sync_playwright
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "infra"))
+from bench_api import free_port, wait_port  # noqa: E402  (shared with the benchmarks)
 
 # The double's reply: long enough to stop midway, with a paragraph break and characters that would
 # be markup if the page inserted HTML.
@@ -30,25 +33,6 @@ WORD_DELAY = 0.03
 
 CHROMIUM_ARGS = ["--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, process, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server on port {port} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
 class AgentDouble:
@@ -74,25 +58,15 @@ class AgentDouble:
                 last = request["messages"][-1]["content"]
                 text = last[len("ECHO "):] if last.startswith("ECHO ") else REPLY
                 if last.startswith("BUSY"):
-                    body = json.dumps({"error": {"code": "agent_busy", "message": "every slot is taken"}}).encode()
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Retry-After", "7")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
+                    self.answer(503, {"error": {"code": "agent_busy", "message": "every slot is taken"}},
+                                {"Retry-After": "7"})
                     return
                 if not request.get("stream"):
-                    body = json.dumps({
+                    self.answer(200, {
                         "id": "chatcmpl-double", "object": "chat.completion", "created": 0, "model": "double",
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                      "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}}).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}})
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -110,6 +84,16 @@ class AgentDouble:
                     self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # The dialogue stopped the generation.
+
+            def answer(self, status, value, headers=None):
+                body = json.dumps(value).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                for name, header in (headers or {}).items():
+                    self.send_header(name, header)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def event(self, chunk):
                 chunk.update({"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": 0,
@@ -145,7 +129,7 @@ class Server:
     def start(self):
         self.process = subprocess.Popen([os.environ["IFS_GUIDE"], "serve"], env=self.env, stdout=self.log,
                                         stderr=self.log)
-        wait_port(self.port, self.process)
+        wait_port(self.port, self.process, timeout=120)
 
     def crash(self):
         """Killed at once, every connection cut: what a lost network looks like to a browser."""
