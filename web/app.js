@@ -516,9 +516,7 @@ async function turn(body, replacing) {
       // its id (for Regenerate) once it is stored, which takes a moment after the request ends.
       const settle = async (attempt, expected) => {
         if (expected !== state.opened || state.streaming || !state.dialogueId) return;
-        const id = state.dialogueId;
-        state.dialogueId = null;
-        await openDialogue(id);
+        await reopen();
         const now = state.opened;
         const last = $("messages").lastElementChild;
         if (attempt < 5 && last && last.classList.contains("user")) setTimeout(() => settle(attempt + 1, now), 800);
@@ -548,10 +546,9 @@ function lost(reply) {
     { label: "Reload the dialogue", run: reopen });
 }
 
-function reopen() {
-  const id = state.dialogueId;
-  state.dialogueId = null;
-  if (id) openDialogue(id);
+/** Reads the open dialogue again from the server. */
+async function reopen() {
+  if (state.dialogueId) await openDialogue(state.dialogueId);
 }
 
 // ------------------------------------------------------------------ edit (a fork)
