@@ -40,8 +40,10 @@ fn main() {
         context: (args.prompt_tokens + args.gen_tokens as usize + 64) as u32,
         threads: args.threads,
         chat_template: None,
+        parallel: 1,
         // Every repetition evaluates the whole prompt, as llama-bench's do.
-        cached_contexts: 0,
+        cached_prompts: 0,
+        reuse: ifs_agent::batch::Reuse::Exact,
     })
     .expect("model loads");
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::batch::Reuse;
 use crate::engine::{Engine, EngineSettings};
 use crate::service::{AgentService, Limits};
 use ifs_admission::Admission;
@@ -40,17 +41,23 @@ pub struct AgentConfig {
     /// user-facing routes would turn long dialogues away.
     #[arg(long, env = "AGENT_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT, value_parser = clap::value_parser!(u32).range(65_536..=67_108_864))]
     pub agent_body_limit: u32,
-    /// Generations that run at once.
-    #[arg(long, env = "AGENT_PARALLEL", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Generations decoded together, one batch per step (continuous batching); each has a KV
+    /// cache of AGENT_CTX tokens.
+    #[arg(long, env = "AGENT_PARALLEL", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub agent_parallel: u32,
     /// Requests that may wait for a turn; beyond that, 503 agent_busy.
     #[arg(long, env = "AGENT_QUEUE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub agent_queue: u32,
-    /// Contexts kept between requests so that a prompt beginning like an earlier one (the next
-    /// turn of a dialogue) reuses its evaluated tokens; each holds a whole context's KV cache in
-    /// memory. 0 turns the cache off.
+    /// Dialogues whose evaluated prompt is kept, so that a prompt beginning like an earlier one
+    /// (the dialogue's next turn) evaluates only what is new. The agent has
+    /// max(AGENT_PARALLEL, this) sequences of AGENT_CTX tokens each. 0 turns the cache off.
     #[arg(long, env = "AGENT_PROMPT_CACHE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub agent_prompt_cache: u32,
+    /// What a next prompt reuses: `exact` (whole 128-token micro-batches of the earlier prompt:
+    /// the same reply as without the cache) or `all` (everything, the reply included, as
+    /// llama-server does: faster, and a reply may differ from the uncached one).
+    #[arg(long, env = "AGENT_PROMPT_CACHE_REUSE", value_enum, default_value_t = Reuse::Exact)]
+    pub agent_prompt_cache_reuse: Reuse,
     /// CPU threads per generation; 0 means all available cores.
     #[arg(long, env = "AGENT_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=512))]
     pub agent_threads: u32,
@@ -74,7 +81,9 @@ impl AgentConfig {
             context: self.agent_ctx,
             threads,
             chat_template: self.agent_chat_template.clone(),
-            cached_contexts: self.agent_prompt_cache as usize,
+            parallel: self.agent_parallel,
+            cached_prompts: self.agent_prompt_cache,
+            reuse: self.agent_prompt_cache_reuse,
         })?;
         Ok(AgentService::new(
             Arc::new(engine),

@@ -1,27 +1,22 @@
-//! The llama.cpp engine: one model per process, loaded once, and a small cache of contexts whose
-//! KV state a later prompt with the same beginning reuses (as `llama-server`'s `cache_prompt`
-//! does), so a dialogue's next turn evaluates only what is new. Everything here blocks on CPU
-//! work and must run off the async runtime.
+//! The llama.cpp engine: one model per process, loaded once, its chat template, and how a
+//! conversation becomes a prompt that fits the context. Generations run in the model's decode
+//! loop ([`crate::batch`]), which batches them together and keeps finished prompts' KV state for
+//! a later prompt with the same beginning (as `llama-server`'s `cache_prompt` does).
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
-use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use crate::decode::Utf8Decoder;
-use crate::stop::{find_stop, held_back};
+use crate::batch::{Batcher, OnEnd, OnText, Request, Reuse, Shape};
 
 /// llama.cpp's backend may be initialised once per process.
 static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
@@ -46,8 +41,12 @@ pub struct EngineSettings {
     pub threads: u32,
     /// A llama.cpp built-in template name, for models whose GGUF has no `chat_template`.
     pub chat_template: Option<String>,
-    /// Contexts kept between generations for their prompts' KV state; 0 turns the cache off.
-    pub cached_contexts: usize,
+    /// Generations decoded together, each with room for `context` tokens.
+    pub parallel: u32,
+    /// Sequences that keep their last prompt's KV state for a prompt that begins the same way;
+    /// 0 turns the cache off.
+    pub cached_prompts: u32,
+    pub reuse: Reuse,
 }
 
 /// Where the chat template came from.
@@ -71,7 +70,9 @@ pub struct ModelInfo {
     pub context: u32,
     pub threads: u32,
     pub template: TemplateSource,
-    pub cached_contexts: usize,
+    pub parallel: u32,
+    pub cached_prompts: u32,
+    pub reuse: Reuse,
 }
 
 /// A chat message for the template.
@@ -165,64 +166,6 @@ pub enum EngineError {
     Failed(#[from] anyhow::Error),
 }
 
-/// llama.cpp evaluates a batch in micro-batches of this many tokens, from the batch's first
-/// position. How a token's KV state comes out, to the last bit, depends on the micro-batch it was
-/// computed in, so a cached state is reused only in whole micro-batches that a fresh evaluation of
-/// the same prompt would have formed too — then the reply is exactly the one without the cache.
-const MICRO_BATCH: usize = 128;
-
-/// A context kept for reuse, and the prompt tokens whose KV state it holds (positions 0..len,
-/// whole micro-batches from position 0 only).
-struct CachedContext {
-    context: LlamaContext<'static>,
-    tokens: Vec<LlamaToken>,
-    /// The [`Job::cache_key`] of the prompt that left this state.
-    key: Option<String>,
-}
-
-/// The kept contexts, least recently used first.
-struct PromptCache {
-    capacity: usize,
-    entries: Vec<CachedContext>,
-}
-
-impl PromptCache {
-    /// Takes the context whose state serves the most of `tokens`, and how many tokens that is:
-    /// whole micro-batches, short of the last token (which is evaluated for its logits). One
-    /// that would serve none stays for a prompt it does serve.
-    /// Only a state left under the same `key` is used.
-    fn take(&mut self, tokens: &[LlamaToken], key: Option<&str>) -> Option<(CachedContext, usize)> {
-        let usable = |entry: &CachedContext| {
-            if entry.key.as_deref() != key {
-                return 0;
-            }
-            common_prefix(&entry.tokens, tokens).min(tokens.len().saturating_sub(1)) / MICRO_BATCH
-                * MICRO_BATCH
-        };
-        let (index, reusable) = self
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, entry)| (i, usable(entry)))
-            .max_by_key(|&(i, reusable)| (reusable, i))?;
-        (reusable > 0).then(|| (self.entries.remove(index), reusable))
-    }
-
-    fn put(&mut self, entry: CachedContext) {
-        if self.capacity == 0 {
-            return;
-        }
-        if self.entries.len() == self.capacity {
-            self.entries.remove(0);
-        }
-        self.entries.push(entry);
-    }
-}
-
-fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 /// A prompt as the model gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prompt {
@@ -241,16 +184,12 @@ fn fence(i: usize) -> String {
 
 /// The model, loaded once, and how to prompt it.
 pub struct Engine {
-    backend: &'static LlamaBackend,
-    /// Contexts borrow the model, and the cache keeps contexts between requests, so the model
+    /// The decode loop's context borrows the model and outlives any one request, so the model
     /// lives as long as the process (it is loaded once per process anyway).
     model: &'static LlamaModel,
     template: LlamaChatTemplate,
     info: ModelInfo,
-    /// Creating contexts concurrently from one model is unsound in llama.cpp (it may write to
-    /// the model), so creation is serialised; generation itself runs in parallel.
-    creating_context: Mutex<()>,
-    cache: Mutex<PromptCache>,
+    batcher: Batcher,
     /// The most bytes of text one token stands for: a text of n bytes is at least n / this
     /// many tokens, so what cannot fit the context is known before it is tokenized.
     longest_token: usize,
@@ -290,7 +229,9 @@ impl Engine {
             context,
             threads: settings.threads.max(1),
             template: source,
-            cached_contexts: settings.cached_contexts,
+            parallel: settings.parallel.max(1),
+            cached_prompts: settings.cached_prompts,
+            reuse: settings.reuse,
         };
         let vocab = model.vocab();
         let longest_token = (0..vocab.n_tokens())
@@ -299,15 +240,18 @@ impl Engine {
             .unwrap_or(1)
             .max(1);
         let model: &'static LlamaModel = Box::leak(Box::new(model));
-        Ok(Self {
+        let batcher = Batcher::start(
             backend,
             model,
-            template,
-            info,
-            creating_context: Mutex::new(()),
-            cache: Mutex::new(PromptCache { capacity: settings.cached_contexts, entries: Vec::new() }),
-            longest_token,
-        })
+            Shape {
+                context,
+                parallel: info.parallel,
+                cached: info.cached_prompts,
+                reuse: info.reuse,
+                threads: info.threads,
+            },
+        )?;
+        Ok(Self { model, template, info, batcher, longest_token })
     }
 
     #[must_use]
@@ -449,175 +393,59 @@ impl Engine {
         self.generate_streaming(job, &mut |_| ControlFlow::Continue(()))
     }
 
-    /// Runs one generation, handing `text` each piece of the reply as it is decoded: whole
-    /// characters only, never text a stop string later cuts off. `text` is also called with ""
-    /// after every token so that it can end the generation promptly (`Break`: its client went
-    /// away); the completion then holds what was produced and [`Finish::Cancelled`].
+    /// Runs one generation, blocking the calling thread, and hands `text` each piece of the reply
+    /// as it is decoded: whole characters only, never text a stop string later cuts off. `text`
+    /// is also called with "" after every step so that it can end the generation (`Break`: its
+    /// client went away); the completion then holds what was produced and [`Finish::Cancelled`].
     pub fn generate_streaming(
         &self,
         job: &Job,
         text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Completion, EngineError> {
-        let Prompt { text: prompt, tokens, truncated } = self.fit(&job.turns, job.max_tokens)?;
-        let started = Instant::now();
-        // The KV state for positions 0..reused is the cache's (PromptCache::take).
-        let (mut ctx, reused) = self.context_for(&tokens, job.cache_key.as_deref())?;
-        let mut evaluated = tokens[..reused].to_vec();
-        ctx.clear_kv_cache_seq(Some(0), Some(reused as u32), None).context("trimming the cached context")?;
-        // One micro-batch a call, from a micro-batch boundary (`reused` is one), forms the
-        // micro-batches one call would; between them, whether anyone still waits is asked.
-        let mut batch = LlamaBatch::new(MICRO_BATCH, 1);
-        let last = tokens.len() - 1;
-        // What a later prompt may reuse: the prompt's whole micro-batches. Generated tokens were
-        // evaluated one at a time, unlike in any later prompt that contains them.
-        let reusable = tokens.len() / MICRO_BATCH * MICRO_BATCH;
-        for chunk in tokens[reused..].chunks(MICRO_BATCH) {
-            batch.clear();
-            for &token in chunk {
-                let position = evaluated.len();
-                batch.add(token, position as i32, &[0], position == last).context("filling a batch")?;
-                evaluated.push(token);
-            }
-            ctx.decode(&mut batch).context("evaluating the prompt")?;
-            if evaluated.len() < tokens.len() && text("").is_break() {
-                // Whole micro-batches from position 0 are a state a later prompt may reuse.
-                evaluated.truncate(evaluated.len() / MICRO_BATCH * MICRO_BATCH);
-                let spent = started.elapsed();
-                self.keep(ctx, evaluated, job.cache_key.clone());
-                return Ok(Completion {
-                    text: String::new(),
-                    finish: Finish::Cancelled,
-                    prompt_tokens: tokens.len() as u32,
-                    cached_tokens: reused as u32,
-                    completion_tokens: 0,
-                    truncated_messages: truncated,
-                    prompt,
-                    timings: Timings {
-                        prompt: spent,
-                        generation: Duration::ZERO,
-                        time_to_first_token: spent,
-                    },
-                });
+        enum Event {
+            Text(String),
+            End(Result<Completion, EngineError>),
+        }
+        let (events, received) = std::sync::mpsc::channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let on_text: OnText = {
+            let (events, cancelled) = (events.clone(), Arc::clone(&cancelled));
+            Box::new(move |piece| {
+                if cancelled.load(Ordering::Relaxed) || events.send(Event::Text(piece.to_owned())).is_err() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+        };
+        self.start(job.clone(), on_text, Box::new(move |end| drop(events.send(Event::End(end)))));
+        for event in received {
+            match event {
+                Event::Text(piece) => {
+                    if text(&piece).is_break() {
+                        cancelled.store(true, Ordering::Relaxed);
+                    }
+                }
+                Event::End(end) => return end,
             }
         }
-        let prompt_time = started.elapsed();
-
-        let mut sampler = sampler(job);
-        let vocab = self.model.vocab();
-        let mut decoder = Utf8Decoder::new();
-        let mut reply = String::new();
-        let mut sent = 0;
-        let mut produced = 0u32;
-        let mut finish = Finish::Length;
-        let mut cut_at_stop_string = false;
-        let mut logits_at = batch.n_tokens() - 1;
-        let mut first_token = None;
-        let generation_started = Instant::now();
-        while produced < job.max_tokens {
-            let token = sampler.sample(&ctx, logits_at);
-            first_token.get_or_insert_with(|| started.elapsed());
-            if vocab.is_eog(token) {
-                finish = Finish::Stop;
-                break;
-            }
-            produced += 1;
-            let searched_to = reply.len();
-            reply.push_str(&decoder.push(&vocab.token_to_piece(token, false, None)));
-            if let Some(at) = find_stop(&reply, &job.stop, searched_to) {
-                reply.truncate(at);
-                finish = Finish::Stop;
-                cut_at_stop_string = true;
-                break;
-            }
-            // What might be the start of a stop string waits until the next tokens settle it.
-            let ready = reply.len() - held_back(&reply, &job.stop);
-            let piece = if ready > sent { &reply[sent..ready] } else { "" };
-            sent = sent.max(ready);
-            if text(piece).is_break() {
-                finish = Finish::Cancelled;
-                break;
-            }
-            if produced == job.max_tokens {
-                break;
-            }
-            batch.clear();
-            batch.add(token, evaluated.len() as i32, &[0], true).context("filling a batch")?;
-            evaluated.push(token);
-            logits_at = 0;
-            ctx.decode(&mut batch).context("generating")?;
-        }
-        if !cut_at_stop_string && finish != Finish::Cancelled {
-            // Bytes of a character the model never finished.
-            reply.push_str(&decoder.finish());
-        }
-        if reply.len() > sent && finish != Finish::Cancelled {
-            // The end is settled: nothing held back can become a stop string any more.
-            let _ = text(&reply[sent..]);
-        } else if finish == Finish::Cancelled {
-            // Nobody reads the rest; the reply is what was sent.
-            reply.truncate(sent);
-        }
-        evaluated.truncate(reusable);
-        self.keep(ctx, evaluated, job.cache_key.clone());
-        Ok(Completion {
-            text: reply,
-            finish,
-            prompt_tokens: tokens.len() as u32,
-            cached_tokens: reused as u32,
-            completion_tokens: produced,
-            truncated_messages: truncated,
-            prompt,
-            timings: Timings {
-                prompt: prompt_time,
-                generation: generation_started.elapsed(),
-                time_to_first_token: first_token.unwrap_or_else(|| started.elapsed()),
-            },
-        })
+        Err(anyhow::anyhow!("the generation ended without a result").into())
     }
 
-    /// A context for `tokens`: the cached one sharing the longest beginning with them, and how
-    /// many tokens that is, or a new one.
-    fn context_for(
-        &self,
-        tokens: &[LlamaToken],
-        key: Option<&str>,
-    ) -> anyhow::Result<(LlamaContext<'static>, usize)> {
-        let cached = self.cache.lock().unwrap_or_else(PoisonError::into_inner).take(tokens, key);
-        if let Some((entry, shared)) = cached {
-            return Ok((entry.context, shared));
+    /// Starts one generation in the decode loop: fits and tokenizes its prompt on the calling
+    /// thread (which may take a while: call it off the async runtime), then hands it over.
+    /// `on_text` gets the reply's pieces (and "" after every step; `Break` cancels), `on_end`
+    /// how it ended — also when the prompt could not be made.
+    pub fn start(&self, mut job: Job, on_text: OnText, on_end: OnEnd) {
+        let submitted = Instant::now();
+        match self.fit(&job.turns, job.max_tokens) {
+            Ok(prompt) => {
+                job.turns = Vec::new();
+                self.batcher.submit(Request { job, prompt, on_text, on_end, submitted });
+            }
+            Err(error) => on_end(Err(error)),
         }
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(self.info.context))
-            .with_n_ubatch(MICRO_BATCH as u32)
-            .with_n_threads(self.info.threads as i32)
-            .with_n_threads_batch(self.info.threads as i32);
-        let _guard = self.creating_context.lock().unwrap_or_else(PoisonError::into_inner);
-        let context = self.model.new_context(self.backend, params).context("creating a llama.cpp context")?;
-        Ok((context, 0))
     }
-
-    /// Keeps a context whose KV state holds `tokens` for a later prompt that begins with them.
-    /// Only a generation that ran to its end gets here: after an error the state is unknown.
-    fn keep(&self, context: LlamaContext<'static>, tokens: Vec<LlamaToken>, key: Option<String>) {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).put(CachedContext { context, tokens, key });
-    }
-}
-
-/// Greedy at temperature 0, so the same request gives the same reply; otherwise nucleus
-/// sampling with the given (or a random) seed.
-fn sampler(job: &Job) -> LlamaSampler {
-    if job.temperature <= 0.0 {
-        return LlamaSampler::greedy();
-    }
-    // llama.cpp treats u32::MAX as "pick a random seed".
-    let seed = job.seed.map_or(u32::MAX, |s| (s % u64::from(u32::MAX)) as u32);
-    let mut chain = Vec::new();
-    if job.top_p < 1.0 {
-        chain.push(LlamaSampler::top_p(job.top_p, 1));
-    }
-    chain.push(LlamaSampler::temp(job.temperature));
-    chain.push(LlamaSampler::dist(seed));
-    LlamaSampler::chain_simple(chain)
 }
 
 /// The model's own template, else the named built-in one; checked by rendering a message.

@@ -3,6 +3,7 @@
 //! control, [`router`] serves them over HTTP, and [`local`] hands them to an in-process
 //! Dialogue Manager.
 
+pub mod batch;
 pub mod config;
 pub mod decode;
 pub mod engine;

@@ -136,8 +136,9 @@ pub struct AgentInfo {
     chat_template: ChatTemplate,
     /// CPU threads per generation.
     threads: u32,
-    /// Contexts kept for prompts that begin like earlier ones (`AGENT_PROMPT_CACHE`).
-    prompt_cache: usize,
+    /// Finished prompts whose KV state is kept for prompts that begin like them
+    /// (`AGENT_PROMPT_CACHE`), beside the running generations.
+    prompt_cache: u32,
     /// Generations that run at once, and that may wait for a turn.
     parallel: usize,
     queue: usize,
@@ -233,7 +234,7 @@ async fn info(State(service): State<Arc<AgentService>>) -> JsonResponse<AgentInf
         context_train: info.context_train,
         chat_template,
         threads: info.threads,
-        prompt_cache: info.cached_contexts,
+        prompt_cache: info.cached_prompts,
         parallel: service.admission().parallel(),
         queue: service.admission().queue(),
         max_tokens: limits.default_max_tokens,

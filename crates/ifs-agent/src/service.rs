@@ -12,6 +12,7 @@ use ifs_domain::Usage;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::batch::{OnEnd, OnText};
 use crate::engine::{Completion, Engine, EngineError, Finish, Job, Turn, TurnRole};
 use ifs_admission::{Admission, Busy};
 
@@ -175,13 +176,13 @@ impl AgentService {
     pub async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, ChatError> {
         let job = self.job(request)?;
         let permit = self.admission.enter().await.map_err(|Busy| ChatError::Busy)?;
-        let engine = Arc::clone(&self.engine);
         let observer = self.observer.clone();
         let (sender, events) = mpsc::unbounded_channel();
-        // The permit goes with the work, and the work ends soon after nobody reads it: the
-        // engine asks after every token whether the receiver is still there.
-        tokio::task::spawn_blocking(move || {
-            let result = engine.generate_streaming(&job, &mut |text| {
+        // The decode loop asks after every step whether anyone still reads the stream, and ends
+        // the generation at once when nobody does.
+        let on_text: OnText = {
+            let sender = sender.clone();
+            Box::new(move |text| {
                 if sender.is_closed()
                     || (!text.is_empty() && sender.send(Streamed::Text(text.to_owned())).is_err())
                 {
@@ -189,7 +190,10 @@ impl AgentService {
                 } else {
                     ControlFlow::Continue(())
                 }
-            });
+            })
+        };
+        // The permit goes with the work and comes back when it ends.
+        let on_end: OnEnd = Box::new(move |result| {
             if let (Ok(completion), Some(observer)) = (&result, &observer) {
                 observer(&completion.prompt);
             }
@@ -205,6 +209,9 @@ impl AgentService {
             // Nobody may be listening any more; that is how a cancelled stream ends.
             let _ = sender.send(Streamed::End(end));
         });
+        // Fitting the prompt tokenizes the messages: CPU work, off the async runtime.
+        let engine = Arc::clone(&self.engine);
+        tokio::task::spawn_blocking(move || engine.start(job, on_text, on_end));
         Ok(ChatStream {
             id: format!("chatcmpl-{}", uuid::Uuid::now_v7().simple()),
             created: chrono::Utc::now().timestamp(),

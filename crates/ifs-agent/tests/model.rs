@@ -37,6 +37,7 @@ fn config(context: u32, parallel: u32, queue: u32) -> AgentConfig {
         agent_queue: queue,
         agent_threads: 0,
         agent_prompt_cache: 4,
+        agent_prompt_cache_reuse: ifs_agent::batch::Reuse::Exact,
         agent_body_limit: ifs_agent::config::DEFAULT_BODY_LIMIT,
     }
 }
@@ -691,4 +692,145 @@ proptest::proptest! {
 fn small_context() -> Arc<AgentService> {
     static SERVICE: OnceLock<Arc<AgentService>> = OnceLock::new();
     SERVICE.get_or_init(|| Arc::new(config(1024, 1, 16).service().unwrap())).clone()
+}
+
+/// Events of several streams in the order they arrived: (stream, piece of text or None at the end).
+type Arrivals = Arc<Mutex<Vec<(usize, Option<String>)>>>;
+
+/// Starts a streamed generation for `body` and records what it sends into `arrivals` as `index`.
+async fn record_stream(
+    service: &AgentService,
+    body: Value,
+    index: usize,
+    arrivals: &Arrivals,
+) -> tokio::task::JoinHandle<String> {
+    let mut stream = service.chat_stream(serde_json::from_value(body).unwrap()).await.unwrap();
+    let arrivals = Arc::clone(arrivals);
+    tokio::spawn(async move {
+        let mut text = String::new();
+        while let Some(event) = stream.next().await {
+            match event {
+                ifs_agent::service::Streamed::Text(piece) => {
+                    text.push_str(&piece);
+                    arrivals.lock().unwrap().push((index, Some(piece)));
+                }
+                ifs_agent::service::Streamed::End(end) => {
+                    assert_eq!(end.unwrap().text, text);
+                    arrivals.lock().unwrap().push((index, None));
+                }
+            }
+        }
+        text
+    })
+}
+
+#[tokio::test]
+async fn four_streams_are_decoded_together_and_each_reply_is_the_one_it_gets_alone() {
+    let service = Arc::new(config(2048, 4, 16).service().unwrap());
+    let questions = ["What is a rainbow?", "Name three fruits.", "Why do cats purr?", "Describe the sea."];
+    let body = |q: &str| ask(q, json!({"max_tokens": 48, "temperature": 0}));
+    let mut alone = Vec::new();
+    for question in questions {
+        let (status, reply) = chat(Arc::clone(&service), body(question)).await;
+        assert_eq!(status, StatusCode::OK);
+        alone.push(reply["choices"][0]["message"]["content"].as_str().unwrap().to_owned());
+    }
+
+    let arrivals: Arrivals = Arc::default();
+    let mut streams = Vec::new();
+    for (i, question) in questions.iter().enumerate() {
+        streams.push(record_stream(&service, body(question), i, &arrivals).await);
+    }
+    let mut together = Vec::new();
+    for stream in streams {
+        together.push(stream.await.unwrap());
+    }
+    let arrivals = arrivals.lock().unwrap().clone();
+    let first_end = arrivals.iter().position(|(_, piece)| piece.is_none()).unwrap();
+    for i in 0..questions.len() {
+        assert!(
+            arrivals[..first_end].iter().any(|(at, piece)| *at == i && piece.is_some()),
+            "stream {i} got no text before the first stream ended: {arrivals:?}"
+        );
+    }
+    // Interleaved, not one after the other: every stream's text is spread among the others'.
+    let switches = arrivals.windows(2).filter(|pair| pair[0].0 != pair[1].0).count();
+    assert!(switches > 3 * questions.len(), "{switches} switches: {arrivals:?}");
+    assert_eq!(together, alone, "at temperature 0 each reply is the one it gets alone");
+}
+
+#[tokio::test]
+async fn a_dropped_stream_frees_its_sequence_for_a_waiting_request_within_a_step() {
+    // Two sequences, both generating at length; a third request waits for one.
+    let service = Arc::new(config(2048, 2, 4).service().unwrap());
+    let long = |n: u32| {
+        ask(
+            &format!("Count from {n} to 1000, separated by commas."),
+            json!({"max_tokens": 400, "temperature": 0}),
+        )
+    };
+    let arrivals: Arrivals = Arc::default();
+    let mut dropped = service.chat_stream(serde_json::from_value(long(1)).unwrap()).await.unwrap();
+    let survivor = record_stream(&service, long(2), 0, &arrivals).await;
+    while let Some(ifs_agent::service::Streamed::Text(_)) = dropped.next().await {
+        if arrivals.lock().unwrap().len() >= 4 {
+            break;
+        }
+    }
+    let waiting = {
+        let service = Arc::clone(&service);
+        let arrivals = Arc::clone(&arrivals);
+        tokio::spawn(async move {
+            let reader = record_stream(&service, ask("Hi!", json!({"max_tokens": 8})), 1, &arrivals).await;
+            reader.await.unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !arrivals.lock().unwrap().iter().any(|(at, _)| *at == 1),
+        "the third request waits while both sequences generate"
+    );
+    let before = arrivals.lock().unwrap().len();
+    drop(dropped);
+    let reply = waiting.await.unwrap();
+    assert!(!reply.is_empty());
+    let arrivals = arrivals.lock().unwrap().clone();
+    let started = arrivals.iter().position(|(at, _)| *at == 1).unwrap();
+    // The survivor's pieces between the drop and the waiting request's first text: the drop is
+    // noticed at the next step, the short prompt takes one, and each step gives the survivor at
+    // most one piece.
+    let between = arrivals[before..started].iter().filter(|(at, _)| *at == 0).count();
+    assert!(between <= 6, "{between} steps of the survivor passed: {arrivals:?}");
+    let survivor = survivor.await.unwrap();
+    assert!(survivor.len() > 200, "the survivor went on: {survivor}");
+}
+
+#[tokio::test]
+async fn reusing_everything_a_next_turn_evaluates_only_what_is_new() {
+    let mut settings = config(2048, 1, 16);
+    settings.agent_prompt_cache_reuse = ifs_agent::batch::Reuse::All;
+    let service = Arc::new(settings.service().unwrap());
+    let mut messages = vec![json!({"role": "system", "content": "You are a helpful assistant."})];
+    let mut previous: Option<(u64, u64)> = None;
+    for question in ["What is a rainbow?", "Why is the sky blue?", "And why are sunsets red?"] {
+        messages.push(json!({"role": "user", "content": question}));
+        let (status, reply) =
+            chat(Arc::clone(&service), json!({"messages": messages, "max_tokens": 48, "temperature": 0}))
+                .await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        let text = reply["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(!text.trim().is_empty());
+        let prompt = reply["usage"]["prompt_tokens"].as_u64().unwrap();
+        let cached = reply["ifs"]["cached_prompt_tokens"].as_u64().unwrap();
+        if let Some((previous_prompt, previous_reply)) = previous {
+            // The previous prompt and its reply, as generated and sent back, came from the cache
+            // (the token that closed the reply was never evaluated); only the new turn was not.
+            assert!(cached >= previous_prompt + previous_reply - 1, "{cached} of {prompt} reused");
+            assert!(cached < prompt);
+        } else {
+            assert_eq!(cached, 0);
+        }
+        previous = Some((prompt, reply["usage"]["completion_tokens"].as_u64().unwrap()));
+        messages.push(json!({"role": "assistant", "content": text}));
+    }
 }

@@ -1,0 +1,513 @@
+//! Continuous batching: one thread per model owns its one llama.cpp context, whose KV cache holds
+//! many sequences, and decodes every running generation's next token in one batch per step —
+//! one pass over the weights serves them all, as `llama-server --parallel` does. New requests
+//! join between steps; their prompts are evaluated a micro-batch per step beside the others'
+//! tokens, so a long prompt never stalls a stream. A sequence that finished keeps its prompt's
+//! KV state for a later prompt that begins the same way (the next turn of its dialogue), until
+//! the space is needed or a fresher one replaces it.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::ops::ControlFlow;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::decode::Utf8Decoder;
+use crate::engine::{Completion, EngineError, Finish, Job, Prompt, Timings};
+use crate::stop::{find_stop, held_back};
+
+/// llama.cpp's numbers for a token depend, in the last bits, on the micro-batch of the prompt it
+/// was evaluated in. Prompts are evaluated in micro-batches of this many tokens from position 0,
+/// and only whole ones of an earlier prompt are reused, so that a reused state is the state a
+/// fresh evaluation of the same prompt makes.
+pub const MICRO_BATCH: usize = 128;
+
+/// Receives each piece of a reply as it is decoded, and "" after every step; `Break` ends the
+/// generation (its reader went away).
+pub type OnText = Box<dyn FnMut(&str) -> ControlFlow<()> + Send>;
+/// Receives how a generation ended; called exactly once.
+pub type OnEnd = Box<dyn FnOnce(Result<Completion, EngineError>) + Send>;
+
+/// A generation handed to the loop: the prompt is already fitted and tokenized.
+pub(crate) struct Request {
+    pub job: Job,
+    pub prompt: Prompt,
+    pub on_text: OnText,
+    pub on_end: OnEnd,
+    /// When it was handed over: its time to first token counts from here.
+    pub submitted: Instant,
+}
+
+/// How the loop's context is shaped.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    /// Tokens one generation may hold (prompt and reply).
+    pub context: u32,
+    /// Generations decoded together.
+    pub parallel: u32,
+    /// Sequences that keep their last prompt's state for a later prompt beginning the same way:
+    /// the loop has `max(parallel, cached)` sequences; 0 keeps nothing.
+    pub cached: u32,
+    pub reuse: Reuse,
+    pub threads: u32,
+}
+
+/// How much of a kept state a later prompt reuses (`AGENT_PROMPT_CACHE_REUSE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Reuse {
+    /// Whole micro-batches of the earlier prompt only: the state is bit for bit the one a fresh
+    /// evaluation makes, so a reply at temperature 0 is the same with and without the cache.
+    #[default]
+    Exact,
+    /// Every token the earlier generation evaluated, its reply included, as `llama-server`'s
+    /// `cache_prompt`: a next turn evaluates only what is new, and its reply may differ from the
+    /// uncached one in a rare near-tie (llama.cpp's numbers depend on how tokens were batched).
+    All,
+}
+
+impl Reuse {
+    /// How many of `held`'s tokens serve `prompt`: never its last one, which is evaluated for
+    /// its logits.
+    fn usable(self, held: &[LlamaToken], prompt: &[LlamaToken]) -> usize {
+        let shared = common_prefix(held, prompt).min(prompt.len().saturating_sub(1));
+        match self {
+            Self::Exact => shared / MICRO_BATCH * MICRO_BATCH,
+            Self::All => shared,
+        }
+    }
+
+    /// Where the micro-batch of a prompt evaluated from position `from` ends: at the next whole
+    /// micro-batch from position 0 when states must be reusable exactly, else a micro-batch on.
+    fn chunk_end(self, from: usize) -> usize {
+        match self {
+            Self::Exact => (from / MICRO_BATCH + 1) * MICRO_BATCH,
+            Self::All => from + MICRO_BATCH,
+        }
+    }
+
+    /// How many of a finished sequence's `evaluated` tokens to keep, `prompt` of them its prompt.
+    fn kept(self, evaluated: usize, prompt: usize) -> usize {
+        match self {
+            // Generated tokens were evaluated one at a time, unlike in any later prompt that holds
+            // them.
+            Self::Exact => evaluated.min(prompt) / MICRO_BATCH * MICRO_BATCH,
+            Self::All => evaluated,
+        }
+    }
+}
+
+/// The handle to a model's decode loop; dropping it ends the loop once its work is done.
+pub(crate) struct Batcher {
+    requests: mpsc::Sender<Request>,
+}
+
+impl Batcher {
+    /// Creates the context and starts the loop that owns it.
+    pub fn start(
+        backend: &'static LlamaBackend,
+        model: &'static LlamaModel,
+        shape: Shape,
+    ) -> anyhow::Result<Self> {
+        let (requests, incoming) = mpsc::channel();
+        let (ready, started) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("llama-decode".into())
+            .spawn(move || match Loop::new(backend, model, shape) {
+                Ok(mut decode_loop) => {
+                    let _ = ready.send(Ok(()));
+                    decode_loop.run(&incoming);
+                }
+                Err(error) => {
+                    let _ = ready.send(Err(error));
+                }
+            })
+            .context("starting the decode loop")?;
+        started.recv().context("the decode loop died while starting")??;
+        Ok(Self { requests })
+    }
+
+    /// Hands `request` to the loop; if the loop is gone, its end says so.
+    pub fn submit(&self, request: Request) {
+        if let Err(mpsc::SendError(request)) = self.requests.send(request) {
+            (request.on_end)(Err(anyhow::anyhow!("the decode loop has stopped").into()));
+        }
+    }
+}
+
+/// One llama.cpp sequence: a generation's, or a finished one's kept prompt state.
+struct Sequence {
+    id: i32,
+    /// The tokens whose KV state the sequence holds, at positions 0..len.
+    tokens: Vec<LlamaToken>,
+    /// The [`Job::cache_key`] of the prompt that left the state.
+    key: Option<String>,
+    /// When it was last used, for least-recently-used eviction.
+    used: u64,
+    running: Option<Running>,
+}
+
+/// A generation under way in a sequence.
+struct Running {
+    request: Request,
+    /// Prompt tokens whose state came from the sequence's earlier prompt.
+    reused: usize,
+    /// The order it was admitted in: prompts are evaluated first come, first served.
+    admitted: u64,
+    sampler: LlamaSampler,
+    decoder: Utf8Decoder,
+    reply: String,
+    /// Bytes of `reply` handed to `on_text`.
+    sent: usize,
+    produced: u32,
+    /// The token to evaluate next step, once the prompt is done.
+    next: Option<LlamaToken>,
+    /// Where this step's logits for it are in the batch.
+    logits: Option<i32>,
+    prompt_time: Option<Duration>,
+    first_token: Option<Duration>,
+    generation_started: Option<Instant>,
+}
+
+impl Running {
+    fn prompt_done(&self, evaluated: usize) -> bool {
+        evaluated >= self.request.prompt.tokens.len()
+    }
+}
+
+/// The loop's state: the context and its sequences.
+struct Loop {
+    ctx: LlamaContext<'static>,
+    model: &'static LlamaModel,
+    sequences: Vec<Sequence>,
+    waiting: VecDeque<Request>,
+    batch: LlamaBatch<'static>,
+    parallel: usize,
+    /// Whether finished prompts' state is kept at all (`AGENT_PROMPT_CACHE` above 0).
+    keep: bool,
+    reuse: Reuse,
+    clock: u64,
+}
+
+impl Loop {
+    fn new(backend: &'static LlamaBackend, model: &'static LlamaModel, shape: Shape) -> anyhow::Result<Self> {
+        let parallel = shape.parallel.max(1);
+        let sequences = parallel.max(shape.cached);
+        // One step is a micro-batch of a prompt and a token of every other running sequence.
+        let step = MICRO_BATCH as u32 + parallel;
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(shape.context.saturating_mul(sequences)))
+            .with_n_batch(step)
+            .with_n_ubatch(step)
+            .with_n_seq_max(sequences)
+            // A KV cache of `context` cells for each sequence, as llama-server's slots have: a
+            // token attends to its own sequence's cells only, where one pool for all would make
+            // every prompt token scan every sequence's cells.
+            .with_kv_unified(false)
+            .with_n_threads(shape.threads as i32)
+            .with_n_threads_batch(shape.threads as i32);
+        let ctx = model.new_context(backend, params).context("creating a llama.cpp context")?;
+        Ok(Self {
+            ctx,
+            model,
+            sequences: (0..sequences as i32)
+                .map(|id| Sequence { id, tokens: Vec::new(), key: None, used: 0, running: None })
+                .collect(),
+            waiting: VecDeque::new(),
+            batch: LlamaBatch::new(step as usize, 1),
+            parallel: parallel as usize,
+            keep: shape.cached > 0,
+            reuse: shape.reuse,
+            clock: 0,
+        })
+    }
+
+    fn run(&mut self, incoming: &mpsc::Receiver<Request>) {
+        loop {
+            if self.idle() {
+                match incoming.recv() {
+                    Ok(request) => self.waiting.push_back(request),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(request) = incoming.try_recv() {
+                self.waiting.push_back(request);
+            }
+            self.admit();
+            self.step();
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.waiting.is_empty() && self.sequences.iter().all(|s| s.running.is_none())
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// Gives waiting requests a sequence each, up to `parallel` running: the idle sequence whose
+    /// state serves the most of the prompt (whole micro-batches, short of the last token, which
+    /// is evaluated for its logits; left by a prompt with the same key), else the least recently
+    /// used one.
+    fn admit(&mut self) {
+        while self.sequences.iter().filter(|s| s.running.is_some()).count() < self.parallel {
+            let Some(request) = self.waiting.pop_front() else { return };
+            let tokens = &request.prompt.tokens;
+            let key = request.job.cache_key.as_deref();
+            let reuse = self.reuse;
+            let usable =
+                |s: &Sequence| if s.key.as_deref() == key { reuse.usable(&s.tokens, tokens) } else { 0 };
+            let Some((index, reused)) = self
+                .sequences
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.running.is_none())
+                .map(|(i, s)| (i, usable(s), s.used))
+                .max_by_key(|&(_, reused, used)| (reused, if reused > 0 { used } else { u64::MAX - used }))
+                .map(|(i, reused, _)| (i, reused))
+            else {
+                self.waiting.push_front(request);
+                return;
+            };
+            let admitted = self.tick();
+            let sequence = &mut self.sequences[index];
+            sequence.tokens.truncate(reused);
+            let _ = self.ctx.clear_kv_cache_seq(Some(sequence.id as u32), Some(reused as u32), None);
+            sequence.key = request.job.cache_key.clone();
+            sequence.running = Some(Running {
+                sampler: sampler(&request.job),
+                request,
+                reused,
+                admitted,
+                decoder: Utf8Decoder::new(),
+                reply: String::new(),
+                sent: 0,
+                produced: 0,
+                next: None,
+                logits: None,
+                prompt_time: None,
+                first_token: None,
+                generation_started: None,
+            });
+        }
+    }
+
+    /// One batch: every generating sequence's next token, and whole micro-batches of waiting
+    /// prompts, oldest first, as many as fit beside them. Entries go in sequence order: llama.cpp
+    /// splits a batch into passes of consecutive sequences with as many tokens each, so all the
+    /// next tokens (and a prompt's first) make one pass and the rest of a prompt chunk another.
+    fn step(&mut self) {
+        let mut prompts: Vec<(u64, usize)> = self
+            .sequences
+            .iter()
+            .enumerate()
+            .filter_map(|(index, s)| {
+                let running = s.running.as_ref()?;
+                (running.next.is_none() && !running.prompt_done(s.tokens.len()))
+                    .then_some((running.admitted, index))
+            })
+            .collect();
+        prompts.sort_unstable();
+        let mut chunks = vec![None; self.sequences.len()];
+        let mut budget = MICRO_BATCH;
+        for (_, index) in prompts {
+            let sequence = &self.sequences[index];
+            let Some(running) = sequence.running.as_ref() else { continue };
+            let from = sequence.tokens.len();
+            let to = self.reuse.chunk_end(from).min(running.request.prompt.tokens.len());
+            if to - from > budget {
+                break;
+            }
+            budget -= to - from;
+            chunks[index] = Some((from, to));
+        }
+        self.batch.clear();
+        for (sequence, chunk) in self.sequences.iter_mut().zip(chunks) {
+            let Some(running) = sequence.running.as_mut() else { continue };
+            running.logits = None;
+            // The batch has room for one token of every running sequence and a micro-batch.
+            if let Some(token) = running.next.take() {
+                running.logits = Some(self.batch.n_tokens());
+                let _ = self.batch.add(token, sequence.tokens.len() as i32, &[sequence.id], true);
+                sequence.tokens.push(token);
+            } else if let Some((from, to)) = chunk {
+                let prompt = &running.request.prompt.tokens;
+                for (position, &token) in prompt.iter().enumerate().take(to).skip(from) {
+                    let last = position + 1 == prompt.len();
+                    if last {
+                        running.logits = Some(self.batch.n_tokens());
+                    }
+                    let _ = self.batch.add(token, position as i32, &[sequence.id], last);
+                }
+                sequence.tokens.extend_from_slice(&prompt[from..to]);
+            }
+        }
+        if self.batch.n_tokens() == 0 {
+            return;
+        }
+        let decoding = Instant::now();
+        if let Err(error) = self.ctx.decode(&mut self.batch) {
+            self.fail_all(&anyhow::Error::new(error).context("evaluating a batch"));
+            return;
+        }
+        tracing::debug!(
+            tokens = self.batch.n_tokens(),
+            ms = decoding.elapsed().as_secs_f64() * 1000.0,
+            "step"
+        );
+        self.after_decode();
+    }
+
+    /// After a failed batch the state of everything in it is unknown: every running generation
+    /// ends with the error and every sequence is emptied.
+    fn fail_all(&mut self, error: &anyhow::Error) {
+        tracing::error!(error = format!("{error:#}"), "decode failed");
+        self.ctx.clear_kv_cache();
+        for sequence in &mut self.sequences {
+            sequence.tokens.clear();
+            if let Some(running) = sequence.running.take() {
+                (running.request.on_end)(Err(anyhow::anyhow!("{error:#}").into()));
+            }
+        }
+    }
+
+    /// Samples every sequence whose logits came out, hands out text, and retires what ended.
+    fn after_decode(&mut self) {
+        let vocab = self.model.vocab();
+        let now = Instant::now();
+        for sequence in &mut self.sequences {
+            let evaluated = sequence.tokens.len();
+            let Some(running) = sequence.running.as_mut() else { continue };
+            let started = running.request.submitted;
+            let Some(at) = running.logits else {
+                // Still evaluating its prompt (or waiting to): is anyone still waiting for it?
+                if (running.request.on_text)("").is_break() {
+                    let prompt = running.request.prompt.tokens.len();
+                    let reusable = if self.keep { self.reuse.kept(evaluated, prompt) } else { 0 };
+                    retire(&mut self.ctx, sequence, Finish::Cancelled, reusable, self.clock + 1);
+                    self.clock += 1;
+                }
+                continue;
+            };
+            if running.prompt_time.is_none() {
+                running.prompt_time = Some(now.duration_since(started));
+                running.generation_started = Some(now);
+            }
+            let token = running.sampler.sample(&self.ctx, at);
+            running.first_token.get_or_insert_with(|| started.elapsed());
+            let job = &running.request.job;
+            let ended = if vocab.is_eog(token) {
+                Some(Finish::Stop)
+            } else {
+                running.produced += 1;
+                let searched_to = running.reply.len();
+                let piece = running.decoder.push(&vocab.token_to_piece(token, false, None));
+                running.reply.push_str(&piece);
+                if let Some(at) = find_stop(&running.reply, &job.stop, searched_to) {
+                    running.reply.truncate(at);
+                    // Cut at a stop string: bytes of an unfinished character are past it.
+                    running.decoder = Utf8Decoder::new();
+                    Some(Finish::Stop)
+                } else {
+                    // What might be the start of a stop string waits until the next tokens
+                    // settle it.
+                    let ready = running.reply.len() - held_back(&running.reply, &job.stop);
+                    let from = running.sent.min(ready);
+                    let piece = running.reply[from..ready].to_owned();
+                    running.sent = running.sent.max(ready);
+                    if (running.request.on_text)(&piece).is_break() {
+                        Some(Finish::Cancelled)
+                    } else if running.produced == job.max_tokens {
+                        Some(Finish::Length)
+                    } else {
+                        running.next = Some(token);
+                        None
+                    }
+                }
+            };
+            if let Some(finish) = ended {
+                let prompt = running.request.prompt.tokens.len();
+                let reusable = if self.keep { self.reuse.kept(sequence.tokens.len(), prompt) } else { 0 };
+                self.clock += 1;
+                retire(&mut self.ctx, sequence, finish, reusable, self.clock);
+            }
+        }
+    }
+}
+
+/// Ends `sequence`'s generation: it keeps the state of its prompt's first `reusable` tokens
+/// (whole micro-batches: generated tokens were evaluated one at a time, unlike in any later
+/// prompt that holds them), and its reader hears how it ended.
+fn retire(
+    ctx: &mut LlamaContext<'static>,
+    sequence: &mut Sequence,
+    finish: Finish,
+    reusable: usize,
+    now: u64,
+) {
+    let Some(mut running) = sequence.running.take() else { return };
+    sequence.tokens.truncate(reusable);
+    sequence.used = now;
+    let _ = ctx.clear_kv_cache_seq(Some(sequence.id as u32), Some(reusable as u32), None);
+    if finish == Finish::Cancelled {
+        // Nobody reads the rest; the reply is what was sent.
+        running.reply.truncate(running.sent);
+    } else {
+        // The end is settled: nothing held back can become a stop string any more, and bytes
+        // of a character the model never finished become U+FFFD.
+        let tail = running.decoder.finish();
+        running.reply.push_str(&tail);
+        if running.reply.len() > running.sent {
+            let rest = running.reply[running.sent..].to_owned();
+            let _ = (running.request.on_text)(&rest);
+        }
+    }
+    let started = running.request.submitted;
+    let elapsed = started.elapsed();
+    let Request { prompt, on_end, .. } = running.request;
+    on_end(Ok(Completion {
+        text: running.reply,
+        finish,
+        prompt_tokens: prompt.tokens.len() as u32,
+        cached_tokens: running.reused as u32,
+        completion_tokens: running.produced,
+        truncated_messages: prompt.truncated,
+        prompt: prompt.text,
+        timings: Timings {
+            prompt: running.prompt_time.unwrap_or(elapsed),
+            generation: running.generation_started.map_or(Duration::ZERO, |at| at.elapsed()),
+            time_to_first_token: running.first_token.unwrap_or(elapsed),
+        },
+    }));
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Greedy at temperature 0, so the same request gives the same reply; otherwise nucleus
+/// sampling with the given (or a random) seed.
+fn sampler(job: &Job) -> LlamaSampler {
+    if job.temperature <= 0.0 {
+        return LlamaSampler::greedy();
+    }
+    // llama.cpp treats u32::MAX as "pick a random seed".
+    let seed = job.seed.map_or(u32::MAX, |s| (s % u64::from(u32::MAX)) as u32);
+    let mut chain = Vec::new();
+    if job.top_p < 1.0 {
+        chain.push(LlamaSampler::top_p(job.top_p, 1));
+    }
+    chain.push(LlamaSampler::temp(job.temperature));
+    chain.push(LlamaSampler::dist(seed));
+    LlamaSampler::chain_simple(chain)
+}
