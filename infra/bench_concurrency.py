@@ -143,7 +143,7 @@ def main():
     port = free_port()
     ours = run("ifs-agent", [agent], {
         "AGENT_MODEL_PATH": model, "AGENT_THREADS": threads, "AGENT_CTX": str(CTX), "AGENT_PARALLEL": str(parallel),
-        "AGENT_QUEUE": str(2 * parallel), "AGENT_MAX_TOKENS_LIMIT": "1024", "RUST_LOG": "warn",
+        "AGENT_QUEUE": str(4 * parallel), "AGENT_MAX_TOKENS_LIMIT": "1024", "RUST_LOG": "warn",
         "BIND_ADDR": f"127.0.0.1:{port}"}, port, "/api/v1/agent", parallel)
     port = free_port()
     theirs = run("llama-server", [llama_server, "-m", model, "-t", threads, "-c", str(CTX * parallel), "-np",

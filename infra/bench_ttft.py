@@ -2,7 +2,8 @@
 """Time to first token of a dialogue replayed turn by turn, through the streaming endpoint.
 
 Starts, one after the other on free loopback ports with the same GGUF and threads: our `agent`
-with its prompt cache, our `agent` without it (AGENT_PROMPT_CACHE=0), and llama.cpp's
+with its prompt cache, our `agent` without it (AGENT_PROMPT_CACHE=0), our `agent` reusing everything
+(AGENT_PROMPT_CACHE_REUSE=all), and llama.cpp's
 `llama-server` (which keeps its prompt cache by default). Each replays the same fixed 10-turn
 transcript: turn k sends the system message, the first k-1 exchanges (fixed texts, so every server
 sees the same prompts) and the k-th question, streamed, and the clock stops at the first content
@@ -111,9 +112,11 @@ def main():
     common = {"AGENT_MODEL_PATH": model, "AGENT_THREADS": threads, "AGENT_CTX": "4096",
               "AGENT_MAX_TOKENS_LIMIT": "1024", "RUST_LOG": "warn"}
     columns = {}
-    for name, cache in [("ifs-agent, prompt cache", "4"), ("ifs-agent, no cache", "0")]:
+    for name, cache, reuse in [("ifs-agent, prompt cache", "4", "exact"), ("ifs-agent, no cache", "0", "exact"),
+                               ("ifs-agent, reuse all", "4", "all")]:
         port = free_port()
-        env = {**common, "AGENT_PROMPT_CACHE": cache, "BIND_ADDR": f"127.0.0.1:{port}"}
+        env = {**common, "AGENT_PROMPT_CACHE": cache, "AGENT_PROMPT_CACHE_REUSE": reuse,
+               "BIND_ADDR": f"127.0.0.1:{port}"}
         columns[name] = run(name, [agent], env, port, "/api/v1/agent", rounds)
     port = free_port()
     columns["llama-server (cache_prompt)"] = run(
@@ -128,8 +131,11 @@ def main():
     for turn in range(len(TOPICS)):
         print(f"| {turn + 1} | " + " | ".join(f"{columns[n][turn]:.0f}" for n in names) + " |")
     last = {n: columns[n][-1] for n in names}
-    print(f"\nturn 10 without the cache / with it: {last[names[1]] / last[names[0]]:.1f}×; "
-          f"ours with the cache / llama-server: {last[names[0]] / last[names[2]]:.2f}×")
+    server = names[3]
+    print(f"\nturn 10 without the cache / with it: {last[names[1]] / last[names[0]]:.1f}×")
+    for name in (names[0], names[2]):
+        ratios = [columns[name][t] / columns[server][t] for t in range(len(TOPICS))]
+        print(f"{name} / llama-server: turn 10 {ratios[-1]:.2f}×, worst turn {max(ratios):.2f}×")
 
 
 if __name__ == "__main__":
