@@ -78,11 +78,17 @@ async fn serve(
     let info = service.engine().info();
     println!("agent listening on http://{bound} (OpenAI base URL http://{bound}/v1)");
     println!(
-        "  model: {} ({}), context {}, {} threads",
+        "  model: {} ({}), context {} per sequence, {} threads",
         info.name,
         info.file.display(),
         info.context,
         info.threads
+    );
+    println!(
+        "  {} generations batched together, prompt cache of {} ({})",
+        info.parallel,
+        info.cached_prompts,
+        info.reuse.name()
     );
     println!("  {}", config.server.describe());
     println!(

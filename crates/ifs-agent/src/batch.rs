@@ -62,7 +62,8 @@ pub(crate) struct Shape {
 }
 
 /// How much of a kept state a later prompt reuses (`AGENT_PROMPT_CACHE_REUSE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Reuse {
     /// Whole micro-batches of the earlier prompt only: the state is bit for bit the one a fresh
     /// evaluation makes, so a reply at temperature 0 is the same with and without the cache.
@@ -75,6 +76,15 @@ pub enum Reuse {
 }
 
 impl Reuse {
+    /// The setting's value, as `AGENT_PROMPT_CACHE_REUSE` spells it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::All => "all",
+        }
+    }
+
     /// How many of `held`'s tokens serve `prompt`: never its last one, which is evaluated for
     /// its logits.
     fn usable(self, held: &[LlamaToken], prompt: &[LlamaToken]) -> usize {

@@ -127,9 +127,11 @@ pub enum Finish {
 /// How long the parts of a generation took.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timings {
-    /// Evaluating the prompt tokens the cache did not hold.
+    /// From the request reaching the decode loop until its prompt is evaluated (the tokens the
+    /// cache did not hold): beside other generations this includes the steps spent on theirs.
     pub prompt: Duration,
     pub generation: Duration,
+    /// From the request reaching the decode loop until its first token is sampled.
     pub time_to_first_token: Duration,
 }
 

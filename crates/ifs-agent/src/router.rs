@@ -16,6 +16,7 @@ use ifs_api::{ApiError, Json, Route};
 use ifs_domain::Usage;
 use serde_json::Value;
 
+use crate::batch::Reuse;
 use crate::engine::TemplateSource;
 use crate::service::{AgentService, ChatError, ChatStream, Streamed, extension, finish_reason};
 
@@ -139,6 +140,8 @@ pub struct AgentInfo {
     /// Finished prompts whose KV state is kept for prompts that begin like them
     /// (`AGENT_PROMPT_CACHE`), beside the running generations.
     prompt_cache: u32,
+    /// What a next prompt reuses of a kept state (`AGENT_PROMPT_CACHE_REUSE`): `exact` or `all`.
+    prompt_cache_reuse: Reuse,
     /// Generations that run at once, and that may wait for a turn.
     parallel: usize,
     queue: usize,
@@ -235,6 +238,7 @@ async fn info(State(service): State<Arc<AgentService>>) -> JsonResponse<AgentInf
         chat_template,
         threads: info.threads,
         prompt_cache: info.cached_prompts,
+        prompt_cache_reuse: info.reuse,
         parallel: service.admission().parallel(),
         queue: service.admission().queue(),
         max_tokens: limits.default_max_tokens,

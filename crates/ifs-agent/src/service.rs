@@ -84,7 +84,8 @@ pub enum Streamed {
     End(Result<Completion, ChatError>),
 }
 
-/// A generation under way. Dropping it stops the generation within a token and frees its slot.
+/// A generation under way. Dropping it ends the generation at the decode loop's next step and
+/// frees its slot.
 #[derive(Debug)]
 pub struct ChatStream {
     /// One id, creation time and model name for every chunk of the stream.

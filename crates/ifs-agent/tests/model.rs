@@ -276,7 +276,7 @@ async fn the_agent_describes_its_model_and_lists_it_openai_style() {
     assert_eq!(info["chat_template"]["present"], true);
     assert_eq!((info["parallel"].as_u64(), info["queue"].as_u64()), (Some(1), Some(16)));
     assert!(info["threads"].as_u64().unwrap() >= 1);
-    assert_eq!(info["prompt_cache"], 4);
+    assert_eq!((&info["prompt_cache"], &info["prompt_cache_reuse"]), (&json!(4), &json!("exact")));
 
     let (status, models) = call(ifs_agent::router(service), empty_request("GET", "/v1/models", None)).await;
     assert_eq!(status, StatusCode::OK);
