@@ -390,9 +390,16 @@ impl Engine {
         Ok(high)
     }
 
-    /// Runs one generation to completion.
+    /// Runs one generation to completion, blocking the calling thread until it ends (which
+    /// wakes it once, not at every token).
     pub fn generate(&self, job: &Job) -> Result<Completion, EngineError> {
-        self.generate_streaming(job, &mut |_| ControlFlow::Continue(()))
+        let (ended, end) = std::sync::mpsc::sync_channel(1);
+        self.start(
+            job.clone(),
+            Box::new(|_| ControlFlow::Continue(())),
+            Box::new(move |result| drop(ended.send(result))),
+        );
+        end.recv().unwrap_or_else(|_| Err(anyhow::anyhow!("the generation ended without a result").into()))
     }
 
     /// Runs one generation, blocking the calling thread, and hands `text` each piece of the reply
