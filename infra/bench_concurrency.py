@@ -46,8 +46,9 @@ def prompt(i):
             {"role": "user", "content": story + f"Can you help me listen to each part about {topic}?"}]
 
 
-def stream(base, messages, max_tokens=GEN):
-    """One streamed completion: (outcome, ms to first content, completion tokens, end time)."""
+def stream(base, messages, max_tokens=GEN, started_streaming=None):
+    """One streamed completion: (outcome, ms to first content, completion tokens, end time).
+    `started_streaming` (a threading.Event) is set at the first content."""
     body = json.dumps({"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
                        "stream_options": {"include_usage": True}, "ignore_eos": True}).encode()
     request = urllib.request.Request(f"{base}/v1/chat/completions", data=body,
@@ -68,6 +69,8 @@ def stream(base, messages, max_tokens=GEN):
                     pieces += 1
                     if first is None:
                         first = (time.perf_counter() - started) * 1000
+                        if started_streaming is not None:
+                            started_streaming.set()
     except urllib.error.HTTPError as error:
         return ("refused" if error.code == 503 else f"http {error.code}", None, 0, time.perf_counter())
     except OSError as error:
@@ -100,13 +103,16 @@ def measure(base, parallel):
     outcomes = [r[0] for r in many]
     alone = stream(base, prompt(200))[1]
 
+    generating = [threading.Event() for _ in range(parallel - 1)]
+
     def background(i):
-        stream(base, prompt(300 + i))
+        stream(base, prompt(300 + i), started_streaming=generating[i])
 
     others = [threading.Thread(target=background, args=(i,)) for i in range(parallel - 1)]
     for t in others:
         t.start()
-    time.sleep(1.0)  # the others are generating
+    for event in generating:  # the others are past their prompts and generating
+        event.wait(timeout=120)
     # The turn alone's words under another session number (same topic, same length): no server
     # has its prompt cached.
     busy = stream(base, prompt(208))[1]
