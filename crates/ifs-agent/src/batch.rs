@@ -4,7 +4,7 @@
 //! join between steps; their prompts are evaluated a micro-batch per step beside the others'
 //! tokens, so a long prompt never stalls a stream. A sequence that finished keeps its prompt's
 //! KV state for a later prompt that begins the same way (the next turn of its dialogue), until
-//! the space is needed or a fresher one replaces it.
+//! a request that it does not serve takes it, least recently used first.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -202,15 +202,14 @@ struct Loop {
     waiting: VecDeque<Request>,
     batch: LlamaBatch<'static>,
     parallel: usize,
-    /// Whether finished prompts' state is kept at all (`AGENT_PROMPT_CACHE` above 0).
-    keep: bool,
-    reuse: Reuse,
+    /// What a finished sequence keeps: None when `AGENT_PROMPT_CACHE` is 0.
+    reuse: Option<Reuse>,
     clock: u64,
 }
 
 impl Loop {
     fn new(backend: &'static LlamaBackend, model: &'static LlamaModel, shape: Shape) -> anyhow::Result<Self> {
-        let parallel = shape.parallel.max(1);
+        let parallel = shape.parallel;
         let sequences = parallel.max(shape.cached);
         // One step is a micro-batch of a prompt and a token of every other running sequence.
         let step = MICRO_BATCH as u32 + parallel;
@@ -235,8 +234,7 @@ impl Loop {
             waiting: VecDeque::new(),
             batch: LlamaBatch::new(step as usize, 1),
             parallel: parallel as usize,
-            keep: shape.cached > 0,
-            reuse: shape.reuse,
+            reuse: (shape.cached > 0).then_some(shape.reuse),
             clock: 0,
         })
     }
@@ -276,8 +274,10 @@ impl Loop {
             let tokens = &request.prompt.tokens;
             let key = request.job.cache_key.as_deref();
             let reuse = self.reuse;
-            let usable =
-                |s: &Sequence| if s.key.as_deref() == key { reuse.usable(&s.tokens, tokens) } else { 0 };
+            let usable = |s: &Sequence| match reuse {
+                Some(reuse) if s.key.as_deref() == key => reuse.usable(&s.tokens, tokens),
+                _ => 0,
+            };
             let Some((index, reused)) = self
                 .sequences
                 .iter()
@@ -335,7 +335,7 @@ impl Loop {
             let sequence = &self.sequences[index];
             let Some(running) = sequence.running.as_ref() else { continue };
             let from = sequence.tokens.len();
-            let to = self.reuse.chunk_end(from).min(running.request.prompt.tokens.len());
+            let to = self.reuse.unwrap_or_default().chunk_end(from).min(running.request.prompt.tokens.len());
             if to - from > budget {
                 break;
             }
@@ -397,16 +397,13 @@ impl Loop {
         let vocab = self.model.vocab();
         let now = Instant::now();
         for sequence in &mut self.sequences {
-            let evaluated = sequence.tokens.len();
             let Some(running) = sequence.running.as_mut() else { continue };
             let started = running.request.submitted;
             let Some(at) = running.logits else {
                 // Still evaluating its prompt (or waiting to): is anyone still waiting for it?
                 if (running.request.on_text)("").is_break() {
-                    let prompt = running.request.prompt.tokens.len();
-                    let reusable = if self.keep { self.reuse.kept(evaluated, prompt) } else { 0 };
-                    retire(&mut self.ctx, sequence, Finish::Cancelled, reusable, self.clock + 1);
                     self.clock += 1;
+                    retire(&mut self.ctx, sequence, Finish::Cancelled, self.reuse, self.clock);
                 }
                 continue;
             };
@@ -450,26 +447,25 @@ impl Loop {
                 }
             };
             if let Some(finish) = ended {
-                let prompt = running.request.prompt.tokens.len();
-                let reusable = if self.keep { self.reuse.kept(sequence.tokens.len(), prompt) } else { 0 };
                 self.clock += 1;
-                retire(&mut self.ctx, sequence, finish, reusable, self.clock);
+                retire(&mut self.ctx, sequence, finish, self.reuse, self.clock);
             }
         }
     }
 }
 
-/// Ends `sequence`'s generation: it keeps the state of its prompt's first `reusable` tokens
-/// (whole micro-batches: generated tokens were evaluated one at a time, unlike in any later
-/// prompt that holds them), and its reader hears how it ended.
+/// Ends `sequence`'s generation: it keeps the state `reuse` keeps of what it evaluated (nothing
+/// without a prompt cache), and its reader hears how it ended.
 fn retire(
     ctx: &mut LlamaContext<'static>,
     sequence: &mut Sequence,
     finish: Finish,
-    reusable: usize,
+    reuse: Option<Reuse>,
     now: u64,
 ) {
     let Some(mut running) = sequence.running.take() else { return };
+    let prompt = running.request.prompt.tokens.len();
+    let reusable = reuse.map_or(0, |reuse| reuse.kept(sequence.tokens.len(), prompt));
     sequence.tokens.truncate(reusable);
     sequence.used = now;
     let _ = ctx.clear_kv_cache_seq(Some(sequence.id as u32), Some(reusable as u32), None);

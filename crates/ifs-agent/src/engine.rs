@@ -446,11 +446,10 @@ impl Engine {
     /// `on_text` gets the reply's pieces (and "" after every step; `Break` cancels), `on_end`
     /// how it ended — also when the prompt could not be made.
     pub fn start(&self, mut job: Job, on_text: OnText, on_end: OnEnd) {
-        let submitted = Instant::now();
         match self.fit(&job.turns, job.max_tokens) {
             Ok(prompt) => {
                 job.turns = Vec::new();
-                self.batcher.submit(Request { job, prompt, on_text, on_end, submitted });
+                self.batcher.submit(Request { job, prompt, on_text, on_end, submitted: Instant::now() });
             }
             Err(error) => on_end(Err(error)),
         }
