@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Time to first token of a dialogue replayed turn by turn, through the streaming endpoint.
 
-Starts, one after the other on free loopback ports with the same GGUF and threads: our `agent`
-with its prompt cache, our `agent` without it (AGENT_PROMPT_CACHE=0), our `agent` reusing everything
-(AGENT_PROMPT_CACHE_REUSE=all), and llama.cpp's
-`llama-server` (which keeps its prompt cache by default). Each replays the same fixed 10-turn
-transcript: turn k sends the system message, the first k-1 exchanges (fixed texts, so every server
-sees the same prompts) and the k-th question, streamed, and the clock stops at the first content
-chunk. Prints a Markdown table, one row per turn.
+Starts, on free loopback ports with the same GGUF and threads: our `agent` with its default prompt
+cache (AGENT_PROMPT_CACHE_REUSE=auto) asked greedily and asked with sampling (temperature 1, no
+seed), our `agent` without a cache (AGENT_PROMPT_CACHE=0), our `agent` reusing everything
+(AGENT_PROMPT_CACHE_REUSE=all), and llama.cpp's `llama-server` (which keeps its prompt cache by
+default). All replay the same fixed 10-turn transcript, each turn timed on every server in turn:
+turn k sends the system message, the first k-1 exchanges (fixed texts, so every server sees the
+same prompts) and the k-th question, streamed, and the clock stops at the first content chunk.
+Prints a Markdown table, one row per turn, and each column's ratio to llama-server per turn.
 
   bench_ttft.py AGENT_BINARY LLAMA_SERVER MODEL THREADS [ROUNDS]
 """
@@ -60,8 +61,9 @@ def wait_ready(url, process, timeout=120):
     sys.exit(f"{url}: not ready after {timeout} s")
 
 
-def first_token_ms(base, messages):
-    body = json.dumps({"messages": messages, "max_tokens": 32, "temperature": 0, "stream": True}).encode()
+def first_token_ms(base, messages, temperature):
+    body = json.dumps({"messages": messages, "max_tokens": 32, "temperature": temperature,
+                       "stream": True}).encode()
     request = urllib.request.Request(f"{base}/v1/chat/completions", data=body,
                                      headers={"content-type": "application/json"})
     started = time.perf_counter()
@@ -80,62 +82,65 @@ def first_token_ms(base, messages):
     return first
 
 
-def replay(base, round_number):
-    times = []
-    # A system message of its own per round: no round reuses another's cached prompt.
-    messages = [{"role": "system", "content": f"{SYSTEM} (Session {round_number}.)"}]
-    for topic in TOPICS:
-        messages.append({"role": "user", "content": question(topic)})
-        times.append(first_token_ms(base, messages))
-        messages.append({"role": "assistant", "content": answer(topic)})
-    return times
-
-
-def run(name, command, env, port, health, rounds):
-    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}{health}", process)
-        base = f"http://127.0.0.1:{port}"
-        first_token_ms(base, [{"role": "user", "content": "Hello."}])  # warm-up: weights paged in
-        results = [replay(base, r) for r in range(rounds)]
-        return [statistics.median(turn) for turn in zip(*results)]
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        print(f"{name}: done", file=sys.stderr)
-
-
 def main():
     agent, llama_server, model, threads = sys.argv[1:5]
     rounds = int(sys.argv[5]) if len(sys.argv) > 5 else 1
     common = {"AGENT_MODEL_PATH": model, "AGENT_THREADS": threads, "AGENT_CTX": "4096",
               "AGENT_MAX_TOKENS_LIMIT": "1024", "RUST_LOG": "warn"}
-    columns = {}
-    for name, cache, reuse in [("ifs-agent, prompt cache", "4", "exact"), ("ifs-agent, no cache", "0", "exact"),
-                               ("ifs-agent, reuse all", "4", "all")]:
-        port = free_port()
-        env = {**common, "AGENT_PROMPT_CACHE": cache, "AGENT_PROMPT_CACHE_REUSE": reuse,
-               "BIND_ADDR": f"127.0.0.1:{port}"}
-        columns[name] = run(name, [agent], env, port, "/api/v1/agent", rounds)
-    port = free_port()
-    columns["llama-server (cache_prompt)"] = run(
-        "llama-server",
-        [llama_server, "-m", model, "-t", threads, "-c", "4096", "--host", "127.0.0.1", "--port", str(port),
-         "-np", "1"],
-        {}, port, "/health", rounds)
+    # name: (command, environment, health path, temperature); the port is added below.
+    servers = {
+        "ifs-agent default, greedy": ([agent], {**common, "AGENT_PROMPT_CACHE_REUSE": "auto"}, 0),
+        "ifs-agent default, sampled": ([agent], {**common, "AGENT_PROMPT_CACHE_REUSE": "auto"}, 1),
+        "ifs-agent, no cache": ([agent], {**common, "AGENT_PROMPT_CACHE": "0"}, 0),
+        "ifs-agent, reuse all": ([agent], {**common, "AGENT_PROMPT_CACHE_REUSE": "all"}, 0),
+        "llama-server (cache_prompt)": ([llama_server, "-m", model, "-t", threads, "-c", "4096",
+                                         "--host", "127.0.0.1", "-np", "1"], {}, 0),
+    }
+    processes, bases = [], {}
+    try:
+        # Every server runs from the start and each turn is timed on all of them in turn, so a
+        # slow minute of this shared machine falls on every column alike.
+        for name, (command, env, _) in servers.items():
+            port = free_port()
+            if command[0] == agent:
+                env = {**env, "BIND_ADDR": f"127.0.0.1:{port}"}
+                health = "/api/v1/agent"
+            else:
+                command = [*command, "--port", str(port)]
+                health = "/health"
+            process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+            processes.append(process)
+            wait_ready(f"http://127.0.0.1:{port}{health}", process)
+            bases[name] = f"http://127.0.0.1:{port}"
+            first_token_ms(bases[name], [{"role": "user", "content": "Hello."}], 0)  # weights paged in
+        times = {name: [[] for _ in TOPICS] for name in servers}
+        for round_number in range(rounds):
+            # A system message of its own per round: no round reuses another's cached prompt.
+            messages = [{"role": "system", "content": f"{SYSTEM} (Session {round_number}.)"}]
+            for turn, topic in enumerate(TOPICS):
+                messages.append({"role": "user", "content": question(topic)})
+                for name, (_, _, temperature) in servers.items():
+                    times[name][turn].append(first_token_ms(bases[name], messages, temperature))
+                messages.append({"role": "assistant", "content": answer(topic)})
+            print(f"round {round_number + 1} of {rounds}: done", file=sys.stderr)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
+    columns = {name: [statistics.median(turn) for turn in times[name]] for name in servers}
     names = list(columns)
+    server = names[-1]
     print(f"time to first token, ms, {threads} threads, median of {rounds} round(s)\n")
     print("| turn | " + " | ".join(names) + " |")
     print("|---:|" + "---:|" * len(names))
     for turn in range(len(TOPICS)):
         print(f"| {turn + 1} | " + " | ".join(f"{columns[n][turn]:.0f}" for n in names) + " |")
-    last = {n: columns[n][-1] for n in names}
-    server = names[3]
-    print(f"\nturn 10 without the cache / with it: {last[names[1]] / last[names[0]]:.1f}×")
-    for name in (names[0], names[2]):
+    print(f"\nturn 10 without the cache / with it: {columns[names[2]][-1] / columns[names[0]][-1]:.1f}×")
+    for name in names[:-1]:
         ratios = [columns[name][t] / columns[server][t] for t in range(len(TOPICS))]
-        print(f"{name} / llama-server: turn 10 {ratios[-1]:.2f}×, worst turn {max(ratios):.2f}×")
+        print(f"{name} / llama-server: " + " ".join(f"{r:.2f}" for r in ratios)
+              + f" (worst {max(ratios):.2f}×)")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 //! many sequences, and decodes every running generation's next token in one batch per step —
 //! one pass over the weights serves them all, as `llama-server --parallel` does. New requests
 //! join between steps; their prompts are evaluated a micro-batch per step beside the others'
-//! tokens, so a long prompt never stalls a stream. A sequence that finished keeps its prompt's
-//! KV state for a later prompt that begins the same way (the next turn of its dialogue), until
+//! tokens, so a long prompt never stalls a stream. A sequence that finished keeps the KV state of
+//! what it evaluated for a later prompt that begins the same way (the next turn of its dialogue), until
 //! a request that it does not serve takes it, least recently used first.
 
 use std::collections::VecDeque;
@@ -26,9 +26,10 @@ use crate::engine::{Completion, EngineError, Finish, Job, Prompt, Timings};
 use crate::stop::{find_stop, held_back};
 
 /// llama.cpp's numbers for a token depend, in the last bits, on the micro-batch of the prompt it
-/// was evaluated in. Prompts are evaluated in micro-batches of this many tokens from position 0,
-/// and only whole ones of an earlier prompt are reused, so that a reused state is the state a
-/// fresh evaluation of the same prompt makes.
+/// was evaluated in. Prompts are evaluated in micro-batches of this many tokens from where their
+/// reused state ends; a request that must get the reply a fresh evaluation gives reuses only whole
+/// micro-batches that began at a multiple of this from position 0, the state a fresh evaluation
+/// of the same prompt makes.
 pub const MICRO_BATCH: usize = 128;
 
 /// Receives each piece of a reply as it is decoded, and "" after every step; `Break` ends the
@@ -65,9 +66,13 @@ pub(crate) struct Shape {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Reuse {
-    /// Whole micro-batches of the earlier prompt only: the state is bit for bit the one a fresh
-    /// evaluation makes, so a reply at temperature 0 is the same with and without the cache.
+    /// `exact` for a request whose reply must be repeatable (temperature 0, or a seed), `all` for
+    /// one sampled at random, whose reply nobody can compare with another.
     #[default]
+    Auto,
+    /// Only state that is bit for bit what a fresh evaluation makes (whole micro-batches of
+    /// prompts evaluated from position 0): a reply at temperature 0 is the same with and without
+    /// the cache.
     Exact,
     /// Every token the earlier generation evaluated, its reply included, as `llama-server`'s
     /// `cache_prompt`: a next turn evaluates only what is new, and its reply may differ from the
@@ -80,39 +85,27 @@ impl Reuse {
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
+            Self::Auto => "auto",
             Self::Exact => "exact",
             Self::All => "all",
         }
     }
 
-    /// How many of `held`'s tokens serve `prompt`: never its last one, which is evaluated for
-    /// its logits.
-    fn usable(self, held: &[LlamaToken], prompt: &[LlamaToken]) -> usize {
-        let shared = common_prefix(held, prompt).min(prompt.len().saturating_sub(1));
+    /// Whether `job` may reuse only state that a fresh evaluation would make bit for bit.
+    fn exact_for(self, job: &Job) -> bool {
         match self {
-            Self::Exact => shared / MICRO_BATCH * MICRO_BATCH,
-            Self::All => shared,
+            Self::Auto => job.temperature <= 0.0 || job.seed.is_some(),
+            Self::Exact => true,
+            Self::All => false,
         }
     }
+}
 
-    /// Where the micro-batch of a prompt evaluated from position `from` ends: at the next whole
-    /// micro-batch from position 0 when states must be reusable exactly, else a micro-batch on.
-    fn chunk_end(self, from: usize) -> usize {
-        match self {
-            Self::Exact => (from / MICRO_BATCH + 1) * MICRO_BATCH,
-            Self::All => from + MICRO_BATCH,
-        }
-    }
-
-    /// How many of a finished sequence's `evaluated` tokens to keep, `prompt` of them its prompt.
-    fn kept(self, evaluated: usize, prompt: usize) -> usize {
-        match self {
-            // Generated tokens were evaluated one at a time, unlike in any later prompt that holds
-            // them.
-            Self::Exact => evaluated.min(prompt) / MICRO_BATCH * MICRO_BATCH,
-            Self::All => evaluated,
-        }
-    }
+/// How many tokens of `sequence`'s state serve `prompt`: never its last one, which is evaluated
+/// for its logits; when `exact`, only the whole micro-batches of its exact prefix.
+fn usable(sequence: &Sequence, prompt: &[LlamaToken], exact: bool) -> usize {
+    let shared = common_prefix(&sequence.tokens, prompt).min(prompt.len().saturating_sub(1));
+    if exact { shared.min(sequence.exact) / MICRO_BATCH * MICRO_BATCH } else { shared }
 }
 
 /// The handle to a model's decode loop; dropping it ends the loop once its work is done.
@@ -158,6 +151,10 @@ struct Sequence {
     id: i32,
     /// The tokens whose KV state the sequence holds, at positions 0..len.
     tokens: Vec<LlamaToken>,
+    /// How many of `tokens` hold exactly the state a fresh evaluation of them makes: the whole
+    /// micro-batches of prompts evaluated in order from position 0 (a multiple of
+    /// [`MICRO_BATCH`]). Reused tokens, the rest of a micro-batch and generated tokens end it.
+    exact: usize,
     /// The [`Job::cache_key`] of the prompt that left the state.
     key: Option<String>,
     /// When it was last used, for least-recently-used eviction.
@@ -229,7 +226,7 @@ impl Loop {
             ctx,
             model,
             sequences: (0..sequences as i32)
-                .map(|id| Sequence { id, tokens: Vec::new(), key: None, used: 0, running: None })
+                .map(|id| Sequence { id, tokens: Vec::new(), exact: 0, key: None, used: 0, running: None })
                 .collect(),
             waiting: VecDeque::new(),
             batch: LlamaBatch::new(step as usize, 1),
@@ -265,17 +262,16 @@ impl Loop {
     }
 
     /// Gives waiting requests a sequence each, up to `parallel` running: the idle sequence whose
-    /// state serves the most of the prompt (whole micro-batches, short of the last token, which
-    /// is evaluated for its logits; left by a prompt with the same key), else the least recently
-    /// used one.
+    /// state serves the most of the prompt ([`usable`]; left by a prompt with the same key), else
+    /// the least recently used one.
     fn admit(&mut self) {
         while self.sequences.iter().filter(|s| s.running.is_some()).count() < self.parallel {
             let Some(request) = self.waiting.pop_front() else { return };
             let tokens = &request.prompt.tokens;
             let key = request.job.cache_key.as_deref();
-            let reuse = self.reuse;
-            let usable = |s: &Sequence| match reuse {
-                Some(reuse) if s.key.as_deref() == key => reuse.usable(&s.tokens, tokens),
+            let exact = self.reuse.map(|reuse| reuse.exact_for(&request.job));
+            let usable = |s: &Sequence| match exact {
+                Some(exact) if s.key.as_deref() == key => usable(s, tokens, exact),
                 _ => 0,
             };
             let Some((index, reused)) = self
@@ -293,6 +289,7 @@ impl Loop {
             let admitted = self.tick();
             let sequence = &mut self.sequences[index];
             sequence.tokens.truncate(reused);
+            sequence.exact = sequence.exact.min(reused) / MICRO_BATCH * MICRO_BATCH;
             let _ = self.ctx.clear_kv_cache_seq(Some(sequence.id as u32), Some(reused as u32), None);
             sequence.key = request.job.cache_key.clone();
             sequence.running = Some(Running {
@@ -335,7 +332,7 @@ impl Loop {
             let sequence = &self.sequences[index];
             let Some(running) = sequence.running.as_ref() else { continue };
             let from = sequence.tokens.len();
-            let to = self.reuse.unwrap_or_default().chunk_end(from).min(running.request.prompt.tokens.len());
+            let to = (from + MICRO_BATCH).min(running.request.prompt.tokens.len());
             if to - from > budget {
                 break;
             }
@@ -361,6 +358,11 @@ impl Loop {
                     let _ = self.batch.add(token, position as i32, &[sequence.id], last);
                 }
                 sequence.tokens.extend_from_slice(&prompt[from..to]);
+                // Evaluated as a fresh evaluation of the prompt would evaluate it: from a
+                // micro-batch boundary of an exact prefix, a whole micro-batch.
+                if from == sequence.exact && to - from == MICRO_BATCH {
+                    sequence.exact = to;
+                }
             }
         }
         if self.batch.n_tokens() == 0 {
@@ -386,6 +388,7 @@ impl Loop {
         self.ctx.clear_kv_cache();
         for sequence in &mut self.sequences {
             sequence.tokens.clear();
+            sequence.exact = 0;
             if let Some(running) = sequence.running.take() {
                 (running.request.on_end)(Err(anyhow::anyhow!("{error:#}").into()));
             }
@@ -403,7 +406,7 @@ impl Loop {
                 // Still evaluating its prompt (or waiting to): is anyone still waiting for it?
                 if (running.request.on_text)("").is_break() {
                     self.clock += 1;
-                    retire(&mut self.ctx, sequence, Finish::Cancelled, self.reuse, self.clock);
+                    retire(&mut self.ctx, sequence, Finish::Cancelled, self.reuse.is_some(), self.clock);
                 }
                 continue;
             };
@@ -448,27 +451,22 @@ impl Loop {
             };
             if let Some(finish) = ended {
                 self.clock += 1;
-                retire(&mut self.ctx, sequence, finish, self.reuse, self.clock);
+                retire(&mut self.ctx, sequence, finish, self.reuse.is_some(), self.clock);
             }
         }
     }
 }
 
-/// Ends `sequence`'s generation: it keeps the state `reuse` keeps of what it evaluated (nothing
-/// without a prompt cache), and its reader hears how it ended.
-fn retire(
-    ctx: &mut LlamaContext<'static>,
-    sequence: &mut Sequence,
-    finish: Finish,
-    reuse: Option<Reuse>,
-    now: u64,
-) {
+/// Ends `sequence`'s generation: it keeps the state of everything it evaluated (nothing without a
+/// prompt cache), and its reader hears how it ended.
+fn retire(ctx: &mut LlamaContext<'static>, sequence: &mut Sequence, finish: Finish, keep: bool, now: u64) {
     let Some(mut running) = sequence.running.take() else { return };
-    let prompt = running.request.prompt.tokens.len();
-    let reusable = reuse.map_or(0, |reuse| reuse.kept(sequence.tokens.len(), prompt));
-    sequence.tokens.truncate(reusable);
+    if !keep {
+        sequence.tokens.clear();
+        sequence.exact = 0;
+    }
     sequence.used = now;
-    let _ = ctx.clear_kv_cache_seq(Some(sequence.id as u32), Some(reusable as u32), None);
+    let _ = ctx.clear_kv_cache_seq(Some(sequence.id as u32), Some(sequence.tokens.len() as u32), None);
     if finish == Finish::Cancelled {
         // Nobody reads the rest; the reply is what was sent.
         running.reply.truncate(running.sent);

@@ -53,10 +53,11 @@ pub struct AgentConfig {
     /// max(AGENT_PARALLEL, this) sequences of AGENT_CTX tokens each. 0 turns the cache off.
     #[arg(long, env = "AGENT_PROMPT_CACHE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub agent_prompt_cache: u32,
-    /// What a next prompt reuses: `exact` (whole 128-token micro-batches of the earlier prompt:
-    /// the same reply as without the cache) or `all` (everything, the reply included, as
-    /// llama-server does: faster, and a reply may differ from the uncached one).
-    #[arg(long, env = "AGENT_PROMPT_CACHE_REUSE", value_enum, default_value_t = Reuse::Exact)]
+    /// What a next prompt reuses: `exact` (whole 128-token micro-batches of earlier prompts: the
+    /// same reply as without the cache), `all` (everything, the reply included, as llama-server
+    /// does: faster, and a reply may differ from the uncached one), or `auto`: `exact` for a
+    /// request at temperature 0 or with a seed, `all` for one sampled at random.
+    #[arg(long, env = "AGENT_PROMPT_CACHE_REUSE", value_enum, default_value_t = Reuse::Auto)]
     pub agent_prompt_cache_reuse: Reuse,
     /// CPU threads per generation; 0 means all available cores.
     #[arg(long, env = "AGENT_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=512))]

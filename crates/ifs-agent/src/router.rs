@@ -140,7 +140,7 @@ pub struct AgentInfo {
     /// Finished prompts whose KV state is kept for prompts that begin like them
     /// (`AGENT_PROMPT_CACHE`), beside the running generations.
     prompt_cache: u32,
-    /// What a next prompt reuses of a kept state (`AGENT_PROMPT_CACHE_REUSE`): `exact` or `all`.
+    /// What a next prompt reuses of a kept state (`AGENT_PROMPT_CACHE_REUSE`): `auto`, `exact` or `all`.
     prompt_cache_reuse: Reuse,
     /// Generations that run at once, and that may wait for a turn.
     parallel: usize,

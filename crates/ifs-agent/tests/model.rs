@@ -37,7 +37,7 @@ fn config(context: u32, parallel: u32, queue: u32) -> AgentConfig {
         agent_queue: queue,
         agent_threads: 0,
         agent_prompt_cache: 4,
-        agent_prompt_cache_reuse: ifs_agent::batch::Reuse::Exact,
+        agent_prompt_cache_reuse: ifs_agent::batch::Reuse::Auto,
         agent_body_limit: ifs_agent::config::DEFAULT_BODY_LIMIT,
     }
 }
@@ -276,7 +276,7 @@ async fn the_agent_describes_its_model_and_lists_it_openai_style() {
     assert_eq!(info["chat_template"]["present"], true);
     assert_eq!((info["parallel"].as_u64(), info["queue"].as_u64()), (Some(1), Some(16)));
     assert!(info["threads"].as_u64().unwrap() >= 1);
-    assert_eq!((&info["prompt_cache"], &info["prompt_cache_reuse"]), (&json!(4), &json!("exact")));
+    assert_eq!((&info["prompt_cache"], &info["prompt_cache_reuse"]), (&json!(4), &json!("auto")));
 
     let (status, models) = call(ifs_agent::router(service), empty_request("GET", "/v1/models", None)).await;
     assert_eq!(status, StatusCode::OK);
@@ -803,6 +803,51 @@ async fn a_dropped_stream_frees_its_sequence_for_a_waiting_request_within_a_step
     assert!(between <= 6, "{between} steps of the survivor passed: {arrivals:?}");
     let survivor = survivor.await.unwrap();
     assert!(survivor.len() > 200, "the survivor went on: {survivor}");
+}
+
+/// The default (`auto`): a reply sampled at random reuses everything, since nobody can compare it
+/// with another, while a request at temperature 0 reuses only state that a fresh evaluation makes
+/// bit for bit, whoever left it, and gets the reply it gets without any cache.
+#[tokio::test]
+async fn by_default_a_sampled_turn_reuses_everything_and_a_greedy_one_only_exact_state() {
+    let cached = Arc::new(config(2048, 1, 16).service().unwrap());
+    let mut uncached_config = config(2048, 1, 16);
+    uncached_config.agent_prompt_cache = 0;
+    let uncached = Arc::new(uncached_config.service().unwrap());
+    // About 300 tokens: the first prompt fills two whole micro-batches and part of a third.
+    let system = "You are a patient guide who listens before answering. ".repeat(28);
+    let mut messages = vec![json!({"role": "system", "content": system})];
+    let mut first_prompt = None;
+    let mut previous_prompt = 0;
+    for question in ["What is a rainbow?", "Why is the sky blue?"] {
+        messages.push(json!({"role": "user", "content": question}));
+        let body = json!({"messages": messages, "max_tokens": 32, "temperature": 0.8});
+        let (status, reply) = chat(Arc::clone(&cached), body).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        let prompt = reply["usage"]["prompt_tokens"].as_u64().unwrap();
+        let reused = reply["ifs"]["cached_prompt_tokens"].as_u64().unwrap();
+        if first_prompt.is_none() {
+            assert_eq!(reused, 0);
+            first_prompt = Some(prompt);
+        } else {
+            // The whole previous prompt and what of the sampled reply tokenizes the same again:
+            // past the micro-batch an exact reuse stops at.
+            assert!(reused >= previous_prompt && reused < prompt, "{reused} of {prompt} reused");
+        }
+        previous_prompt = prompt;
+        let text = reply["choices"][0]["message"]["content"].as_str().unwrap();
+        messages.push(json!({"role": "assistant", "content": text}));
+    }
+    let first_prompt = first_prompt.unwrap();
+    assert!((256..384).contains(&first_prompt), "{first_prompt}");
+
+    messages.push(json!({"role": "user", "content": "And what is a cloud?"}));
+    let body = json!({"messages": messages, "max_tokens": 32, "temperature": 0});
+    let (_, greedy) = chat(Arc::clone(&cached), body.clone()).await;
+    let (_, fresh) = chat(uncached, body).await;
+    assert_eq!(greedy["choices"][0]["message"], fresh["choices"][0]["message"]);
+    // The later turns began inside the third micro-batch: only the first two are exact.
+    assert_eq!(greedy["ifs"]["cached_prompt_tokens"], 256);
 }
 
 #[tokio::test]

@@ -369,7 +369,7 @@ pub async fn standalone_agent_with_key(key: Option<&str>) -> String {
         agent_queue: 16,
         agent_threads: 0,
         agent_prompt_cache: 4,
-        agent_prompt_cache_reuse: ifs_agent::batch::Reuse::Exact,
+        agent_prompt_cache_reuse: ifs_agent::batch::Reuse::Auto,
         agent_body_limit: ifs_agent::config::DEFAULT_BODY_LIMIT,
     };
     let service = Arc::new(config.service().expect("the agent loads its model"));
