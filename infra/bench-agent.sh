@@ -42,12 +42,14 @@ if [ ! -x "$CACHE/build/bin/llama-bench" ]; then
 fi
 
 # Our engine's bench, once per CPU target, each in its own target directory; `native` is what
-# .cargo/config.toml gives local builds, so it shares the main target directory.
+# .cargo/config.toml gives local builds, so it shares the main target directory (which
+# CARGO_TARGET_DIR may move).
+TARGET="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 declare -A BIN
 for variant in $VARIANTS; do
   if [ "$variant" = native ]; then
     cargo build --release --locked -q -p ifs-agent --example bench
-    BIN[$variant]="target/release/examples/bench"
+    BIN[$variant]="$TARGET/release/examples/bench"
   else
     RUSTFLAGS="-C target-cpu=$variant" CARGO_TARGET_DIR="target/bench-$variant" \
       cargo build --release --locked -q -p ifs-agent --example bench
@@ -99,8 +101,8 @@ rm -f "$results"
 # our agent with and without its prompt cache, and llama-server with its own.
 echo
 cargo build --release --locked -q -p ifs-agent-container --bin agent
-python3 infra/bench_ttft.py target/release/agent "$CACHE/build/bin/llama-server" "$MODEL" "$THREADS" "${TTFT_ROUNDS:-3}"
+python3 infra/bench_ttft.py "$TARGET/release/agent" "$CACHE/build/bin/llama-server" "$MODEL" "$THREADS" "${TTFT_ROUNDS:-3}"
 echo
 echo "## Concurrent dialogues: ifs-agent (AGENT_PARALLEL) beside llama-server -np (continuous batching)"
 echo
-python3 infra/bench_concurrency.py target/release/agent "$CACHE/build/bin/llama-server" "$MODEL" "$THREADS" "${PARALLEL:-4}"
+python3 infra/bench_concurrency.py "$TARGET/release/agent" "$CACHE/build/bin/llama-server" "$MODEL" "$THREADS" "${PARALLEL:-4}"
