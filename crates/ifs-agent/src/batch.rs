@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::ops::ControlFlow;
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -248,7 +249,12 @@ impl Loop {
                 self.waiting.push_back(request);
             }
             self.admit();
-            self.step();
+            // A panic in a step (a reader's callback, a bug of ours or of llama-cpp-2) must not
+            // take the loop down, and every later request with it: the generations under way end
+            // with an error and the loop goes on with an empty cache.
+            if std::panic::catch_unwind(AssertUnwindSafe(|| self.step())).is_err() {
+                self.fail_all(&anyhow::anyhow!("the generation failed unexpectedly"));
+            }
         }
     }
 
@@ -390,7 +396,10 @@ impl Loop {
             sequence.tokens.clear();
             sequence.exact = 0;
             if let Some(running) = sequence.running.take() {
-                (running.request.on_end)(Err(anyhow::anyhow!("{error:#}").into()));
+                let end = running.request.on_end;
+                let failed = Err(anyhow::anyhow!("{error:#}").into());
+                // Its reader's own failure is its reader's: the others still hear theirs.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| end(failed)));
             }
         }
     }

@@ -805,6 +805,35 @@ async fn a_dropped_stream_frees_its_sequence_for_a_waiting_request_within_a_step
     assert!(survivor.len() > 200, "the survivor went on: {survivor}");
 }
 
+/// A panic inside the decode loop (here a reader's callback, standing in for any bug there) ends
+/// the generation it hit with an error, and the loop goes on serving the next request.
+#[tokio::test]
+async fn a_panic_in_the_decode_loop_fails_the_generation_and_the_loop_goes_on() {
+    let service = Arc::new(config(2048, 1, 16).service().unwrap());
+    let job = Job {
+        turns: vec![turn(TurnRole::User, "Hello there.")],
+        max_tokens: 8,
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: None,
+        stop: Vec::new(),
+        cache_key: None,
+    };
+    let (ended, end) = std::sync::mpsc::channel();
+    service.engine().start(
+        job,
+        Box::new(|_| panic!("a reader's bug")),
+        Box::new(move |result| ended.send(result.map(|done| done.text)).unwrap()),
+    );
+    let result = end.recv_timeout(std::time::Duration::from_secs(60)).expect("the generation never ended");
+    let error = result.expect_err("a generation whose step panicked cannot succeed");
+    assert!(error.to_string().contains("failed unexpectedly"), "{error}");
+
+    let (status, reply) = chat(Arc::clone(&service), ask("Hi!", json!({"max_tokens": 4}))).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert!(!reply["choices"][0]["message"]["content"].as_str().unwrap().is_empty());
+}
+
 /// The default (`auto`): a reply sampled at random reuses everything, since nobody can compare it
 /// with another, while a request at temperature 0 reuses only state that a fresh evaluation makes
 /// bit for bit, whoever left it, and gets the reply it gets without any cache.
