@@ -3,8 +3,8 @@
 //! one pass over the weights serves them all, as `llama-server --parallel` does. New requests
 //! join between steps; their prompts are evaluated a micro-batch per step beside the others'
 //! tokens, so a long prompt never stalls a stream. A sequence that finished keeps the KV state of
-//! what it evaluated for a later prompt that begins the same way (the next turn of its dialogue), until
-//! a request that it does not serve takes it, least recently used first.
+//! what it evaluated for a later prompt that begins the same way (the next turn of its
+//! dialogue), until a request that it does not serve takes it, least recently used first.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -56,8 +56,8 @@ pub(crate) struct Shape {
     pub context: u32,
     /// Generations decoded together.
     pub parallel: u32,
-    /// Sequences that keep their last prompt's state for a later prompt beginning the same way:
-    /// the loop has `max(parallel, cached)` sequences; 0 keeps nothing.
+    /// Sequences that keep what they evaluated for a later prompt beginning the same way: the
+    /// loop has `max(parallel, cached)` sequences; 0 keeps nothing.
     pub cached: u32,
     pub reuse: Reuse,
     pub threads: u32,
@@ -147,7 +147,7 @@ impl Batcher {
     }
 }
 
-/// One llama.cpp sequence: a generation's, or a finished one's kept prompt state.
+/// One llama.cpp sequence: a generation's, or the state a finished one kept.
 struct Sequence {
     id: i32,
     /// The tokens whose KV state the sequence holds, at positions 0..len.
@@ -200,7 +200,8 @@ struct Loop {
     waiting: VecDeque<Request>,
     batch: LlamaBatch<'static>,
     parallel: usize,
-    /// What a finished sequence keeps: None when `AGENT_PROMPT_CACHE` is 0.
+    /// What a request may reuse of a kept state: None when `AGENT_PROMPT_CACHE` is 0, and a
+    /// finished sequence keeps nothing.
     reuse: Option<Reuse>,
     clock: u64,
 }
@@ -473,9 +474,9 @@ fn retire(ctx: &mut LlamaContext<'static>, sequence: &mut Sequence, finish: Fini
     if !keep {
         sequence.tokens.clear();
         sequence.exact = 0;
+        let _ = ctx.clear_kv_cache_seq(Some(sequence.id as u32), None, None);
     }
     sequence.used = now;
-    let _ = ctx.clear_kv_cache_seq(Some(sequence.id as u32), Some(sequence.tokens.len() as u32), None);
     if finish == Finish::Cancelled {
         // Nobody reads the rest; the reply is what was sent.
         running.reply.truncate(running.sent);

@@ -42,6 +42,12 @@ fn config(context: u32, parallel: u32, queue: u32) -> AgentConfig {
     }
 }
 
+/// `config` with the prompt cache off: every prompt is evaluated afresh.
+fn without_cache(mut config: AgentConfig) -> AgentConfig {
+    config.agent_prompt_cache = 0;
+    config
+}
+
 /// One service for the tests that do not care about its settings; the model loads once.
 fn shared() -> Arc<AgentService> {
     static SERVICE: OnceLock<Arc<AgentService>> = OnceLock::new();
@@ -440,9 +446,7 @@ async fn dropping_a_stream_stops_the_generation_and_frees_the_slot_at_once() {
 #[tokio::test]
 async fn the_prompt_cache_changes_nothing_but_the_work_a_next_turn_costs() {
     let cached = Arc::new(config(2048, 1, 16).service().unwrap());
-    let mut uncached_config = config(2048, 1, 16);
-    uncached_config.agent_prompt_cache = 0;
-    let uncached = Arc::new(uncached_config.service().unwrap());
+    let uncached = Arc::new(without_cache(config(2048, 1, 16)).service().unwrap());
     let both = |body: Value| {
         let (cached, uncached) = (Arc::clone(&cached), Arc::clone(&uncached));
         async move { (chat(cached, body.clone()).await.1, chat(uncached, body).await.1) }
@@ -840,9 +844,7 @@ async fn a_panic_in_the_decode_loop_fails_the_generation_and_the_loop_goes_on() 
 #[tokio::test]
 async fn by_default_a_sampled_turn_reuses_everything_and_a_greedy_one_only_exact_state() {
     let cached = Arc::new(config(2048, 1, 16).service().unwrap());
-    let mut uncached_config = config(2048, 1, 16);
-    uncached_config.agent_prompt_cache = 0;
-    let uncached = Arc::new(uncached_config.service().unwrap());
+    let uncached = Arc::new(without_cache(config(2048, 1, 16)).service().unwrap());
     // About 300 tokens: the first prompt fills two whole micro-batches and part of a third.
     let system = "You are a patient guide who listens before answering. ".repeat(28);
     let mut messages = vec![json!({"role": "system", "content": system})];
