@@ -1,7 +1,7 @@
 //! The llama.cpp engine: one model per process, loaded once, its chat template, and how a
 //! conversation becomes a prompt that fits the context. Generations run in the model's decode
-//! loop ([`crate::batch`]), which batches them together and keeps finished prompts' KV state for
-//! a later prompt with the same beginning (as `llama-server`'s `cache_prompt` does).
+//! loop ([`crate::batch`]), which batches them together and keeps finished generations' KV state
+//! for a later prompt with the same beginning (as `llama-server`'s `cache_prompt` does).
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -43,8 +43,8 @@ pub struct EngineSettings {
     pub chat_template: Option<String>,
     /// Generations decoded together, each with room for `context` tokens.
     pub parallel: u32,
-    /// Sequences that keep their last prompt's KV state for a prompt that begins the same way;
-    /// 0 turns the cache off.
+    /// Sequences that keep the KV state of what they evaluated for a prompt that begins the same
+    /// way; 0 turns the cache off.
     pub cached_prompts: u32,
     pub reuse: Reuse,
 }
