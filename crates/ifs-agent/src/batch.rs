@@ -33,7 +33,7 @@ use crate::stop::{find_stop, held_back};
 /// of the same prompt makes.
 pub const MICRO_BATCH: usize = 128;
 
-/// Receives each piece of a reply as it is decoded, and "" after every step; `Break` ends the
+/// Receives each piece of a reply as it is decoded, and "" after every batch; `Break` ends the
 /// generation (its reader went away).
 pub type OnText = Box<dyn FnMut(&str) -> ControlFlow<()> + Send>;
 /// Receives how a generation ended; called exactly once.
@@ -210,8 +210,8 @@ impl Loop {
     fn new(backend: &'static LlamaBackend, model: &'static LlamaModel, shape: Shape) -> anyhow::Result<Self> {
         let parallel = shape.parallel;
         let sequences = parallel.max(shape.cached);
-        // One step is a micro-batch of a prompt and a token of every other running sequence.
-        let step = MICRO_BATCH as u32 + parallel;
+        // A batch is a micro-batch of prompts or a token of every running sequence.
+        let step = (MICRO_BATCH as u32).max(parallel);
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(shape.context.saturating_mul(sequences)))
             .with_n_batch(step)
@@ -317,11 +317,28 @@ impl Loop {
         }
     }
 
-    /// One batch: every generating sequence's next token, and whole micro-batches of waiting
-    /// prompts, oldest first, as many as fit beside them. Entries go in sequence order: llama.cpp
-    /// splits a batch into passes of consecutive sequences with as many tokens each, so all the
-    /// next tokens (and a prompt's first) make one pass and the rest of a prompt chunk another.
+    /// One step: every generating sequence's next token in one batch, then a micro-batch of the
+    /// oldest waiting prompt (and the ends of others that fit beside it) in another. Apart, a
+    /// prompt's micro-batch is evaluated as it is alone, whole: in one batch with the next tokens,
+    /// llama.cpp split it into a pass of one token of every sequence and a pass of the rest, and
+    /// that small pass cost each row twice what it costs among the prompt's.
     fn step(&mut self) {
+        self.batch.clear();
+        for sequence in &mut self.sequences {
+            let Some(running) = sequence.running.as_mut() else { continue };
+            running.logits = None;
+            if let Some(token) = running.next.take() {
+                running.logits = Some(self.batch.n_tokens());
+                let _ = self.batch.add(token, sequence.tokens.len() as i32, &[sequence.id], true);
+                sequence.tokens.push(token);
+            }
+        }
+        if self.decode() {
+            self.after_decode();
+        }
+        for running in self.sequences.iter_mut().filter_map(|s| s.running.as_mut()) {
+            running.logits = None;
+        }
         let mut prompts: Vec<(u64, usize)> = self
             .sequences
             .iter()
@@ -333,8 +350,11 @@ impl Loop {
             })
             .collect();
         prompts.sort_unstable();
-        let mut chunks = vec![None; self.sequences.len()];
         let mut budget = MICRO_BATCH;
+        self.batch.clear();
+        // Entries go in sequence order: llama.cpp evaluates a batch of several sequences in passes
+        // of consecutive sequences with as many tokens each.
+        let mut chunks = vec![None; self.sequences.len()];
         for (_, index) in prompts {
             let sequence = &self.sequences[index];
             let Some(running) = sequence.running.as_ref() else { continue };
@@ -346,46 +366,44 @@ impl Loop {
             budget -= to - from;
             chunks[index] = Some((from, to));
         }
-        self.batch.clear();
         for (sequence, chunk) in self.sequences.iter_mut().zip(chunks) {
-            let Some(running) = sequence.running.as_mut() else { continue };
-            running.logits = None;
-            // The batch has room for one token of every running sequence and a micro-batch.
-            if let Some(token) = running.next.take() {
-                running.logits = Some(self.batch.n_tokens());
-                let _ = self.batch.add(token, sequence.tokens.len() as i32, &[sequence.id], true);
-                sequence.tokens.push(token);
-            } else if let Some((from, to)) = chunk {
-                let prompt = &running.request.prompt.tokens;
-                for (position, &token) in prompt.iter().enumerate().take(to).skip(from) {
-                    let last = position + 1 == prompt.len();
-                    if last {
-                        running.logits = Some(self.batch.n_tokens());
-                    }
-                    let _ = self.batch.add(token, position as i32, &[sequence.id], last);
+            let (Some(running), Some((from, to))) = (sequence.running.as_mut(), chunk) else { continue };
+            let prompt = &running.request.prompt.tokens;
+            for (position, &token) in prompt.iter().enumerate().take(to).skip(from) {
+                let last = position + 1 == prompt.len();
+                if last {
+                    running.logits = Some(self.batch.n_tokens());
                 }
-                sequence.tokens.extend_from_slice(&prompt[from..to]);
-                // Evaluated as a fresh evaluation of the prompt would evaluate it: from a
-                // micro-batch boundary of an exact prefix, a whole micro-batch.
-                if from == sequence.exact && to - from == MICRO_BATCH {
-                    sequence.exact = to;
-                }
+                let _ = self.batch.add(token, position as i32, &[sequence.id], last);
+            }
+            sequence.tokens.extend_from_slice(&prompt[from..to]);
+            // Evaluated as a fresh evaluation of the prompt would evaluate it: from a
+            // micro-batch boundary of an exact prefix, a whole micro-batch.
+            if from == sequence.exact && to - from == MICRO_BATCH {
+                sequence.exact = to;
             }
         }
+        if self.decode() {
+            self.after_decode();
+        }
+    }
+
+    /// Evaluates the batch; false when it was empty or failed (then every generation has ended).
+    fn decode(&mut self) -> bool {
         if self.batch.n_tokens() == 0 {
-            return;
+            return false;
         }
         let decoding = Instant::now();
         if let Err(error) = self.ctx.decode(&mut self.batch) {
             self.fail_all(&anyhow::Error::new(error).context("evaluating a batch"));
-            return;
+            return false;
         }
         tracing::debug!(
             tokens = self.batch.n_tokens(),
             ms = decoding.elapsed().as_secs_f64() * 1000.0,
             "step"
         );
-        self.after_decode();
+        true
     }
 
     /// After a failed batch the state of everything in it is unknown: every running generation
@@ -413,7 +431,8 @@ impl Loop {
             let Some(running) = sequence.running.as_mut() else { continue };
             let started = running.request.submitted;
             let Some(at) = running.logits else {
-                // Still evaluating its prompt (or waiting to): is anyone still waiting for it?
+                // Nothing of it in this batch (its prompt waits, or its token was sampled in the
+                // step's other batch): is anyone still waiting for it?
                 if (running.request.on_text)("").is_break() {
                     self.clock += 1;
                     retire(&mut self.ctx, sequence, Finish::Cancelled, self.reuse.is_some(), self.clock);
