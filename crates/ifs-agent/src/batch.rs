@@ -401,7 +401,7 @@ impl Loop {
         tracing::debug!(
             tokens = self.batch.n_tokens(),
             ms = decoding.elapsed().as_secs_f64() * 1000.0,
-            "step"
+            "batch"
         );
         true
     }
