@@ -179,7 +179,7 @@ struct Running {
     produced: u32,
     /// The token to evaluate next step, once the prompt is done.
     next: Option<LlamaToken>,
-    /// Where this step's logits for it are in the batch.
+    /// Where its logits are in the batch being evaluated; taken when they are read.
     logits: Option<i32>,
     prompt_time: Option<Duration>,
     first_token: Option<Duration>,
@@ -326,7 +326,6 @@ impl Loop {
         self.batch.clear();
         for sequence in &mut self.sequences {
             let Some(running) = sequence.running.as_mut() else { continue };
-            running.logits = None;
             if let Some(token) = running.next.take() {
                 running.logits = Some(self.batch.n_tokens());
                 let _ = self.batch.add(token, sequence.tokens.len() as i32, &[sequence.id], true);
@@ -335,9 +334,6 @@ impl Loop {
         }
         if self.decode() {
             self.after_decode();
-        }
-        for running in self.sequences.iter_mut().filter_map(|s| s.running.as_mut()) {
-            running.logits = None;
         }
         let mut prompts: Vec<(u64, usize)> = self
             .sequences
@@ -430,7 +426,7 @@ impl Loop {
         for sequence in &mut self.sequences {
             let Some(running) = sequence.running.as_mut() else { continue };
             let started = running.request.submitted;
-            let Some(at) = running.logits else {
+            let Some(at) = running.logits.take() else {
                 // Nothing of it in this batch (its prompt waits, or its token was sampled in the
                 // step's other batch): is anyone still waiting for it?
                 if (running.request.on_text)("").is_break() {
