@@ -23,7 +23,6 @@ the rounds' ratios, and each round's).
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -31,7 +30,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ttft import free_port, wait_ready  # noqa: E402
+from bench_ttft import free_port, start_server  # noqa: E402
 
 GEN = 256
 CTX = 2048  # per sequence
@@ -136,18 +135,6 @@ def turn_beside_others(base, parallel):
     return {"alone": alone, "busy": busy}
 
 
-def start(command, env, port, health):
-    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}{health}", process)
-        stream(f"http://127.0.0.1:{port}", [{"role": "user", "content": "Hello."}], 4)  # weights paged in
-    except BaseException:
-        process.terminate()
-        raise
-    return process
-
-
 def main():
     agent, llama_server, model, threads = sys.argv[1:5]
     parallel = int(sys.argv[5]) if len(sys.argv) > 5 else 4
@@ -156,13 +143,13 @@ def main():
     processes, bases = [], {}
     try:
         port = free_port()
-        processes.append(start([agent], {
+        processes.append(start_server([agent], {
             "AGENT_MODEL_PATH": model, "AGENT_THREADS": threads, "AGENT_CTX": str(CTX),
             "AGENT_PARALLEL": str(parallel), "AGENT_QUEUE": str(4 * parallel), "AGENT_MAX_TOKENS_LIMIT": "1024",
             "RUST_LOG": "warn", "BIND_ADDR": f"127.0.0.1:{port}"}, port, "/api/v1/agent"))
         bases["ifs-agent"] = f"http://127.0.0.1:{port}"
         port = free_port()
-        processes.append(start([llama_server, "-m", model, "-t", threads, "-c", str(CTX * parallel), "-np",
+        processes.append(start_server([llama_server, "-m", model, "-t", threads, "-c", str(CTX * parallel), "-np",
                                 str(parallel), "--host", "127.0.0.1", "--port", str(port)], {}, port, "/health"))
         bases["llama-server"] = f"http://127.0.0.1:{port}"
         # Both stay up and every measurement runs on one, then at once on the other: a slow

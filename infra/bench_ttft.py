@@ -61,6 +61,20 @@ def wait_ready(url, process, timeout=120):
     sys.exit(f"{url}: not ready after {timeout} s")
 
 
+def start_server(command, env, port, health):
+    """Starts a server on `port`, waits until `health` answers and has it answer once (its weights
+    paged in); stops it if it never gets there."""
+    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}{health}", process)
+        first_token_ms(f"http://127.0.0.1:{port}", [{"role": "user", "content": "Hello."}], 0)
+    except BaseException:
+        process.terminate()
+        raise
+    return process
+
+
 def first_token_ms(base, messages, temperature):
     body = json.dumps({"messages": messages, "max_tokens": 32, "temperature": temperature,
                        "stream": True}).encode()
@@ -87,7 +101,7 @@ def main():
     rounds = int(sys.argv[5]) if len(sys.argv) > 5 else 1
     common = {"AGENT_MODEL_PATH": model, "AGENT_THREADS": threads, "AGENT_CTX": "4096",
               "AGENT_MAX_TOKENS_LIMIT": "1024", "RUST_LOG": "warn"}
-    # name: (command, environment, health path, temperature); the port is added below.
+    # name: (command, environment, temperature); the port and health path are added below.
     servers = {
         "ifs-agent default, greedy": ([agent], {**common, "AGENT_PROMPT_CACHE_REUSE": "auto"}, 0),
         "ifs-agent default, sampled": ([agent], {**common, "AGENT_PROMPT_CACHE_REUSE": "auto"}, 1),
@@ -108,12 +122,8 @@ def main():
             else:
                 command = [*command, "--port", str(port)]
                 health = "/health"
-            process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL)
-            processes.append(process)
-            wait_ready(f"http://127.0.0.1:{port}{health}", process)
+            processes.append(start_server(command, env, port, health))
             bases[name] = f"http://127.0.0.1:{port}"
-            first_token_ms(bases[name], [{"role": "user", "content": "Hello."}], 0)  # weights paged in
         times = {name: [[] for _ in TOPICS] for name in servers}
         for round_number in range(rounds):
             # A system message of its own per round: no round reuses another's cached prompt.
