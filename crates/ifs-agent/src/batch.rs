@@ -26,12 +26,31 @@ use crate::decode::Utf8Decoder;
 use crate::engine::{Completion, EngineError, Finish, Job, Prompt, Timings};
 use crate::stop::{find_stop, held_back};
 
-/// llama.cpp's numbers for a token depend, in the last bits, on the micro-batch of the prompt it
-/// was evaluated in. Prompts are evaluated in micro-batches of this many tokens from where their
-/// reused state ends; a request that must get the reply a fresh evaluation gives reuses only whole
-/// micro-batches that began at a multiple of this from position 0, the state a fresh evaluation
-/// of the same prompt makes.
+/// Prompts are evaluated in micro-batches of at most this many tokens, one per step, so a stream
+/// beside them waits for one micro-batch at most.
 pub const MICRO_BATCH: usize = 128;
+
+/// The fewest rows of a sequence whose state is exact. llama.cpp's CPU attention takes a sequence's
+/// rows of a batch 64 at a time (`GGML_FA_TILE_Q`) when it has at least that many, adding up in
+/// f32, and one by one otherwise, adding up in f16 — a few tenths of a logit apart. Measured
+/// (`examples/chunking.rs`): a prompt evaluated in any micro-batches of 64 to 128 tokens, with
+/// any prefix taken from another prompt's state, gives the same logits bit for bit as evaluated
+/// whole, and one micro-batch under 64 changes them. So a prompt is cut into micro-batches of at
+/// least this many, and state evaluated so is what a fresh evaluation makes.
+pub const EXACT_ROWS: usize = 64;
+
+/// The size of the next micro-batch of a prompt with `left` tokens to go: never under
+/// [`EXACT_ROWS`] unless the whole rest is.
+#[must_use]
+pub fn micro_batch(left: usize) -> usize {
+    if left <= MICRO_BATCH {
+        left
+    } else if left < MICRO_BATCH + EXACT_ROWS {
+        left / 2
+    } else {
+        MICRO_BATCH
+    }
+}
 
 /// Receives each piece of a reply as it is decoded, and "" after every batch; `Break` ends the
 /// generation (its reader went away).
@@ -71,9 +90,9 @@ pub enum Reuse {
     /// one sampled at random, whose reply nobody can compare with another.
     #[default]
     Auto,
-    /// Only state that is bit for bit what a fresh evaluation makes (whole micro-batches of
-    /// prompts evaluated from position 0): a reply at temperature 0 is the same with and without
-    /// the cache.
+    /// Only state that is bit for bit what a fresh evaluation makes (prompts evaluated in
+    /// micro-batches of at least [`EXACT_ROWS`] from position 0): a reply at temperature 0 is the
+    /// same with and without the cache.
     Exact,
     /// Every token the earlier generation evaluated, its reply included, as `llama-server`'s
     /// `cache_prompt`: a next turn evaluates only what is new, and its reply may differ from the
@@ -103,10 +122,11 @@ impl Reuse {
 }
 
 /// How many tokens of `sequence`'s state serve `prompt`: never its last one, which is evaluated
-/// for its logits; when `exact`, only the whole micro-batches of its exact prefix.
+/// for its logits; when `exact`, only its exact prefix, and never so much that fewer than
+/// [`EXACT_ROWS`] are left to evaluate (they would be evaluated as no fresh evaluation does).
 fn usable(sequence: &Sequence, prompt: &[LlamaToken], exact: bool) -> usize {
     let shared = common_prefix(&sequence.tokens, prompt).min(prompt.len().saturating_sub(1));
-    if exact { shared.min(sequence.exact) / MICRO_BATCH * MICRO_BATCH } else { shared }
+    if exact { shared.min(sequence.exact).min(prompt.len().saturating_sub(EXACT_ROWS)) } else { shared }
 }
 
 /// The handle to a model's decode loop; dropping it ends the loop once its work is done.
@@ -152,9 +172,9 @@ struct Sequence {
     id: i32,
     /// The tokens whose KV state the sequence holds, at positions 0..len.
     tokens: Vec<LlamaToken>,
-    /// How many of `tokens` hold exactly the state a fresh evaluation of them makes: the whole
-    /// micro-batches of prompts evaluated in order from position 0 (a multiple of
-    /// [`MICRO_BATCH`]). Reused tokens, the rest of a micro-batch and generated tokens end it.
+    /// How many of `tokens` hold exactly the state a fresh evaluation of them makes: prompt
+    /// tokens evaluated in order from position 0 in micro-batches of at least [`EXACT_ROWS`].
+    /// A shorter micro-batch, one after a reuse that was not exact, and generated tokens end it.
     exact: usize,
     /// The [`Job::cache_key`] of the prompt that left the state.
     key: Option<String>,
@@ -296,7 +316,7 @@ impl Loop {
             let admitted = self.tick();
             let sequence = &mut self.sequences[index];
             sequence.tokens.truncate(reused);
-            sequence.exact = sequence.exact.min(reused) / MICRO_BATCH * MICRO_BATCH;
+            sequence.exact = sequence.exact.min(reused);
             let _ = self.ctx.clear_kv_cache_seq(Some(sequence.id as u32), Some(reused as u32), None);
             sequence.key = request.job.cache_key.clone();
             sequence.running = Some(Running {
@@ -318,10 +338,10 @@ impl Loop {
     }
 
     /// One step: every generating sequence's next token in one batch, then a micro-batch of the
-    /// oldest waiting prompt (and the ends of others that fit beside it) in another. Apart, a
-    /// prompt's micro-batch is evaluated as it is alone, whole: in one batch with the next tokens,
-    /// llama.cpp split it into a pass of one token of every sequence and a pass of the rest, and
-    /// that small pass cost each row twice what it costs among the prompt's.
+    /// oldest waiting prompt in another, alone. Beside other sequences' rows llama.cpp would split
+    /// it into passes with as many rows of each sequence: beside next tokens, a pass of one token
+    /// of every sequence, whose rows cost twice a prompt row's; beside another prompt, passes of
+    /// fewer than [`EXACT_ROWS`] rows, evaluated as no fresh evaluation does.
     fn step(&mut self) {
         self.batch.clear();
         for sequence in &mut self.sequences {
@@ -335,7 +355,7 @@ impl Loop {
         if self.decode() {
             self.after_decode();
         }
-        let mut prompts: Vec<(u64, usize)> = self
+        let oldest = self
             .sequences
             .iter()
             .enumerate()
@@ -344,27 +364,14 @@ impl Loop {
                 (running.next.is_none() && !running.prompt_done(s.tokens.len()))
                     .then_some((running.admitted, index))
             })
-            .collect();
-        prompts.sort_unstable();
-        let mut budget = MICRO_BATCH;
+            .min();
         self.batch.clear();
-        // Entries go in sequence order: llama.cpp evaluates a batch of several sequences in passes
-        // of consecutive sequences with as many tokens each.
-        let mut chunks = vec![None; self.sequences.len()];
-        for (_, index) in prompts {
-            let sequence = &self.sequences[index];
-            let Some(running) = sequence.running.as_ref() else { continue };
-            let from = sequence.tokens.len();
-            let to = (from + MICRO_BATCH).min(running.request.prompt.tokens.len());
-            if to - from > budget {
-                break;
-            }
-            budget -= to - from;
-            chunks[index] = Some((from, to));
-        }
-        for (sequence, chunk) in self.sequences.iter_mut().zip(chunks) {
-            let (Some(running), Some((from, to))) = (sequence.running.as_mut(), chunk) else { continue };
+        if let Some((_, index)) = oldest {
+            let sequence = &mut self.sequences[index];
+            let running = sequence.running.as_mut().expect("a prompt under way has a generation");
             let prompt = &running.request.prompt.tokens;
+            let from = sequence.tokens.len();
+            let to = from + micro_batch(prompt.len() - from);
             for (position, &token) in prompt.iter().enumerate().take(to).skip(from) {
                 let last = position + 1 == prompt.len();
                 if last {
@@ -373,9 +380,7 @@ impl Loop {
                 let _ = self.batch.add(token, position as i32, &[sequence.id], last);
             }
             sequence.tokens.extend_from_slice(&prompt[from..to]);
-            // Evaluated as a fresh evaluation of the prompt would evaluate it: from a
-            // micro-batch boundary of an exact prefix, a whole micro-batch.
-            if from == sequence.exact && to - from == MICRO_BATCH {
+            if from == sequence.exact && to - from >= EXACT_ROWS {
                 sequence.exact = to;
             }
         }

@@ -53,8 +53,8 @@ pub struct AgentConfig {
     /// max(AGENT_PARALLEL, this) sequences of AGENT_CTX tokens each. 0 turns the cache off.
     #[arg(long, env = "AGENT_PROMPT_CACHE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub agent_prompt_cache: u32,
-    /// What a next prompt reuses: `exact` (whole 128-token micro-batches of earlier prompts: the
-    /// same reply as without the cache), `all` (everything, the reply included, as llama-server
+    /// What a next prompt reuses: `exact` (earlier prompts, not their replies: the same reply as
+    /// without the cache), `all` (everything, the reply included, as llama-server
     /// does: faster, and a reply may differ from the uncached one), or `auto`: `exact` for a
     /// request at temperature 0 or with a seed, `all` for one sampled at random.
     #[arg(long, env = "AGENT_PROMPT_CACHE_REUSE", value_enum, default_value_t = Reuse::Auto)]
