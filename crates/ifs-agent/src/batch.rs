@@ -562,3 +562,29 @@ fn sampler(job: &Job) -> Option<LlamaSampler> {
     chain.push(LlamaSampler::dist(seed));
     Some(LlamaSampler::chain_simple(chain))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{EXACT_ROWS, MICRO_BATCH, micro_batch};
+
+    /// Cutting a whole prompt as the loop does: every micro-batch fits a batch, and none is under
+    /// [`EXACT_ROWS`] unless the prompt itself is.
+    #[test]
+    fn a_prompt_is_cut_into_micro_batches_of_64_to_128_tokens() {
+        for length in 1..2_000 {
+            let mut cuts = Vec::new();
+            let mut left = length;
+            while left > 0 {
+                let size = micro_batch(left);
+                assert!((1..=MICRO_BATCH).contains(&size) && size <= left, "{length}: {cuts:?} then {size}");
+                cuts.push(size);
+                left -= size;
+            }
+            if length >= EXACT_ROWS {
+                assert!(cuts.iter().all(|&size| size >= EXACT_ROWS), "{length}: {cuts:?}");
+            } else {
+                assert_eq!(cuts, [length]);
+            }
+        }
+    }
+}
