@@ -856,7 +856,7 @@ async fn a_panic_in_the_decode_loop_fails_the_generation_and_the_loop_goes_on() 
 async fn by_default_a_sampled_turn_reuses_everything_and_a_greedy_one_only_exact_state() {
     let cached = Arc::new(config(2048, 1, 16).service().unwrap());
     let uncached = Arc::new(without_cache(config(2048, 1, 16)).service().unwrap());
-    // About 300 tokens: the first prompt is evaluated in micro-batches of 128, 86 and 86.
+    // About 300 tokens: the first prompt is evaluated in three micro-batches of 64 to 128.
     let system = "You are a patient guide who listens before answering. ".repeat(28);
     let mut messages = vec![json!({"role": "system", "content": system})];
     let mut first_prompt = None;
