@@ -19,7 +19,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 
-use ifs_agent::batch::micro_batch;
+use ifs_agent::batch::{greedy, micro_batch};
 
 const PROMPT: &str = "<|im_start|>system\nYou are a warm, careful guide.<|im_end|>\n<|im_start|>user\n";
 const STORY: &str = "Lately I keep thinking about the garden. Part of me is worried, part of me is curious, \
@@ -116,9 +116,8 @@ impl Probe<'_> {
             if step == 8 {
                 break;
             }
-            let best = (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best });
             self.batch.clear();
-            self.batch.add(LlamaToken(best as i32), (n + step) as i32, &[seq], true)?;
+            self.batch.add(greedy(&logits), (n + step) as i32, &[seq], true)?;
             self.ctx.decode(&mut self.batch)?;
             logits = self.ctx.get_logits_ith(0).to_vec();
         }

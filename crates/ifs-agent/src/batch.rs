@@ -536,7 +536,8 @@ fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
 /// The first of the most likely tokens, as llama.cpp's greedy sampler picks it, without copying
 /// the whole vocabulary into a candidate list first (a 49,152-token vocabulary made that 2% of a
 /// step).
-fn greedy(logits: &[f32]) -> LlamaToken {
+#[must_use]
+pub fn greedy(logits: &[f32]) -> LlamaToken {
     let mut best = 0;
     for (i, &logit) in logits.iter().enumerate().skip(1) {
         if logit > logits[best] {
