@@ -584,7 +584,8 @@ async fn one_users_cached_prompt_never_serves_another() {
 
 #[test]
 fn a_client_that_leaves_during_the_prompt_stops_it_between_micro_batches() {
-    let service = shared();
+    // A service of its own: the tests beside it must not evict what the departing client left.
+    let service = config(4096, 1, 16).service().unwrap();
     let engine = service.engine();
     let job = Job {
         turns: vec![turn(TurnRole::User, "Tell me about gardens. ".repeat(100))],
@@ -604,6 +605,13 @@ fn a_client_that_leaves_during_the_prompt_stops_it_between_micro_batches() {
         .unwrap();
     assert!(done.prompt_tokens > 2 * 128, "a prompt of several micro-batches: {}", done.prompt_tokens);
     assert_eq!((done.finish, done.completion_tokens, asked), (Finish::Cancelled, 0, 1));
+
+    // The micro-batches it evaluated before the loop heard of it are kept, exact: the same
+    // request again starts from them and gets the reply of a fresh evaluation.
+    let again = engine.generate(&job).unwrap();
+    assert!(again.cached_tokens > 0 && again.cached_tokens % 128 == 0, "{} reused", again.cached_tokens);
+    let fresh = without_cache(config(4096, 1, 16)).service().unwrap().engine().generate(&job).unwrap();
+    assert_eq!((fresh.cached_tokens, again.text), (0, fresh.text));
 }
 
 #[tokio::test]
