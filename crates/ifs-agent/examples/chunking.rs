@@ -8,18 +8,17 @@
 //! another prompt's state, and once beginning with a micro-batch of 40; compares the last logits and
 //! those of 8 greedy steps after them, bit for bit.
 
-use std::num::NonZeroU32;
-
 use anyhow::Context as _;
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 
-use ifs_agent::batch::{greedy, micro_batch};
+use ifs_agent::batch::{context_params, greedy, micro_batch};
+
+mod probe;
 
 const PROMPT: &str = "<|im_start|>system\nYou are a warm, careful guide.<|im_end|>\n<|im_start|>user\n";
 const STORY: &str = "Lately I keep thinking about the garden. Part of me is worried, part of me is curious, \
@@ -32,17 +31,10 @@ fn main() -> anyhow::Result<()> {
     backend.void_logs();
     let model = LlamaModel::load_from_file(&backend, &path, &LlamaModelParams::default())?;
     // The decode loop's context: a cache of its own for each sequence.
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(4096 * 2))
-        .with_n_batch(128)
-        .with_n_ubatch(128)
-        .with_n_seq_max(2)
-        .with_kv_unified(false)
-        .with_n_threads(2)
-        .with_n_threads_batch(2);
+    let params = context_params(4096, 2, 1, 2);
     let mut probe = Probe {
+        batch: LlamaBatch::new(params.n_batch() as usize, 1),
         ctx: model.new_context(&backend, params)?,
-        batch: LlamaBatch::new(128, 1),
         tokens: model.vocab().tokenize(format!("{PROMPT}{}", STORY.repeat(45)).as_bytes(), false, true),
         other: model.vocab().tokenize(format!("{PROMPT}{}", OTHER.repeat(12)).as_bytes(), false, true),
     };
@@ -104,11 +96,19 @@ impl Probe<'_> {
         if reuse > 0 {
             let mixed: Vec<LlamaToken> =
                 self.tokens[..reuse].iter().chain(&self.other[..150]).copied().collect();
-            self.eval(seq, &mixed, 0, &mut |left| left.min(128), false)?;
+            probe::evaluate(
+                &mut self.ctx,
+                &mut self.batch,
+                seq,
+                &mixed,
+                0,
+                &mut |left| left.min(128),
+                false,
+            )?;
             self.ctx.clear_kv_cache_seq(Some(seq as u32), Some(reuse as u32), None)?;
         }
         let prompt = self.tokens[..n].to_vec();
-        self.eval(seq, &prompt, reuse, sizes, true)?;
+        probe::evaluate(&mut self.ctx, &mut self.batch, seq, &prompt, reuse, sizes, true)?;
         let mut logits = self.ctx.get_logits_ith(self.batch.n_tokens() - 1).to_vec();
         let mut out = Vec::new();
         for step in 0..=8 {
@@ -122,26 +122,5 @@ impl Probe<'_> {
             logits = self.ctx.get_logits_ith(0).to_vec();
         }
         Ok(out)
-    }
-
-    fn eval(
-        &mut self,
-        seq: i32,
-        tokens: &[LlamaToken],
-        from: usize,
-        sizes: &mut dyn FnMut(usize) -> usize,
-        logits: bool,
-    ) -> anyhow::Result<()> {
-        let mut position = from;
-        while position < tokens.len() {
-            let end = position + sizes(tokens.len() - position);
-            self.batch.clear();
-            for (at, &token) in tokens.iter().enumerate().take(end).skip(position) {
-                self.batch.add(token, at as i32, &[seq], logits && at + 1 == tokens.len())?;
-            }
-            self.ctx.decode(&mut self.batch)?;
-            position = end;
-        }
-        Ok(())
     }
 }

@@ -8,18 +8,18 @@
 //! with a filler row for 2 (removed after the batch); checks that the filler changes neither the
 //! others' logits nor sequence 2's state, bit for bit.
 
-use std::num::NonZeroU32;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 
-use ifs_agent::batch::{greedy, micro_batch};
+use ifs_agent::batch::{context_params, greedy, micro_batch};
+
+mod probe;
 
 const STEPS: usize = 48;
 const ROUNDS: usize = 5;
@@ -29,16 +29,9 @@ fn main() -> anyhow::Result<()> {
     let mut backend = LlamaBackend::init()?;
     backend.void_logs();
     let model = LlamaModel::load_from_file(&backend, &path, &LlamaModelParams::default())?;
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(2048 * 4))
-        .with_n_batch(128)
-        .with_n_ubatch(128)
-        .with_n_seq_max(4)
-        .with_kv_unified(false)
-        .with_n_threads(2)
-        .with_n_threads_batch(2);
+    let params = context_params(2048, 4, 4, 2);
+    let mut batch = LlamaBatch::new(params.n_batch() as usize, 1);
     let mut ctx = model.new_context(&backend, params)?;
-    let mut batch = LlamaBatch::new(128, 1);
     let topics = ["the garden", "my sister", "a new city", "the piano"];
     let mut prompts = Vec::new();
     for (seq, topic) in topics.iter().enumerate() {
@@ -48,16 +41,7 @@ fn main() -> anyhow::Result<()> {
                 .repeat(14)
         );
         let tokens = model.vocab().tokenize(text.as_bytes(), false, true);
-        let mut from = 0;
-        while from < tokens.len() {
-            let to = from + micro_batch(tokens.len() - from);
-            batch.clear();
-            for (at, &token) in tokens.iter().enumerate().take(to).skip(from) {
-                batch.add(token, at as i32, &[seq as i32], at + 1 == tokens.len())?;
-            }
-            ctx.decode(&mut batch)?;
-            from = to;
-        }
+        probe::evaluate(&mut ctx, &mut batch, seq as i32, &tokens, 0, &mut micro_batch, true)?;
         let first = greedy(ctx.get_logits_ith(batch.n_tokens() - 1));
         prompts.push((tokens.len(), first));
     }

@@ -52,6 +52,26 @@ pub fn micro_batch(left: usize) -> usize {
     }
 }
 
+/// The decode loop's llama.cpp context: `sequences` sequences of `context` tokens each, `parallel`
+/// of them decoded together, on `threads` threads. Public so that the probes in `examples/`
+/// measure the context the loop uses.
+#[must_use]
+pub fn context_params(context: u32, sequences: u32, parallel: u32, threads: u32) -> LlamaContextParams {
+    // A batch is a micro-batch of prompts or a token of every running sequence.
+    let step = (MICRO_BATCH as u32).max(parallel);
+    LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(context.saturating_mul(sequences)))
+        .with_n_batch(step)
+        .with_n_ubatch(step)
+        .with_n_seq_max(sequences)
+        // A KV cache of `context` cells for each sequence, as llama-server's slots have: a token
+        // attends to its own sequence's cells only, where one pool for all would make every
+        // prompt token scan every sequence's cells.
+        .with_kv_unified(false)
+        .with_n_threads(threads as i32)
+        .with_n_threads_batch(threads as i32)
+}
+
 /// Receives each piece of a reply as it is decoded, and "" after every batch; `Break` ends the
 /// generation (its reader went away).
 pub type OnText = Box<dyn FnMut(&str) -> ControlFlow<()> + Send>;
@@ -230,19 +250,8 @@ impl Loop {
     fn new(backend: &'static LlamaBackend, model: &'static LlamaModel, shape: Shape) -> anyhow::Result<Self> {
         let parallel = shape.parallel;
         let sequences = parallel.max(shape.cached);
-        // A batch is a micro-batch of prompts or a token of every running sequence.
-        let step = (MICRO_BATCH as u32).max(parallel);
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(shape.context.saturating_mul(sequences)))
-            .with_n_batch(step)
-            .with_n_ubatch(step)
-            .with_n_seq_max(sequences)
-            // A KV cache of `context` cells for each sequence, as llama-server's slots have: a
-            // token attends to its own sequence's cells only, where one pool for all would make
-            // every prompt token scan every sequence's cells.
-            .with_kv_unified(false)
-            .with_n_threads(shape.threads as i32)
-            .with_n_threads_batch(shape.threads as i32);
+        let params = context_params(shape.context, sequences, parallel, shape.threads);
+        let batch = LlamaBatch::new(params.n_batch() as usize, 1);
         let ctx = model.new_context(backend, params).context("creating a llama.cpp context")?;
         Ok(Self {
             ctx,
@@ -251,7 +260,7 @@ impl Loop {
                 .map(|id| Sequence { id, tokens: Vec::new(), exact: 0, key: None, used: 0, running: None })
                 .collect(),
             waiting: VecDeque::new(),
-            batch: LlamaBatch::new(step as usize, 1),
+            batch,
             parallel: parallel as usize,
             reuse: (shape.cached > 0).then_some(shape.reuse),
             clock: 0,
