@@ -148,5 +148,5 @@ soak: deps ## Mixed load at 64 connections for SOAK_SECONDS (120): no errors, no
 	$(CARGO) build --release --locked -p ifs-guide --bin ifs-guide --example bench_peers
 	python3 infra/soak.py "$(TARGET_DIR)/release/ifs-guide" "$(TARGET_DIR)/release/examples/bench_peers" $${SOAK_SECONDS:-120}
 
-bench-agent: deps model ## Benchmark the agent against llama.cpp's llama-bench (BENCH_VARIANTS="sse v3 native" for builds)
+bench-agent: deps model ## Benchmark the agent against llama.cpp's llama-bench, llama-batched-bench and llama-server (BENCH_VARIANTS="x86-64 x86-64-v3 native" compares CPU targets)
 	infra/bench-agent.sh

@@ -4,7 +4,8 @@
 # alternating the two tools so both see the same machine state. Then time to first token through
 # the streaming endpoint over a 10-turn dialogue, with and without the prompt cache, beside
 # llama-server's (infra/bench_ttft.py), and concurrent dialogues beside llama-server's continuous
-# batching (infra/bench_concurrency.py). Prints Markdown tables.
+# batching (infra/bench_concurrency.py), after llama.cpp's own llama-batched-bench, which says what
+# batching several sequences can gain on this machine at all. Prints Markdown tables.
 #
 #   infra/bench-agent.sh                 # our build as configured in .cargo/config.toml (native)
 #   BENCH_VARIANTS="x86-64 x86-64-v3 native" infra/bench-agent.sh
@@ -38,7 +39,9 @@ if [ ! -x "$CACHE/build/bin/llama-bench" ]; then
     rm -rf "$work"
   fi
   cmake -S "$CACHE/src" -B "$CACHE/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF >/dev/null
-  cmake --build "$CACHE/build" --target llama-bench llama-server -j "$(nproc)" >/dev/null
+fi
+if ! [ -x "$CACHE/build/bin/llama-bench" ] || ! [ -x "$CACHE/build/bin/llama-server" ] || ! [ -x "$CACHE/build/bin/llama-batched-bench" ]; then
+  cmake --build "$CACHE/build" --target llama-bench llama-server llama-batched-bench -j "$(nproc)" >/dev/null
 fi
 
 # Our engine's bench, once per CPU target, each in its own target directory; `native` is what
@@ -102,6 +105,14 @@ rm -f "$results"
 echo
 cargo build --release --locked -q -p ifs-agent-container --bin agent
 python3 infra/bench_ttft.py "$TARGET/release/agent" "$CACHE/build/bin/llama-server" "$MODEL" "$THREADS" "${TTFT_ROUNDS:-3}"
+echo
+echo "## What batching gains here: llama.cpp's llama-batched-bench, 1, 2 and 4 sequences at once"
+echo
+# The concurrency rows' shape (~330-token prompts, 256 tokens each, a KV cache per sequence as
+# llama-server -np has): S_TG is the generation tokens/s of all sequences together, the ceiling
+# of what one batch per step can make of several streams on this CPU.
+"$CACHE/build/bin/llama-batched-bench" -m "$MODEL" -t "$THREADS" -c $((2048 * ${PARALLEL:-4})) -b 2048 -ub 512 \
+  -npp 330 -ntg 256 -npl "1,2,${PARALLEL:-4}" -no-kvu 2>/dev/null | grep '^|'
 echo
 echo "## Concurrent dialogues: ifs-agent (AGENT_PARALLEL) beside llama-server -np (continuous batching)"
 echo
